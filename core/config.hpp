@@ -1,0 +1,73 @@
+#pragma once
+// Thread-local configuration scopes and the resolution of one Parallel call.
+#include <joblib/backend.hpp>
+#include <joblib/options.hpp>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace joblib::detail {
+
+/// The merged configuration in force in this thread.
+struct Frame {
+  std::optional<std::string> backend;
+  std::optional<int> n_jobs;
+  std::optional<int> verbose;
+  std::optional<std::string> temp_folder;
+  std::optional<std::string> max_nbytes;
+  std::optional<MmapMode> mmap_mode;
+  std::optional<Prefer> prefer;
+  std::optional<Require> require;
+  std::optional<int> inner_max_num_threads;
+  std::map<std::string, std::string> settings;
+  int nesting_level = 0;
+};
+
+/// The innermost frame of this thread (an empty frame outside any scope).
+const Frame& current_frame();
+
+/// Pushes a frame that runs tasks of a call: backend = the call's nested
+/// backend, n_jobs reset to 1, nesting level + 1; sets the stop flag that
+/// stop_requested() reads. Pops on destruction.
+class TaskScope {
+ public:
+  TaskScope(const NestedBackend& nested, int nesting_level, const std::atomic<bool>* stop);
+  ~TaskScope();
+  TaskScope(const TaskScope&) = delete;
+  TaskScope& operator=(const TaskScope&) = delete;
+
+ private:
+  const std::atomic<bool>* saved_stop_;
+};
+
+/// Everything one call needs, resolved from options, scope and defaults.
+struct Resolved {
+  std::string backend_name;                    // "sequential" when running in the caller
+  std::shared_ptr<ParallelBackendBase> backend;  // null when sequential
+  BackendCapabilities caps;
+  int n_jobs = 1;                              // effective
+  std::string requested_n_jobs;                // for "Parallel(n_jobs=...)"
+  int verbose = 0;
+  std::optional<double> timeout;
+  std::string pre_dispatch;
+  std::optional<int> batch_size;
+  std::string temp_folder;
+  std::optional<std::size_t> max_nbytes;
+  MmapMode mmap_mode = MmapMode::r;
+  ReturnAs return_as = ReturnAs::list;
+  NestedBackend nested;
+  int nesting_level = 0;
+  ProgressCallback on_progress;
+  bool progress_bar = false;
+};
+
+/// Resolves a call (may load a plugin). Throws BackendError, std::invalid_argument.
+Resolved resolve(const ParallelOptions& options);
+
+/// joblib's n_jobs rule: 0 is an error, negative counts back from cpu_count()+1, clamped at 1.
+int resolve_n_jobs(int n_jobs);
+
+}  // namespace joblib::detail

@@ -1,0 +1,526 @@
+// The engine behind Parallel: pulls tasks lazily, batches them (fixed or
+// auto size), keeps at most pre_dispatch batches in flight (plus results not
+// yet taken, in generator modes), orders results, reports progress, enforces
+// timeouts and stops on the first error.
+#include "config.hpp"
+#include "expr.hpp"
+#include "progress.hpp"
+
+#include <joblib/detail/engine.hpp>
+#include <joblib/errors.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <vector>
+
+namespace joblib::detail {
+namespace {
+
+// joblib's auto-batching constants.
+constexpr double kMinIdealBatchDuration = 0.2;
+constexpr double kMaxIdealBatchDuration = 2.0;
+constexpr std::size_t kNoError = std::numeric_limits<std::size_t>::max();
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string backend_class_name(const std::string& name) {
+  std::string out;
+  bool up = true;
+  for (char c : name) {
+    if (c == '_' || c == '-') {
+      up = true;
+      continue;
+    }
+    out += up ? static_cast<char>(std::toupper(static_cast<unsigned char>(c))) : c;
+    up = false;
+  }
+  return out + "Backend";
+}
+
+std::string task_count(std::size_t n) { return fmt::format("{} task{}", n, n == 1 ? "" : "s"); }
+
+}  // namespace
+
+class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl> {
+ public:
+  CallImpl(Resolved cfg, std::unique_ptr<Source> source, std::string repr)
+      : cfg_(std::move(cfg)), source_(std::move(source)), printer_(cfg_.verbose, std::move(repr), cfg_.progress_bar) {
+    n_tasks_ = source_->remaining();
+    sequential_ = !cfg_.backend;
+    generator_ = cfg_.return_as != ReturnAs::list;
+  }
+
+  ~CallImpl() override = default;
+
+  void start();
+  std::unique_ptr<BatchBase> next() override;
+  void close() noexcept override;
+  void batch_done(BatchBase& b) noexcept;
+
+  const NestedBackend& nested() const noexcept { return cfg_.nested; }
+  int nesting_level() const noexcept { return cfg_.nesting_level; }
+
+ private:
+  using Lock = std::unique_lock<std::mutex>;
+
+  std::size_t next_batch_size_locked();
+  void dispatch_locked(std::vector<BatchBase*>& out);
+  void submit(const std::vector<BatchBase*>& batches) noexcept;
+  void record_error_locked(std::size_t seq, std::exception_ptr e);
+  std::size_t in_window_locked() const { return running_.size() + (generator_ ? done_.size() : 0); }
+  bool finished_locked() const { return exhausted_ && running_.empty(); }
+  ProgressState progress_locked() const;
+  void report_progress_locked();
+  void report_finished_locked();
+  [[noreturn]] void raise_locked(Lock& lk);
+  void wait_locked(Lock& lk, const std::function<bool()>& ready);
+  void finish_backend() noexcept;
+  std::unique_ptr<BatchBase> take_locked();
+  std::unique_ptr<BatchBase> run_inline_locked(Lock& lk);
+
+  Resolved cfg_;
+  std::unique_ptr<Source> source_;
+  ProgressPrinter printer_;
+  std::optional<std::size_t> n_tasks_;
+  bool sequential_ = false;
+  bool generator_ = false;
+
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::atomic<bool> stop_{false};
+  bool exhausted_ = false;      // the input is fully pulled (or its producer failed)
+  bool closed_ = false;         // the consumer let go of the call
+  bool raised_ = false;         // the call's error was thrown
+  bool timed_out_ = false;
+  bool finished_printed_ = false;
+  std::atomic<bool> backend_stopped_{false};
+
+  std::size_t window_ = 0;      // max batches in flight (0 = unlimited, pre_dispatch="all")
+  long pre_dispatch_amount_ = 0;
+  std::size_t next_seq_ = 0, next_first_ = 0, next_take_ = 0;
+  std::map<std::size_t, std::unique_ptr<BatchBase>> running_;  // dispatched, not finished
+  std::map<std::size_t, std::unique_ptr<BatchBase>> done_;     // finished, not taken (ordered)
+  std::deque<std::size_t> done_order_;                         // completion order (unordered)
+  std::exception_ptr error_;
+  std::size_t error_seq_ = kNoError;
+
+  std::size_t dispatched_tasks_ = 0, dispatched_batches_ = 0, completed_tasks_ = 0;
+  std::size_t effective_batch_size_ = 1;
+  double smoothed_batch_duration_ = 0.0;
+};
+
+// ---------------------------------------------------------------------------
+
+void CallImpl::start() {
+  if (sequential_) {
+    if (cfg_.timeout) {
+      static std::once_flag warned;
+      std::call_once(warned, [] {
+        std::fprintf(stderr,
+                     "UserWarning: The backend class 'SequentialBackend' does not support timeout. You have set "
+                     "'timeout' in Parallel but the 'timeout' parameter will not be used.\n");
+      });
+    }
+    if (!generator_) {
+      Lock lk(m_);
+      while (!exhausted_) {
+        auto b = run_inline_locked(lk);
+        if (!b) break;
+        done_.emplace(b->seq_, std::move(b));
+      }
+    }
+    return;
+  }
+
+  // Parallel: window, backend start, first dispatch from the caller.
+  if (cfg_.pre_dispatch == "all") {
+    window_ = 0;
+  } else {
+    long amount = eval_pre_dispatch(cfg_.pre_dispatch, cfg_.n_jobs);
+    if (amount < 1)
+      throw std::invalid_argument(
+          fmt::format("pre_dispatch must give at least 1 batch, got {} from '{}'", amount, cfg_.pre_dispatch));
+    window_ = static_cast<std::size_t>(amount);
+    pre_dispatch_amount_ = amount;
+  }
+  printer_.message(fmt::format("Using backend {} with {} concurrent workers.", backend_class_name(cfg_.backend_name),
+                               cfg_.n_jobs));
+  CallSettings settings;
+  settings.n_jobs = cfg_.n_jobs;
+  settings.timeout = cfg_.timeout;
+  settings.verbose = std::max(0, cfg_.verbose - 50);
+  settings.temp_folder = cfg_.temp_folder;
+  settings.max_nbytes = cfg_.max_nbytes;
+  settings.mmap_mode = cfg_.mmap_mode;
+  if (std::exception_ptr e = cfg_.backend->start_call(settings)) {
+    backend_stopped_ = true;
+    std::rethrow_exception(e);
+  }
+  std::vector<BatchBase*> out;
+  {
+    Lock lk(m_);
+    dispatch_locked(out);
+    if (finished_locked()) report_finished_locked();
+  }
+  submit(out);
+  if (!generator_) {
+    Lock lk(m_);
+    wait_locked(lk, [this] { return finished_locked(); });
+    lk.unlock();
+    finish_backend();
+  }
+}
+
+std::size_t CallImpl::next_batch_size_locked() {
+  std::size_t bs = 1;
+  if (cfg_.batch_size) {
+    bs = static_cast<std::size_t>(*cfg_.batch_size);
+  } else if (!sequential_) {
+    // joblib's AutoBatchingMixin.compute_batch_size
+    const std::size_t old = effective_batch_size_;
+    const double d = smoothed_batch_duration_;
+    std::size_t next = old;
+    if (d > 0 && d < kMinIdealBatchDuration) {
+      const double ideal = std::floor(double(old) * kMinIdealBatchDuration / d) * 2;
+      next = static_cast<std::size_t>(std::max(std::min(2.0 * double(old), ideal), 1.0));
+      if (next != old && cfg_.verbose >= 10)
+        printer_.message(fmt::format("Batch computation too fast ({}s.) Setting batch_size={}.", d, next));
+    } else if (d > kMaxIdealBatchDuration && old >= 2) {
+      const double ideal = std::floor(double(old) * kMinIdealBatchDuration / d);
+      next = static_cast<std::size_t>(std::max(2 * ideal, 1.0));
+      if (next != old && cfg_.verbose >= 10)
+        printer_.message(fmt::format("Batch computation too slow ({}s.) Setting batch_size={}.", d, next));
+    }
+    if (next != old) {
+      effective_batch_size_ = next;
+      smoothed_batch_duration_ = 0.0;
+    }
+    bs = effective_batch_size_;
+  }
+  // The tail of a sized input is cut finer, to limit stragglers.
+  if (!sequential_ && n_tasks_) {
+    const std::size_t remaining = source_->remaining().value_or(0);
+    const std::size_t jobs = static_cast<std::size_t>(cfg_.n_jobs);
+    if (remaining < bs * jobs) bs = std::max<std::size_t>(1, remaining / (10 * jobs));
+  }
+  return std::max<std::size_t>(bs, 1);
+}
+
+void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
+  while (!stop_.load(std::memory_order_relaxed) && !exhausted_ && (window_ == 0 || in_window_locked() < window_)) {
+    const std::size_t bs = next_batch_size_locked();
+    std::unique_ptr<BatchBase> b;
+    try {
+      b = source_->pull(bs);
+    } catch (...) {
+      exhausted_ = true;
+      record_error_locked(next_seq_, std::current_exception());
+      break;
+    }
+    if (!b) {
+      exhausted_ = true;
+      break;
+    }
+    b->seq_ = next_seq_++;
+    b->first_index_ = next_first_;
+    next_first_ += b->size_;
+    b->stop_ = &stop_;
+    b->dispatched_ns_ = now_ns();
+    b->call_ = shared_from_this();
+    dispatched_tasks_ += b->size_;
+    ++dispatched_batches_;
+    out.push_back(b.get());
+    running_.emplace(b->seq_, std::move(b));
+  }
+}
+
+void CallImpl::submit(const std::vector<BatchBase*>& batches) noexcept {
+  for (BatchBase* b : batches) cfg_.backend->submit(*b);
+}
+
+void CallImpl::record_error_locked(std::size_t seq, std::exception_ptr e) {
+  if (seq < error_seq_) {
+    error_seq_ = seq;
+    error_ = std::move(e);
+  }
+  stop_.store(true);
+}
+
+ProgressState CallImpl::progress_locked() const {
+  ProgressState s;
+  s.n_tasks = n_tasks_;
+  s.completed_tasks = completed_tasks_;
+  s.dispatched_tasks = dispatched_tasks_;
+  s.dispatched_batches = dispatched_batches_;
+  s.iterating = !exhausted_;
+  s.completed = exhausted_ && running_.empty() && !error_ && completed_tasks_ == dispatched_tasks_;
+  s.pre_dispatch_amount = pre_dispatch_amount_;
+  return s;
+}
+
+void CallImpl::report_progress_locked() {
+  if (error_) return;
+  ProgressState s = progress_locked();
+  if (!finished_printed_ && printer_.print_progress(s)) finished_printed_ = true;
+  printer_.bar(s, s.completed);
+  if (cfg_.on_progress) {
+    std::optional<std::size_t> total = n_tasks_;
+    if (!total && exhausted_) total = dispatched_tasks_;
+    cfg_.on_progress(completed_tasks_, total);
+  }
+}
+
+void CallImpl::report_finished_locked() {
+  if (finished_printed_ || error_) return;
+  ProgressState s = progress_locked();
+  if (!s.completed) return;
+  finished_printed_ = printer_.print_progress(s);
+  printer_.bar(s, true);
+}
+
+void CallImpl::batch_done(BatchBase& b) noexcept {
+  std::shared_ptr<CallImpl> keep = std::move(b.call_);  // released last: may destroy this call
+  std::unique_ptr<BatchBase> dropped;                    // destroyed after the lock is released
+  std::vector<BatchBase*> out;
+  {
+    Lock lk(m_);
+    auto node = running_.extract(b.seq_);
+    const double duration = double(now_ns() - b.dispatched_ns_) * 1e-9;
+    completed_tasks_ += b.completed_;
+    if (b.error_) {
+      record_error_locked(b.seq_, b.error_);
+    } else if (b.completed_ == b.size_ && !cfg_.batch_size && b.size_ == effective_batch_size_) {
+      // joblib's batch_completed(): smoothed duration of full-size batches.
+      smoothed_batch_duration_ =
+          smoothed_batch_duration_ == 0.0 ? duration : 0.8 * smoothed_batch_duration_ + 0.2 * duration;
+    }
+    if (closed_ || error_ || b.completed_ < b.size_) {
+      dropped = std::move(node.mapped());
+    } else {
+      done_.emplace(b.seq_, std::move(node.mapped()));
+      if (cfg_.return_as == ReturnAs::generator_unordered) done_order_.push_back(b.seq_);
+    }
+    report_progress_locked();
+    dispatch_locked(out);
+    if (finished_locked()) report_finished_locked();
+    cv_.notify_all();
+  }
+  if (!out.empty()) submit(out);
+}
+
+void CallImpl::raise_locked(Lock& lk) {
+  stop_.store(true);
+  if (!timed_out_) {
+    lk.unlock();
+    cfg_.backend->abort();
+    lk.lock();
+    // Structured concurrency: tasks already running on threads are waited for.
+    cv_.wait(lk, [this] { return running_.empty(); });
+  }
+  exhausted_ = true;
+  done_.clear();
+  done_order_.clear();
+  raised_ = true;
+  std::exception_ptr e = error_;
+  lk.unlock();
+  finish_backend();
+  std::rethrow_exception(e);
+}
+
+void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
+  for (;;) {
+    if (error_) raise_locked(lk);
+    if (ready()) return;
+    if (!cfg_.timeout) {
+      cv_.wait(lk);
+      continue;
+    }
+    const auto limit = static_cast<std::int64_t>(*cfg_.timeout * 1e9);
+    const std::int64_t now = now_ns();
+    std::int64_t deadline = now + limit;
+    for (auto& [seq, b] : running_) {
+      const std::int64_t s = b->started_ns_.load(std::memory_order_relaxed);
+      if (s == 0) continue;
+      if (now - s > limit) {
+        timed_out_ = true;
+        record_error_locked(0, std::make_exception_ptr(TimeoutError(fmt::format(
+                                   "a task ran longer than the timeout of {} s (batch of {} starting at task {})",
+                                   *cfg_.timeout, task_count(b->size_), b->first_index_))));
+        error_seq_ = 0;
+        lk.unlock();
+        cfg_.backend->abort();
+        lk.lock();
+        raise_locked(lk);
+      }
+      deadline = std::min(deadline, s + limit + 1);
+    }
+    cv_.wait_for(lk, std::chrono::nanoseconds(std::max<std::int64_t>(deadline - now, 1000)));
+  }
+}
+
+void CallImpl::finish_backend() noexcept {
+  if (cfg_.backend && !backend_stopped_.exchange(true)) cfg_.backend->stop_call();
+}
+
+std::unique_ptr<BatchBase> CallImpl::take_locked() {
+  if (generator_ && cfg_.return_as == ReturnAs::generator_unordered) {
+    if (done_order_.empty()) return nullptr;
+    const std::size_t seq = done_order_.front();
+    done_order_.pop_front();
+    auto node = done_.extract(seq);
+    return std::move(node.mapped());
+  }
+  auto it = done_.find(next_take_);
+  if (it == done_.end()) return nullptr;
+  auto b = std::move(it->second);
+  done_.erase(it);
+  ++next_take_;
+  return b;
+}
+
+std::unique_ptr<BatchBase> CallImpl::run_inline_locked(Lock& lk) {
+  if (stop_ || exhausted_) return nullptr;
+  const std::size_t bs = cfg_.batch_size ? static_cast<std::size_t>(*cfg_.batch_size) : 1;
+  std::unique_ptr<BatchBase> b;
+  try {
+    b = source_->pull(bs);
+  } catch (...) {
+    exhausted_ = true;
+    record_error_locked(next_seq_, std::current_exception());
+    raise_locked(lk);
+  }
+  if (!b) {
+    exhausted_ = true;
+    report_finished_locked();
+    return nullptr;
+  }
+  b->seq_ = next_seq_++;
+  b->first_index_ = next_first_;
+  next_first_ += b->size_;
+  dispatched_tasks_ += b->size_;
+  ++dispatched_batches_;
+  b->stop_ = &stop_;
+  // Sequential: run in the caller, with the active configuration unchanged
+  // (joblib's SequentialBackend.get_nested_backend).
+  lk.unlock();
+  b->run_tasks();
+  lk.lock();
+  completed_tasks_ += b->completed_;
+  if (b->error_) {
+    record_error_locked(b->seq_, b->error_);
+    raise_locked(lk);
+  }
+  report_progress_locked();
+  if (n_tasks_ && source_->remaining() == std::optional<std::size_t>(0)) {
+    exhausted_ = true;
+    report_finished_locked();
+  }
+  return b;
+}
+
+std::unique_ptr<BatchBase> CallImpl::next() {
+  std::vector<BatchBase*> out;
+  std::unique_ptr<BatchBase> b;
+  {
+    Lock lk(m_);
+    if (raised_ || closed_) return nullptr;
+    if (sequential_) {
+      if (error_) raise_locked(lk);
+      if (auto ready = take_locked()) return ready;
+      return run_inline_locked(lk);
+    }
+    wait_locked(lk, [&] {
+      b = take_locked();
+      return b != nullptr || finished_locked();
+    });
+    if (b && generator_) dispatch_locked(out);  // a window slot freed up
+  }
+  if (!out.empty()) submit(out);
+  if (!b) finish_backend();
+  return b;
+}
+
+void CallImpl::close() noexcept {
+  Lock lk(m_);
+  if (closed_) return;
+  closed_ = true;
+  if (!sequential_) {
+    if (!finished_locked()) {
+      stop_.store(true);
+      lk.unlock();
+      cfg_.backend->abort();
+      lk.lock();
+      if (!timed_out_) cv_.wait(lk, [this] { return running_.empty(); });
+    }
+  }
+  done_.clear();
+  done_order_.clear();
+  lk.unlock();
+  finish_backend();
+}
+
+// ---------------------------------------------------------------------------
+
+BatchBase::~BatchBase() = default;
+Source::~Source() = default;
+Call::~Call() = default;
+
+void BatchBase::run() noexcept {
+  CallImpl* call = call_.get();
+  started_ns_.store(now_ns(), std::memory_order_relaxed);
+  {
+    TaskScope scope(call->nested(), call->nesting_level() + 1, stop_);
+    run_tasks();
+  }
+  call->batch_done(*this);  // may destroy *this: nothing may follow
+}
+
+void BatchBase::fail(std::exception_ptr error) noexcept {
+  CallImpl* call = call_.get();
+  error_ = error ? error : std::make_exception_ptr(BackendError("a backend failed a batch without saying why"));
+  from_backend_ = true;
+  call->batch_done(*this);
+}
+
+void validate(const ParallelOptions& o) {
+  if (o.n_jobs && *o.n_jobs == 0) throw std::invalid_argument("n_jobs == 0 in Parallel has no meaning");
+  if (o.batch_size && *o.batch_size < 1)
+    throw std::invalid_argument(
+        fmt::format("batch_size must be 'auto' or a positive integer, got: {}", *o.batch_size));
+  if (o.timeout && !(*o.timeout > 0))
+    throw std::invalid_argument(fmt::format("timeout must be a positive number of seconds, got: {}", *o.timeout));
+  if (o.verbose < 0) throw std::invalid_argument(fmt::format("verbose must be >= 0, got: {}", o.verbose));
+  if (o.pre_dispatch != "all") {
+    long amount = eval_pre_dispatch(o.pre_dispatch, 1);  // syntax check with any n_jobs
+    (void)amount;
+  }
+  if (o.max_nbytes) (void)parse_bytes(*o.max_nbytes, "max_nbytes");
+}
+
+std::shared_ptr<Call> start_call(const ParallelOptions& options, std::unique_ptr<Source> source) {
+  Resolved cfg = resolve(options);
+  auto call = std::make_shared<CallImpl>(std::move(cfg), std::move(source), parallel_repr(options));
+  call->start();
+  return call;
+}
+
+std::string parallel_repr(const ParallelOptions& options) {
+  std::optional<int> n = options.n_jobs;
+  if (!n) n = current_frame().n_jobs;
+  return fmt::format("Parallel(n_jobs={})", n.value_or(1));
+}
+
+}  // namespace joblib::detail

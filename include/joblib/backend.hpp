@@ -1,0 +1,145 @@
+#pragma once
+// The plugin SDK: what a backend implements and how it exports itself.
+//
+// A backend only executes. The dispatcher (Parallel) owns batching, order,
+// progress, timeouts and errors; it hands the backend batches through
+// submit() and each batch reports its own outcome when run. Every entry point
+// is noexcept: a backend reports failures as data (Batch::fail, or an
+// exception_ptr returned from start_call), never by throwing across the
+// plugin boundary. See docs/plugins.md for a walk-through and the misuses.
+#include <joblib/export.hpp>
+#include <joblib/options.hpp>
+
+#include <boost/dll/alias.hpp>
+
+#include <cstddef>
+#include <exception>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace joblib {
+
+/// Bumped whenever the layout or the virtual interface below changes. A plugin
+/// built against another version is refused with BackendError.
+inline constexpr int plugin_abi_version = 1;
+
+/// What a backend can do; the resolver and the dispatcher ask, never check names.
+struct BackendCapabilities {
+  bool uses_threads = false;               // runs tasks on threads of this process
+  bool supports_sharedmem = false;         // tasks may share memory with the caller (require = sharedmem)
+  bool supports_timeout = true;            // the dispatcher may give up on a running batch
+  bool supports_return_generator = true;   // generator modes are allowed
+  bool needs_encoded_tasks = false;        // tasks travel to another process (process, MPI backends)
+  bool supports_inner_max_num_threads = false;  // honours inner_max_num_threads
+};
+
+/// One batch of tasks handed to a backend by the dispatcher. The backend calls
+/// exactly one of run() or fail(), once, on any thread. After that call the
+/// batch may already be destroyed: do not touch it again.
+class JOBLIB_EXPORT Batch {
+ public:
+  Batch(const Batch&) = delete;
+  Batch& operator=(const Batch&) = delete;
+  /// Runs the batch's tasks in the calling thread, in order, and reports the
+  /// outcome (results or the task's exception) to the dispatcher.
+  virtual void run() noexcept = 0;
+  /// Reports that the backend could not run the batch (for instance its
+  /// worker died); the call fails with this exception.
+  virtual void fail(std::exception_ptr error) noexcept = 0;
+  /// Number of tasks in the batch.
+  virtual std::size_t size() const noexcept = 0;
+
+ protected:
+  Batch() = default;
+  ~Batch();
+};
+
+/// Given to a backend's factory: where it runs and what the scope asked for.
+struct BackendInit {
+  int nesting_level = 0;                           // 0 at top level, +1 inside each parallel task
+  std::optional<int> inner_max_num_threads{};
+  std::map<std::string, std::string> settings{};   // BackendOptions/ConfigOptions::settings
+};
+
+/// Settings of one Parallel call, given to start_call().
+struct CallSettings {
+  int n_jobs = 1;                       // effective number of workers for this call (>= 2)
+  std::optional<double> timeout{};      // seconds per task, if any
+  int verbose = 0;
+  std::string temp_folder{};
+  std::optional<std::size_t> max_nbytes{};
+  MmapMode mmap_mode = MmapMode::r;
+};
+
+/// Backend that tasks of a parallel call see as active (joblib's get_nested_backend).
+struct NestedBackend {
+  std::string name;                     // a registered backend name
+  std::optional<int> n_jobs{};          // unset: nested Parallel() runs with 1 job
+};
+
+/// Base of every backend. The dispatcher creates one instance per Parallel
+/// call (from the backend's factory) and calls, in order: start_call, then
+/// submit for each batch (possibly from several threads at once), then
+/// stop_call. abort() may come at any time from any thread. Pools meant to
+/// outlive a call (persistent threads, worker processes) live in the plugin,
+/// not in the instance.
+class JOBLIB_EXPORT ParallelBackendBase {
+ public:
+  explicit ParallelBackendBase(BackendInit init = {}) : init_(std::move(init)) {}
+  ParallelBackendBase(const ParallelBackendBase&) = delete;
+  ParallelBackendBase& operator=(const ParallelBackendBase&) = delete;
+  virtual ~ParallelBackendBase();
+
+  /// The backend's name, as registered.
+  virtual std::string name() const = 0;
+  /// What the backend can do.
+  virtual BackendCapabilities capabilities() const noexcept = 0;
+  /// How many workers a requested n_jobs (>= 1, already resolved from -1, -2,
+  /// ...) really gives; 1 makes the call run sequentially in the caller.
+  virtual int effective_n_jobs(int n_jobs) const noexcept { return n_jobs < 1 ? 1 : n_jobs; }
+  /// Prepares for a call (sizes a pool). A non-null result fails the call.
+  virtual std::exception_ptr start_call(const CallSettings& settings) noexcept;
+  /// Runs the batch (eventually calling batch.run() or batch.fail()).
+  virtual void submit(Batch& batch) noexcept = 0;
+  /// The call is over; no further submit for it.
+  virtual void stop_call() noexcept {}
+  /// Stop what can be stopped (queued work, worker processes) after an
+  /// error, a timeout or an abandoned generator. Batches already handed out
+  /// must still be completed (run() returns early for a stopped call).
+  virtual void abort() noexcept {}
+  /// Backend that tasks see as active: by default threading at nesting
+  /// level 1 and sequential beyond, as joblib.
+  virtual NestedBackend nested_backend() const;
+
+  /// Nesting level this instance runs at (0 at top level).
+  int nesting_level() const noexcept { return init_.nesting_level; }
+  /// What the factory was given.
+  const BackendInit& init() const noexcept { return init_; }
+
+ private:
+  BackendInit init_;
+};
+
+/// Signature of a plugin's factory.
+using BackendFactoryFn = std::unique_ptr<ParallelBackendBase>(const BackendInit&);
+
+namespace detail {
+inline int plugin_abi() { return plugin_abi_version; }
+}  // namespace detail
+
+}  // namespace joblib
+
+/// Exports a backend class from a plugin shared object. Use once per plugin, at
+/// namespace scope: JOBLIB_EXPORT_BACKEND(MyBackend). The class needs a
+/// constructor taking `const joblib::BackendInit&`.
+#define JOBLIB_EXPORT_BACKEND(Class)                                                         \
+  namespace joblib_plugin_entry {                                                           \
+  inline std::unique_ptr<::joblib::ParallelBackendBase> make(const ::joblib::BackendInit& i) { \
+    return std::make_unique<Class>(i);                                                      \
+  }                                                                                         \
+  inline int abi() { return ::joblib::plugin_abi_version; }                                 \
+  }                                                                                         \
+  BOOST_DLL_ALIAS(joblib_plugin_entry::make, joblib_backend_factory)                        \
+  BOOST_DLL_ALIAS(joblib_plugin_entry::abi, joblib_plugin_abi)

@@ -1,0 +1,85 @@
+#pragma once
+// Internal seam between the Parallel templates and the compiled dispatcher
+// (core/dispatch.cpp). Not part of the public API: names here may change.
+#include <joblib/backend.hpp>
+#include <joblib/export.hpp>
+#include <joblib/options.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace joblib::detail {
+
+class CallImpl;
+
+/// A batch as the dispatcher sees it; BatchOf<Task, R> (parallel.hpp) holds
+/// the tasks and results, and runs them as one monomorphic loop.
+class JOBLIB_EXPORT BatchBase : public Batch {
+ public:
+  BatchBase() = default;
+  virtual ~BatchBase();
+  void run() noexcept final;
+  void fail(std::exception_ptr error) noexcept final;
+  std::size_t size() const noexcept final { return size_; }
+
+  /// Runs the tasks in order until one throws or the call stops; records
+  /// completed_, error_ and error_offset_.
+  virtual void run_tasks() noexcept = 0;
+
+  // ---- the dispatcher's bookkeeping ----
+  std::size_t size_ = 0;           // tasks in the batch
+  std::size_t first_index_ = 0;    // index of the first task in the call's input
+  std::size_t seq_ = 0;            // batch number within the call
+  std::size_t completed_ = 0;      // tasks that returned normally
+  std::exception_ptr error_{};     // first exception of the batch
+  std::size_t error_offset_ = 0;   // index within the batch of the task that threw
+  bool from_backend_ = false;      // error_ came from Batch::fail
+  const std::atomic<bool>* stop_ = nullptr;  // the call's stop flag
+  std::shared_ptr<CallImpl> call_{};         // set while dispatched
+  std::int64_t dispatched_ns_ = 0;
+  std::atomic<std::int64_t> started_ns_{0};
+};
+
+/// The input of one call: pulls tasks lazily into batches.
+class JOBLIB_EXPORT Source {
+ public:
+  virtual ~Source();
+  /// Pulls at most `max` (>= 1) tasks into a new batch; nullptr at the end of
+  /// the input. Called under the call's lock. Throws what the input throws.
+  virtual std::unique_ptr<BatchBase> pull(std::size_t max) = 0;
+  /// Tasks not yet pulled, when the input knows its size.
+  virtual std::optional<std::size_t> remaining() const = 0;
+};
+
+/// One running Parallel call.
+class JOBLIB_EXPORT Call {
+ public:
+  virtual ~Call();
+  /// Next finished batch (submission order, or completion order for
+  /// generator_unordered); nullptr once every task has been delivered.
+  /// Throws the call's first error (in submission order), TimeoutError, or
+  /// what the input threw.
+  virtual std::unique_ptr<BatchBase> next() = 0;
+  /// Abandons the call: nothing more starts, process workers are stopped,
+  /// and tasks running on threads are waited for (except after a timeout).
+  virtual void close() noexcept = 0;
+};
+
+/// Validates options that do not depend on the scope; throws
+/// std::invalid_argument naming the field and the value.
+JOBLIB_EXPORT void validate(const ParallelOptions& options);
+
+/// Resolves the backend and n_jobs and starts the call. In list mode every
+/// task has run when it returns (and the first error is thrown from here).
+JOBLIB_EXPORT std::shared_ptr<Call> start_call(const ParallelOptions& options,
+                                               std::unique_ptr<Source> source);
+
+/// "Parallel(n_jobs=...)" as joblib prints it.
+JOBLIB_EXPORT std::string parallel_repr(const ParallelOptions& options);
+
+}  // namespace joblib::detail

@@ -1,0 +1,8 @@
+#pragma once
+// Umbrella header of joblib-cpp. See docs/api.md for which header holds what.
+#include <joblib/backend.hpp>
+#include <joblib/config.hpp>
+#include <joblib/delayed.hpp>
+#include <joblib/errors.hpp>
+#include <joblib/options.hpp>
+#include <joblib/parallel.hpp>

@@ -1,0 +1,67 @@
+#pragma once
+// Options of Parallel and of the configuration scopes (parallel_backend,
+// parallel_config). Aggregates: write `{.n_jobs = 4, .prefer = Prefer::threads}`.
+#include <cstddef>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+
+namespace joblib {
+
+/// Soft hint for choosing a backend when no scope names one.
+enum class Prefer { none, processes, threads };
+/// Hard constraint: sharedmem always ends on a thread backend.
+enum class Require { none, sharedmem };
+/// What Parallel returns: a finished list, or a generator in submission or completion order.
+enum class ReturnAs { list, generator, generator_unordered };
+/// joblib's memory-map modes: None, 'r', 'r+', 'w+', 'c'.
+enum class MmapMode { none, r, r_plus, w_plus, c };
+
+/// Progress callback: tasks done so far, and the total once it is known.
+using ProgressCallback = std::function<void(std::size_t done, std::optional<std::size_t> total)>;
+
+/// Parameters of Parallel, in the order of joblib's Parallel parameters.
+/// A field left at its default counts as unset: it takes the innermost
+/// scope's value if one is set, else the default shown.
+struct ParallelOptions {
+  std::optional<int> n_jobs{};              // unset: 1 unless a scope sets it; -1 all CPUs; -2 all but one; 0 is an error
+  std::string backend{};                    // "" = scope / hints / default; else a backend name
+  int verbose = 0;                          // joblib's progress messages: stderr below 50, stdout from 50
+  std::optional<double> timeout{};          // seconds, per task
+  std::string pre_dispatch = "2 * n_jobs";  // "all", an integer, or an expression in n_jobs
+  std::optional<int> batch_size{};          // unset = "auto"
+  std::string temp_folder{};                // "" = JOBLIB_TEMP_FOLDER, /dev/shm, then the system temp folder
+  std::optional<std::string> max_nbytes = "1M";  // std::nullopt (or "none") = never memmap
+  MmapMode mmap_mode = MmapMode::r;
+  Prefer prefer = Prefer::none;
+  Require require = Require::none;
+  ReturnAs return_as = ReturnAs::list;
+  // ---- beyond joblib ----
+  ProgressCallback on_progress{};           // called after every finished batch (every task when sequential)
+  bool progress_bar = false;                // live bar with rate and ETA on stderr when it is a terminal
+};
+
+/// Options of parallel_backend(name, options).
+struct BackendOptions {
+  std::optional<int> n_jobs{};                     // -1 (all CPUs) when unset, as joblib
+  std::optional<int> inner_max_num_threads{};      // thread cap for TBB/OpenMP code inside tasks
+  std::map<std::string, std::string> settings{};   // backend-specific settings
+};
+
+/// Options of parallel_config(options), in joblib's parallel_config order.
+/// Every field is optional: only the fields set override the enclosing scope.
+struct ConfigOptions {
+  std::optional<std::string> backend{};
+  std::optional<int> n_jobs{};
+  std::optional<int> verbose{};
+  std::optional<std::string> temp_folder{};
+  std::optional<std::string> max_nbytes{};         // "none" disables memmapping
+  std::optional<MmapMode> mmap_mode{};
+  std::optional<Prefer> prefer{};
+  std::optional<Require> require{};
+  std::optional<int> inner_max_num_threads{};
+  std::map<std::string, std::string> settings{};
+};
+
+}  // namespace joblib

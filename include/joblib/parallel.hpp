@@ -1,0 +1,377 @@
+#pragma once
+// Parallel: joblib's parallel map. Parallel(options)(tasks) runs a range of
+// tasks (delayed(f)(args...), Task<R>, or any callable taking no argument) on
+// the resolved backend and returns Results<R>.
+#include <joblib/config.hpp>
+#include <joblib/delayed.hpp>
+#include <joblib/detail/engine.hpp>
+#include <joblib/options.hpp>
+
+#include <cstddef>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace joblib {
+
+namespace detail {
+
+template <class TaskT>
+using task_result_t = std::remove_cvref_t<std::invoke_result_t<TaskT&>>;
+
+/// A batch's results, typed.
+template <class R>
+class ResultBatch : public BatchBase {
+ public:
+  std::vector<R> results_;
+};
+template <>
+class ResultBatch<void> : public BatchBase {};
+
+/// A batch of tasks of one type: run() is a monomorphic loop.
+template <class TaskT, class R>
+class BatchOf final : public ResultBatch<R> {
+ public:
+  std::vector<TaskT> tasks_;
+
+  void run_tasks() noexcept override {
+    const std::atomic<bool>* stop = this->stop_;
+    try {
+      if constexpr (!std::is_void_v<R>) this->results_.reserve(tasks_.size());
+      for (auto& task : tasks_) {
+        if (stop && stop->load(std::memory_order_relaxed)) break;
+        if constexpr (std::is_void_v<R>)
+          std::invoke(task);
+        else
+          this->results_.emplace_back(std::invoke(task));
+        ++this->completed_;
+      }
+    } catch (...) {
+      this->error_ = std::current_exception();
+      this->error_offset_ = this->completed_;
+    }
+    tasks_.clear();
+    tasks_.shrink_to_fit();
+  }
+};
+
+/// Pulls tasks from an input range. `View` is views::all of what the user
+/// passed: an owning view for rvalue containers, a ref_view for lvalues.
+template <class View, bool Owns>
+class RangeSource final : public Source {
+ public:
+  using TaskT = std::remove_cvref_t<std::ranges::range_reference_t<View>>;
+  using R = task_result_t<TaskT>;
+
+  explicit RangeSource(View view) : view_(std::move(view)), it_(std::ranges::begin(view_)) {
+    if constexpr (std::ranges::sized_range<View>) total_ = static_cast<std::size_t>(std::ranges::size(view_));
+  }
+
+  std::unique_ptr<BatchBase> pull(std::size_t max) override {
+    const auto end = std::ranges::end(view_);
+    if (it_ == end) return nullptr;
+    auto batch = std::make_unique<BatchOf<TaskT, R>>();
+    batch->tasks_.reserve(max);
+    for (std::size_t k = 0; k < max && it_ != end; ++k) {
+      if constexpr (Owns)
+        batch->tasks_.emplace_back(std::ranges::iter_move(it_));
+      else
+        batch->tasks_.emplace_back(*it_);
+      ++it_;
+      ++pulled_;
+    }
+    batch->size_ = batch->tasks_.size();
+    return batch;
+  }
+
+  std::optional<std::size_t> remaining() const override {
+    if (total_) return *total_ - pulled_;
+    return std::nullopt;
+  }
+
+ private:
+  View view_;
+  std::ranges::iterator_t<View> it_;
+  std::size_t pulled_ = 0;
+  std::optional<std::size_t> total_;
+};
+
+}  // namespace detail
+
+/// What Parallel returns: an input range of R, and implicitly a std::vector<R>.
+/// In list mode every task has finished when you get it; in generator modes
+/// iterating drives the call and throws the call's error when it reaches it.
+/// Destroying an unfinished Results stops the call (no further task starts,
+/// running thread tasks are waited for). Move-only; not thread-safe.
+template <class R>
+class Results {
+ public:
+  using value_type = R;
+
+  class iterator {
+   public:
+    using value_type = R;
+    using difference_type = std::ptrdiff_t;
+    using iterator_concept = std::input_iterator_tag;
+    iterator() = default;
+    explicit iterator(Results* r) : r_(r) {}
+    R& operator*() const { return r_->current(); }
+    R* operator->() const { return &r_->current(); }
+    iterator& operator++() {
+      r_->advance();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.done(); }
+
+   private:
+    bool done() const { return !r_ || r_->at_end(); }
+
+   public:
+
+   private:
+    Results* r_ = nullptr;
+  };
+
+  explicit Results(std::shared_ptr<detail::Call> call) : call_(std::move(call)) {}
+  Results(Results&&) noexcept = default;
+  Results& operator=(Results&& o) noexcept {
+    if (this != &o) {
+      close();
+      call_ = std::move(o.call_);
+      batch_ = std::move(o.batch_);
+      pos_ = o.pos_;
+      done_ = o.done_;
+    }
+    return *this;
+  }
+  ~Results() { close(); }
+
+  /// Input iterator over the results; begin() may block (generator modes).
+  iterator begin() {
+    fill();
+    return iterator(this);
+  }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+  /// Collects the results not yet taken. Throws the call's error.
+  std::vector<R> to_vector() {
+    std::vector<R> out;
+    fill();
+    while (!done_) {
+      auto& v = batch_->results_;
+      out.insert(out.end(), std::make_move_iterator(v.begin() + static_cast<std::ptrdiff_t>(pos_)),
+                 std::make_move_iterator(v.end()));
+      pos_ = v.size();
+      fill();
+    }
+    return out;
+  }
+  operator std::vector<R>() { return to_vector(); }  // NOLINT: implicit, as the API promises
+
+  /// Stops the call if it is still running (as destruction does).
+  void close() noexcept {
+    if (call_) call_->close();
+    call_.reset();
+    batch_.reset();
+    done_ = true;
+  }
+
+ private:
+  R& current() {
+    fill();
+    return batch_->results_[pos_];
+  }
+  void advance() {
+    ++pos_;
+    fill();
+  }
+  bool at_end() {
+    fill();
+    return done_;
+  }
+  // Makes batch_/pos_ point at an available result, or sets done_.
+  void fill() {
+    while (!done_ && (!batch_ || pos_ >= batch_->results_.size())) {
+      batch_.reset();
+      pos_ = 0;
+      if (!call_) {
+        done_ = true;
+        break;
+      }
+      std::unique_ptr<detail::BatchBase> b = call_->next();
+      if (!b) {
+        done_ = true;
+        call_.reset();
+        break;
+      }
+      batch_.reset(static_cast<detail::ResultBatch<R>*>(b.release()));
+    }
+  }
+
+  std::shared_ptr<detail::Call> call_;
+  std::unique_ptr<detail::ResultBatch<R>> batch_;
+  std::size_t pos_ = 0;
+  bool done_ = false;
+};
+
+/// Results of tasks returning void. In list mode the call has finished when
+/// you get it. In generator modes iterating drives the call; each element is
+/// the input index of a finished task (completion order for
+/// generator_unordered). wait() runs the call to its end.
+template <>
+class Results<void> {
+ public:
+  using value_type = std::size_t;
+
+  class iterator {
+   public:
+    using value_type = std::size_t;
+    using difference_type = std::ptrdiff_t;
+    using iterator_concept = std::input_iterator_tag;
+    iterator() = default;
+    explicit iterator(Results* r) : r_(r) {}
+    std::size_t operator*() const { return r_->current(); }
+    iterator& operator++() {
+      r_->advance();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.done(); }
+
+   private:
+    bool done() const { return !r_ || r_->at_end(); }
+
+   public:
+
+   private:
+    Results* r_ = nullptr;
+  };
+
+  explicit Results(std::shared_ptr<detail::Call> call) : call_(std::move(call)) {}
+  Results(Results&&) noexcept = default;
+  Results& operator=(Results&& o) noexcept {
+    if (this != &o) {
+      close();
+      call_ = std::move(o.call_);
+      batch_ = std::move(o.batch_);
+      pos_ = o.pos_;
+      done_ = o.done_;
+    }
+    return *this;
+  }
+  ~Results() { close(); }
+
+  iterator begin() {
+    fill();
+    return iterator(this);
+  }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+  /// Runs the call to its end. Throws the call's error.
+  void wait() {
+    while (!at_end()) advance();
+  }
+  /// Stops the call if it is still running (as destruction does).
+  void close() noexcept {
+    if (call_) call_->close();
+    call_.reset();
+    batch_.reset();
+    done_ = true;
+  }
+
+ private:
+  std::size_t current() {
+    fill();
+    return batch_->first_index_ + pos_;
+  }
+  void advance() {
+    ++pos_;
+    fill();
+  }
+  bool at_end() {
+    fill();
+    return done_;
+  }
+  void fill() {
+    while (!done_ && (!batch_ || pos_ >= batch_->completed_)) {
+      batch_.reset();
+      pos_ = 0;
+      if (!call_) {
+        done_ = true;
+        break;
+      }
+      batch_ = call_->next();
+      if (!batch_) {
+        done_ = true;
+        call_.reset();
+      }
+    }
+  }
+
+  std::shared_ptr<detail::Call> call_;
+  std::unique_ptr<detail::BatchBase> batch_;
+  std::size_t pos_ = 0;
+  bool done_ = false;
+};
+
+/// Readable parallel mapping, as joblib's Parallel:
+///
+///     std::vector<double> r = joblib::Parallel({.n_jobs = 2})(
+///         std::views::iota(0, 10) |
+///         std::views::transform([](int i) { return joblib::delayed(root)(i * i); }));
+///
+/// The constructor validates what it can (std::invalid_argument naming the
+/// field); a call resolves the backend and n_jobs from the options, the
+/// innermost scope and the defaults (BackendError for an unknown or broken
+/// backend). A Parallel object holds only options: it is cheap to copy and
+/// may be used from several threads at once.
+class Parallel {
+ public:
+  /// Throws std::invalid_argument for a bad field (n_jobs 0, batch_size < 1,
+  /// unparsable pre_dispatch or max_nbytes, negative timeout).
+  explicit Parallel(ParallelOptions options = {}) : options_(std::move(options)) { detail::validate(options_); }
+
+  /// Runs a range of tasks. An rvalue range is moved into the call and kept
+  /// while the result needs it; an lvalue range is referenced and must
+  /// outlive the result. The range is pulled lazily (pre_dispatch).
+  /// List mode: returns when every task has run, throwing the first task
+  /// error (in submission order) with its own type. Generator modes: errors
+  /// are thrown while iterating.
+  template <std::ranges::input_range Range>
+    requires std::is_invocable_v<std::remove_cvref_t<std::ranges::range_reference_t<Range>>&>
+  auto operator()(Range&& tasks) const {
+    using View = std::views::all_t<Range>;
+    constexpr bool owns = !std::is_lvalue_reference_v<Range> &&
+                          !std::ranges::view<std::remove_cvref_t<Range>>;
+    using SourceT = detail::RangeSource<View, owns>;
+    using R = typename SourceT::R;
+    auto source = std::make_unique<SourceT>(std::views::all(std::forward<Range>(tasks)));
+    return Results<R>(detail::start_call(options_, std::move(source)));
+  }
+
+  /// Sugar for (*this)(delayed(f)(x) for x in inputs).
+  template <class F, std::ranges::input_range Inputs>
+  auto map(F&& f, Inputs&& inputs) const {
+    return (*this)(std::views::all(std::forward<Inputs>(inputs)) |
+                   std::views::transform([g = delayed(std::forward<F>(f))](auto&& x) {
+                     return g(std::forward<decltype(x)>(x));
+                   }));
+  }
+
+  /// The options given to the constructor.
+  const ParallelOptions& options() const noexcept { return options_; }
+  /// "Parallel(n_jobs=N)" as joblib prints it in progress messages.
+  std::string repr() const { return detail::parallel_repr(options_); }
+
+ private:
+  ParallelOptions options_;
+};
+
+}  // namespace joblib
