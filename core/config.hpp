@@ -27,7 +27,7 @@ struct Frame {
 };
 
 /// The innermost frame of this thread (an empty frame outside any scope).
-const Frame& current_frame();
+JOBLIB_EXPORT const Frame& current_frame();
 
 /// Pushes a frame that runs tasks of a call: backend = the call's nested
 /// backend, n_jobs reset to 1, nesting level + 1; sets the stop flag that
@@ -65,9 +65,9 @@ struct Resolved {
 };
 
 /// Resolves a call (may load a plugin). Throws BackendError, std::invalid_argument.
-Resolved resolve(const ParallelOptions& options);
+JOBLIB_EXPORT Resolved resolve(const ParallelOptions& options);
 
 /// joblib's n_jobs rule: 0 is an error, negative counts back from cpu_count()+1, clamped at 1.
-int resolve_n_jobs(int n_jobs);
+JOBLIB_EXPORT int resolve_n_jobs(int n_jobs);
 
 }  // namespace joblib::detail

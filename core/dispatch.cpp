@@ -323,7 +323,7 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
 
 void CallImpl::raise_locked(Lock& lk) {
   stop_.store(true);
-  if (!timed_out_) {
+  if (!timed_out_ && cfg_.backend) {
     lk.unlock();
     cfg_.backend->abort();
     lk.lock();

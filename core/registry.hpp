@@ -25,14 +25,14 @@ bool backend_known(const std::string& name);
 bool backend_serves(const std::string& name, Hint hint);
 
 /// Default backend for a hint (plugins.toml [defaults]), or for no hint.
-std::string default_backend();
-std::string default_backend_for(Hint hint);
+JOBLIB_EXPORT std::string default_backend();
+JOBLIB_EXPORT std::string default_backend_for(Hint hint);
 
 /// Creates an instance of backend `name` (loading its plugin on first use).
 /// The instance keeps its plugin library loaded. Throws BackendError.
 std::shared_ptr<ParallelBackendBase> create_backend(const std::string& name, const BackendInit& init);
 
 /// The plugins.toml files read at start-up (for messages and tests).
-std::vector<std::filesystem::path> plugin_files();
+JOBLIB_EXPORT std::vector<std::filesystem::path> plugin_files();
 
 }  // namespace joblib::detail

@@ -119,6 +119,9 @@ class Results {
     using value_type = R;
     using difference_type = std::ptrdiff_t;
     using iterator_concept = std::input_iterator_tag;
+    using iterator_category = std::input_iterator_tag;
+    using reference = R&;
+    using pointer = R*;
     iterator() = default;
     explicit iterator(Results* r) : r_(r) {}
     R& operator*() const { return r_->current(); }
@@ -129,6 +132,7 @@ class Results {
     }
     void operator++(int) { ++*this; }
     friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.done(); }
+    friend bool operator==(const iterator& a, const iterator& b) { return a.done() == b.done(); }
 
    private:
     bool done() const { return !r_ || r_->at_end(); }
@@ -158,7 +162,8 @@ class Results {
     fill();
     return iterator(this);
   }
-  std::default_sentinel_t end() const noexcept { return {}; }
+  /// The end: compares equal to an iterator once every result has been taken.
+  iterator end() const noexcept { return iterator(); }
 
   /// Collects the results not yet taken. Throws the call's error.
   std::vector<R> to_vector() {
@@ -235,6 +240,9 @@ class Results<void> {
     using value_type = std::size_t;
     using difference_type = std::ptrdiff_t;
     using iterator_concept = std::input_iterator_tag;
+    using iterator_category = std::input_iterator_tag;
+    using reference = std::size_t;
+    using pointer = void;
     iterator() = default;
     explicit iterator(Results* r) : r_(r) {}
     std::size_t operator*() const { return r_->current(); }
@@ -244,6 +252,7 @@ class Results<void> {
     }
     void operator++(int) { ++*this; }
     friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.done(); }
+    friend bool operator==(const iterator& a, const iterator& b) { return a.done() == b.done(); }
 
    private:
     bool done() const { return !r_ || r_->at_end(); }
@@ -272,7 +281,7 @@ class Results<void> {
     fill();
     return iterator(this);
   }
-  std::default_sentinel_t end() const noexcept { return {}; }
+  iterator end() const noexcept { return iterator(); }
 
   /// Runs the call to its end. Throws the call's error.
   void wait() {

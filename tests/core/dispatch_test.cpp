@@ -1,0 +1,458 @@
+// The dispatcher: order, return modes, errors, abort, nesting, laziness,
+// back-pressure, timeout and progress. Backend-independent behaviour is in
+// conformance/; this file covers what needs threads to observe.
+#include <joblib/joblib.hpp>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+#include <numeric>
+#include <ranges>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace {
+
+using joblib::delayed;
+using joblib::Parallel;
+using joblib::ReturnAs;
+using namespace std::chrono_literals;
+
+double root(int x) { return std::sqrt(x); }
+int square(int x) { return x * x; }
+
+// Waits until `flag` is set (at most 10 s, so a broken test fails instead of hanging).
+void wait_for(const std::atomic<bool>& flag) {
+  auto until = std::chrono::steady_clock::now() + 10s;
+  while (!flag.load() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+}
+
+TEST(ParallelTest, JoblibSqrtExample) {
+  std::vector<double> r = Parallel({.n_jobs = 2})(
+      std::views::iota(0, 10) | std::views::transform([](int i) { return delayed(root)(i * i); }));
+  EXPECT_EQ(r, (std::vector<double>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+}
+
+TEST(ParallelTest, MapIsSugarForDelayed) {
+  std::vector<double> s = Parallel({.n_jobs = 2}).map(root, std::vector{1, 4, 9});
+  EXPECT_EQ(s, (std::vector<double>{1, 2, 3}));
+}
+
+TEST(ParallelTest, ResultDoesNotReferToItsParallelObject) {
+  auto results = Parallel({.n_jobs = 2, .return_as = ReturnAs::generator}).map(square, std::vector{1, 2, 3});
+  std::vector<int> got(results.begin(), results.end());
+  EXPECT_EQ(got, (std::vector<int>{1, 4, 9}));
+}
+
+TEST(ParallelTest, LvalueRangeIsReferencedNotCopied) {
+  std::vector<joblib::Task<int>> tasks;
+  for (int i = 0; i < 5; ++i) tasks.push_back(delayed(square)(i));
+  std::vector<int> r = Parallel({.n_jobs = 2})(tasks);
+  EXPECT_EQ(r, (std::vector<int>{0, 1, 4, 9, 16}));
+  EXPECT_TRUE(static_cast<bool>(tasks[0]));  // an lvalue range is not moved from
+}
+
+TEST(ParallelTest, TasksOfDifferentCallablesMixAsTaskR) {
+  struct Triple {
+    int operator()(int x) const { return 3 * x; }
+  };
+  std::vector<joblib::Task<int>> tasks{delayed(square)(3), delayed(Triple{})(3), delayed([](int x) { return x + 1; })(3),
+                                       [] { return 42; }};
+  std::vector<int> r = Parallel({.n_jobs = 2})(std::move(tasks));
+  EXPECT_EQ(r, (std::vector<int>{9, 9, 4, 42}));
+}
+
+TEST(ParallelTest, ArgumentsAreCapturedByValue) {
+  std::vector<int> data{1, 2, 3};
+  auto task = delayed([](const std::vector<int>& v) { return v.size(); })(data);
+  data.clear();
+  std::vector<std::size_t> r = Parallel({.n_jobs = 2})(std::vector{task});
+  EXPECT_EQ(r, (std::vector<std::size_t>{3}));
+}
+
+TEST(ParallelTest, VoidTasksFinishBeforeTheCallReturns) {
+  std::atomic<int> sum{0};
+  auto results = Parallel({.n_jobs = 2})(std::views::iota(1, 101) | std::views::transform([&](int i) {
+                                           return delayed([&sum](int x) { sum += x; })(i);
+                                         }));
+  EXPECT_EQ(sum.load(), 5050);
+  static_assert(std::is_same_v<decltype(results), joblib::Results<void>>);
+}
+
+TEST(ParallelTest, VoidGeneratorYieldsTaskIndices) {
+  auto results = Parallel({.n_jobs = 2, .return_as = ReturnAs::generator_unordered})(
+      std::views::iota(0, 20) | std::views::transform([](int i) { return delayed([](int) {})(i); }));
+  std::set<std::size_t> seen(results.begin(), results.end());
+  EXPECT_EQ(seen.size(), 20u);
+  EXPECT_EQ(*seen.rbegin(), 19u);
+}
+
+TEST(ParallelTest, EmptyInputGivesEmptyResult) {
+  std::vector<int> r = Parallel({.n_jobs = 2}).map(square, std::vector<int>{});
+  EXPECT_TRUE(r.empty());
+}
+
+TEST(ParallelTest, KeepsOrderOnUnevenTasks) {
+  auto slow_first = [](int i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(i % 3 == 0 ? 5 : 0));
+    return i;
+  };
+  std::vector<int> r = Parallel({.n_jobs = 2, .batch_size = 1}).map(slow_first, std::views::iota(0, 30));
+  std::vector<int> expected(30);
+  std::iota(expected.begin(), expected.end(), 0);
+  EXPECT_EQ(r, expected);
+}
+
+TEST(ParallelTest, UnorderedGeneratorGivesEveryResultOnce) {
+  auto r = Parallel({.n_jobs = 2, .return_as = ReturnAs::generator_unordered}).map(square, std::views::iota(0, 100));
+  std::multiset<int> got(r.begin(), r.end());
+  std::multiset<int> expected;
+  for (int i = 0; i < 100; ++i) expected.insert(i * i);
+  EXPECT_EQ(got, expected);
+}
+
+TEST(ParallelTest, UnorderedGeneratorYieldsInCompletionOrder) {
+  // Task 0 waits until task 1 has been delivered: only completion order can finish.
+  std::atomic<bool> one_delivered{false};
+  auto r = Parallel({.n_jobs = 2, .batch_size = 1, .return_as = ReturnAs::generator_unordered})(
+      std::views::iota(0, 2) | std::views::transform([&](int i) {
+        return delayed([&one_delivered](int k) {
+          if (k == 0) wait_for(one_delivered);
+          return k;
+        })(i);
+      }));
+  std::vector<int> order;
+  for (int v : r) {
+    order.push_back(v);
+    if (v == 1) one_delivered = true;
+  }
+  EXPECT_EQ(order, (std::vector<int>{1, 0}));
+}
+
+// ---- errors ----------------------------------------------------------------
+
+TEST(ErrorTest, TaskExceptionKeepsItsTypeAndMessage) {
+  auto f = [](int i) -> int {
+    if (i == 3) throw std::out_of_range("index 3 is out of range");
+    return i;
+  };
+  try {
+    Parallel({.n_jobs = 2}).map(f, std::views::iota(0, 10)).to_vector();
+    FAIL();
+  } catch (const std::out_of_range& e) {
+    EXPECT_STREQ(e.what(), "index 3 is out of range");
+  }
+}
+
+TEST(ErrorTest, FirstFailureInSubmissionOrderWins) {
+  // Task 1 fails first in time; task 0 fails later. The caller sees task 0's error.
+  std::atomic<bool> zero_started{false};
+  auto f = [&zero_started](int i) -> int {
+    if (i == 0) {
+      zero_started = true;
+      auto until = std::chrono::steady_clock::now() + 10s;
+      while (!joblib::stop_requested() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+      throw std::invalid_argument("task 0");
+    }
+    wait_for(zero_started);
+    throw std::runtime_error("task 1");
+  };
+  try {
+    Parallel({.n_jobs = 2, .batch_size = 1}).map(f, std::views::iota(0, 2)).to_vector();
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "task 0");
+  }
+}
+
+TEST(ErrorTest, TasksNotYetStartedAreNotStarted) {
+  std::atomic<int> ran{0};
+  auto f = [&ran](int i) {
+    if (i == 0) throw std::runtime_error("boom");
+    ++ran;
+    std::this_thread::sleep_for(1ms);
+    return i;
+  };
+  EXPECT_THROW(Parallel({.n_jobs = 2, .batch_size = 1}).map(f, std::views::iota(0, 1000)).to_vector(),
+               std::runtime_error);
+  EXPECT_LT(ran.load(), 50);  // bounded by the pre_dispatch window, not the input
+}
+
+TEST(ErrorTest, ErrorInTheInputRangeReachesTheCaller) {
+  auto producer = std::views::iota(0, 100) | std::views::transform([](int i) {
+                    if (i == 7) throw std::logic_error("producer failed at 7");
+                    return delayed(square)(i);
+                  });
+  try {
+    Parallel({.n_jobs = 2}).operator()(producer).to_vector();
+    FAIL();
+  } catch (const std::logic_error& e) {
+    EXPECT_STREQ(e.what(), "producer failed at 7");
+  }
+}
+
+TEST(ErrorTest, GeneratorDeliversResultsBeforeTheError) {
+  auto f = [](int i) -> int {
+    if (i == 5) throw std::domain_error("five");
+    return i;
+  };
+  auto r = Parallel({.n_jobs = 1, .return_as = ReturnAs::generator}).map(f, std::views::iota(0, 10));
+  std::vector<int> got;
+  try {
+    for (int v : r) got.push_back(v);
+    FAIL();
+  } catch (const std::domain_error& e) {
+    EXPECT_STREQ(e.what(), "five");
+  }
+  EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3, 4}));
+}
+
+TEST(ErrorTest, CallIsUsableAgainAfterAnError) {
+  auto f = [](int i) -> int {
+    if (i == 1) throw std::runtime_error("x");
+    return i;
+  };
+  EXPECT_THROW(Parallel({.n_jobs = 2}).map(f, std::views::iota(0, 4)).to_vector(), std::runtime_error);
+  std::vector<int> r = Parallel({.n_jobs = 2}).map(square, std::views::iota(0, 4));
+  EXPECT_EQ(r, (std::vector<int>{0, 1, 4, 9}));
+}
+
+TEST(ErrorTest, BadOptionsNameTheField) {
+  EXPECT_THAT([] { Parallel({.batch_size = 0}); },
+              ::testing::ThrowsMessage<std::invalid_argument>(
+                  ::testing::HasSubstr("batch_size must be 'auto' or a positive integer, got: 0")));
+  EXPECT_THAT([] { Parallel({.pre_dispatch = "lots"}); },
+              ::testing::ThrowsMessage<std::invalid_argument>(::testing::HasSubstr("pre_dispatch")));
+  EXPECT_THAT([] { Parallel({.timeout = -1.0}); },
+              ::testing::ThrowsMessage<std::invalid_argument>(::testing::HasSubstr("timeout")));
+  EXPECT_THAT([] { Parallel({.max_nbytes = "1Z"}); },
+              ::testing::ThrowsMessage<std::invalid_argument>(::testing::HasSubstr("max_nbytes")));
+}
+
+TEST(ErrorTest, PreDispatchBelowOneIsRefusedAtCallTime) {
+  EXPECT_THAT([] { Parallel({.n_jobs = 2, .pre_dispatch = "n_jobs - 2"}).map(square, std::vector{1}).to_vector(); },
+              ::testing::ThrowsMessage<std::invalid_argument>(::testing::HasSubstr("pre_dispatch")));
+}
+
+// ---- nesting ---------------------------------------------------------------
+
+TEST(NestingTest, TasksSeeNestingLevelOne) {
+  std::vector<int> levels = Parallel({.n_jobs = 2})(std::views::iota(0, 4) | std::views::transform([](int) {
+                                                     return delayed([] { return joblib::nesting_level(); })();
+                                                   }));
+  EXPECT_EQ(levels, (std::vector<int>(4, 1)));
+}
+
+TEST(NestingTest, NestedParallelWithoutNJobsRunsSequentiallyInTheTask) {
+  auto outer = [] {
+    const auto me = std::this_thread::get_id();
+    std::vector<bool> same = Parallel()(std::views::iota(0, 4) | std::views::transform([me](int) {
+                                          return delayed([me] { return std::this_thread::get_id() == me; })();
+                                        }));
+    return std::all_of(same.begin(), same.end(), [](bool b) { return b; });
+  };
+  std::vector<bool> r = Parallel({.n_jobs = 2})(std::views::iota(0, 2) | std::views::transform([&](int) {
+                                                 return delayed(outer)();
+                                               }));
+  EXPECT_EQ(r, (std::vector<bool>{true, true}));
+}
+
+TEST(NestingTest, LevelsGoThreadsThenSequential) {
+  // joblib's test_nested_parallelism_limit: threading at level 1, sequential below.
+  auto inner = [] { return joblib::nesting_level(); };
+  auto middle = [&] {
+    std::vector<int> r = Parallel({.n_jobs = 2})(std::views::iota(0, 2) | std::views::transform([&](int) {
+                                                   return delayed(inner)();
+                                                 }));
+    return r[0] * 10 + joblib::nesting_level();
+  };
+  std::vector<int> r = Parallel({.n_jobs = 2})(std::views::iota(0, 2) | std::views::transform([&](int) {
+                                                 return delayed(middle)();
+                                               }));
+  EXPECT_EQ(r, (std::vector<int>{21, 21}));  // middle at level 1, inner at level 2
+}
+
+// ---- laziness, pre_dispatch and back-pressure ---------------------------------
+
+TEST(DispatchTest, ProducerIsPulledAsJoblibsExampleShows) {
+  // reference/001: pre_dispatch='1.5*n_jobs' -> 3 produced before any result,
+  // then one more per finished task.
+  std::vector<std::string> log;
+  std::mutex m;
+  auto producer = std::views::iota(0, 6) | std::views::transform([&](int i) {
+                    std::lock_guard lock(m);
+                    log.push_back("Produced " + std::to_string(i));
+                    return delayed(root)(i);
+                  });
+  std::vector<double> r = Parallel({.n_jobs = 2,
+                                    .pre_dispatch = "1.5*n_jobs",
+                                    .batch_size = 1,
+                                    .on_progress = [&](std::size_t done, std::optional<std::size_t>) {
+                                      std::lock_guard lock(m);
+                                      log.push_back("Done " + std::to_string(done));
+                                    }})(producer);
+  EXPECT_EQ(r.size(), 6u);
+  std::vector<std::string> expected{"Produced 0", "Produced 1", "Produced 2", "Done 1", "Produced 3",
+                                    "Done 2",     "Produced 4", "Done 3",     "Produced 5", "Done 4",
+                                    "Done 5",     "Done 6"};
+  EXPECT_EQ(log, expected);
+}
+
+TEST(DispatchTest, AllPreDispatchPullsTheWholeInputFirst) {
+  std::atomic<int> produced{0};
+  std::atomic<int> produced_when_first_ran{-1};
+  auto f = [&](int i) {
+    int expected = -1;
+    produced_when_first_ran.compare_exchange_strong(expected, produced.load());
+    return i;
+  };
+  auto producer = std::views::iota(0, 50) | std::views::transform([&](int i) {
+                    ++produced;
+                    return delayed(f)(i);
+                  });
+  std::vector<int> r = Parallel({.n_jobs = 2, .pre_dispatch = "all", .batch_size = 1})(producer);
+  EXPECT_EQ(r.size(), 50u);
+  EXPECT_EQ(produced.load(), 50);
+}
+
+TEST(DispatchTest, GeneratorAppliesBackPressure) {
+  std::atomic<int> produced{0};
+  auto producer = std::views::iota(0, 1000) | std::views::transform([&](int i) {
+                    ++produced;
+                    return delayed(square)(i);
+                  });
+  auto r = Parallel({.n_jobs = 2, .pre_dispatch = "2 * n_jobs", .batch_size = 1,
+                     .return_as = ReturnAs::generator})(producer);
+  auto it = r.begin();
+  EXPECT_EQ(*it, 0);
+  std::this_thread::sleep_for(50ms);  // a slow consumer: nothing more may be produced meanwhile
+  EXPECT_LE(produced.load(), 4 + 1);
+  int count = 0;
+  for (; it != r.end(); ++it) ++count;
+  EXPECT_EQ(count, 1000);
+}
+
+TEST(DispatchTest, DroppingAGeneratorStopsTheRest) {
+  std::atomic<int> ran{0};
+  {
+    auto r = Parallel({.n_jobs = 2, .batch_size = 1, .return_as = ReturnAs::generator})(
+        std::views::iota(0, 1000) | std::views::transform([&](int i) {
+          return delayed([&ran](int x) {
+            ++ran;
+            return x;
+          })(i);
+        }));
+    auto it = r.begin();
+    EXPECT_EQ(*it, 0);
+  }  // destroyed part way: returns only once nothing runs any more
+  const int after = ran.load();
+  EXPECT_LT(after, 100);
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(ran.load(), after);  // nothing left running
+}
+
+TEST(DispatchTest, FixedBatchSizeGroupsTasks) {
+  std::vector<std::thread::id> ids = Parallel({.n_jobs = 2, .pre_dispatch = "all", .batch_size = 5})(
+      std::views::iota(0, 20) | std::views::transform([](int) {
+        return delayed([] { return std::this_thread::get_id(); })();
+      }));
+  // Each batch of 5 runs as one loop on one thread; the last 5 tasks are the
+  // tail (fewer than batch_size * n_jobs left), which joblib cuts finer.
+  for (int b = 0; b < 15; b += 5)
+    for (int i = b; i < b + 5; ++i) EXPECT_EQ(ids[static_cast<std::size_t>(i)], ids[static_cast<std::size_t>(b)]);
+}
+
+// ---- timeout -----------------------------------------------------------------
+
+TEST(TimeoutTest, ListModeRaisesPromptly) {
+  auto f = [](int i) {
+    if (i == 1) {
+      auto until = std::chrono::steady_clock::now() + 5s;
+      while (!joblib::stop_requested() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+    }
+    return i;
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    Parallel({.n_jobs = 2, .timeout = 0.2, .batch_size = 1}).map(f, std::views::iota(0, 4)).to_vector();
+    FAIL();
+  } catch (const joblib::TimeoutError& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("timeout of 0.2 s"));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s);  // not the 5 s of the task
+}
+
+TEST(TimeoutTest, GeneratorRaisesWhileIterating) {
+  auto f = [](int i) {
+    if (i == 2) {
+      auto until = std::chrono::steady_clock::now() + 5s;
+      while (!joblib::stop_requested() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+    }
+    return i;
+  };
+  auto r = Parallel({.n_jobs = 2, .timeout = 0.2, .batch_size = 1, .return_as = ReturnAs::generator})
+               .map(f, std::views::iota(0, 4));
+  EXPECT_THROW(
+      {
+        for (int v : r) (void)v;
+      },
+      joblib::TimeoutError);
+}
+
+TEST(TimeoutTest, FastTasksDoNotTimeOut) {
+  std::vector<int> r = Parallel({.n_jobs = 2, .timeout = 5.0}).map(square, std::views::iota(0, 100));
+  EXPECT_EQ(r.size(), 100u);
+}
+
+// ---- progress ----------------------------------------------------------------
+
+TEST(ProgressTest, VerbosePrintsJoblibLinesOnStderr) {
+  ::testing::internal::CaptureStderr();
+  std::vector<int> r = Parallel({.n_jobs = 2, .verbose = 10}).map(square, std::views::iota(0, 10));
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(err, ::testing::HasSubstr("[Parallel(n_jobs=2)]: Using backend ThreadingBackend with 2 concurrent workers.\n"));
+  EXPECT_THAT(err, ::testing::MatchesRegex("(.|\n)*\\[Parallel\\(n_jobs=2\\)\\]: Done 10 out of 10 \\| elapsed: +[0-9.]+s finished\n$"));
+}
+
+TEST(ProgressTest, VerboseFrom50PrintsOnStdout) {
+  ::testing::internal::CaptureStdout();
+  std::vector<int> r = Parallel({.n_jobs = 1, .verbose = 50}).map(square, std::views::iota(0, 3));
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_THAT(out, ::testing::HasSubstr("[Parallel(n_jobs=1)]: Done 3 out of 3 | elapsed:"));
+}
+
+TEST(ProgressTest, UnknownLengthUsesTheTasksForm) {
+  ::testing::internal::CaptureStderr();
+  auto unsized = std::views::iota(0) | std::views::take_while([](int i) { return i < 3; }) |
+                 std::views::transform([](int i) { return delayed(square)(i); });
+  std::vector<int> r = Parallel({.n_jobs = 1, .verbose = 20})(unsized);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(err, ::testing::HasSubstr("[Parallel(n_jobs=1)]: Done   1 tasks      | elapsed:"));
+  EXPECT_THAT(err, ::testing::HasSubstr("Done   3 out of   3 | elapsed:"));
+}
+
+TEST(ProgressTest, CallbackWorksInSequentialMode) {
+  std::vector<std::size_t> seen;
+  std::optional<std::size_t> total;
+  std::vector<int> r = Parallel({.n_jobs = 1, .on_progress = [&](std::size_t done, std::optional<std::size_t> t) {
+                                   seen.push_back(done);
+                                   total = t;
+                                 }}).map(square, std::views::iota(0, 5));
+  EXPECT_EQ(seen, (std::vector<std::size_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(total, std::optional<std::size_t>(5));
+}
+
+TEST(ProgressTest, CallbackReachesTheTotalInParallelMode) {
+  std::atomic<std::size_t> last{0};
+  std::vector<int> r = Parallel({.n_jobs = 2, .on_progress = [&](std::size_t done, std::optional<std::size_t>) {
+                                   last = done;
+                                 }}).map(square, std::views::iota(0, 500));
+  EXPECT_EQ(last.load(), 500u);
+}
+
+}  // namespace

@@ -1,0 +1,7 @@
+// A plugin with an ABI marker but no factory: the registry must refuse it.
+#include <joblib/backend.hpp>
+
+namespace {
+int abi() { return joblib::plugin_abi_version; }
+}  // namespace
+BOOST_DLL_ALIAS(abi, joblib_plugin_abi)
