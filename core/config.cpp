@@ -8,6 +8,8 @@
 
 #include <fmt/format.h>
 
+#include <dlfcn.h>
+
 #include <cstdio>
 #include <stdexcept>
 #include <vector>
@@ -43,17 +45,33 @@ int resolve_n_jobs(int n) {
   return n;
 }
 
-TaskScope::TaskScope(const NestedBackend& nested, int nesting_level, const std::atomic<bool>* stop)
+OmpHooks OmpHooks::find() {
+  OmpHooks h;
+  h.set_num_threads = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  h.get_max_threads = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+  if (!h.set_num_threads || !h.get_max_threads) h = OmpHooks{};
+  return h;
+}
+
+TaskScope::TaskScope(const NestedBackend& nested, int nesting_level, const std::atomic<bool>* stop,
+                     int inner_threads, const OmpHooks& omp)
     : saved_stop_(t_stop) {
-  Frame f = current_frame();
+  Frame f;
+  if (!t_frames.empty()) f = t_frames.back();
   f.backend = nested.name;
   f.n_jobs = nested.n_jobs.value_or(1);
   f.nesting_level = nesting_level;
   t_frames.push_back(std::move(f));
   t_stop = stop;
+  if (inner_threads > 0 && omp.set_num_threads) {
+    omp_ = &omp;
+    saved_omp_threads_ = omp.get_max_threads();
+    omp.set_num_threads(inner_threads);
+  }
 }
 
 TaskScope::~TaskScope() {
+  if (omp_) omp_->set_num_threads(saved_omp_threads_);
   t_frames.pop_back();
   t_stop = saved_stop_;
 }
@@ -152,6 +170,12 @@ Resolved resolve(const ParallelOptions& o) {
     r.caps.supports_timeout = false;
   }
   r.n_jobs = n;
+  if (r.backend && r.caps.uses_threads) {
+    // Tasks that open OpenMP regions on n_jobs threads at once must not
+    // oversubscribe the machine: cap them as joblib caps loky workers.
+    r.inner_threads = f.inner_max_num_threads.value_or(std::max(cpu_count() / n, 1));
+    r.omp = OmpHooks::find();
+  }
   (void)prefer_name;
   return r;
 }

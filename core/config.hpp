@@ -32,15 +32,28 @@ JOBLIB_EXPORT const Frame& current_frame();
 /// Pushes a frame that runs tasks of a call: backend = the call's nested
 /// backend, n_jobs reset to 1, nesting level + 1; sets the stop flag that
 /// stop_requested() reads. Pops on destruction.
+/// OpenMP's thread-count setters, when OpenMP is loaded in the process.
+struct OmpHooks {
+  void (*set_num_threads)(int) = nullptr;
+  int (*get_max_threads)() = nullptr;
+  /// Looks them up (dlsym); both stay null when no OpenMP runtime is loaded.
+  static OmpHooks find();
+};
+
 class TaskScope {
  public:
-  TaskScope(const NestedBackend& nested, int nesting_level, const std::atomic<bool>* stop);
+  /// `inner_threads` > 0 caps OpenMP regions opened by the task on this
+  /// thread (joblib's inner_max_num_threads); restored on destruction.
+  TaskScope(const NestedBackend& nested, int nesting_level, const std::atomic<bool>* stop, int inner_threads = 0,
+            const OmpHooks& omp = {});
   ~TaskScope();
   TaskScope(const TaskScope&) = delete;
   TaskScope& operator=(const TaskScope&) = delete;
 
  private:
   const std::atomic<bool>* saved_stop_;
+  const OmpHooks* omp_ = nullptr;
+  int saved_omp_threads_ = 0;
 };
 
 /// Everything one call needs, resolved from options, scope and defaults.
@@ -60,6 +73,8 @@ struct Resolved {
   ReturnAs return_as = ReturnAs::list;
   NestedBackend nested;
   int nesting_level = 0;
+  int inner_threads = 0;                       // thread cap for OpenMP inside tasks (0: untouched)
+  OmpHooks omp;
   ProgressCallback on_progress;
   bool progress_bar = false;
 };

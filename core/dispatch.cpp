@@ -50,6 +50,18 @@ std::string backend_class_name(const std::string& name) {
   return out + "Backend";
 }
 
+// Spins (with a pause) for up to ~50 us while `value` still equals `seen`.
+void spin_until_changed(const std::atomic<std::uint64_t>& value, std::uint64_t seen) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+  for (int i = 0;; ++i) {
+    if (value.load(std::memory_order_acquire) != seen) return;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return;
+  }
+}
+
 std::string task_count(std::size_t n) { return fmt::format("{} task{}", n, n == 1 ? "" : "s"); }
 
 }  // namespace
@@ -70,6 +82,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   void close() noexcept override;
   void batch_done(BatchBase& b) noexcept;
 
+  const Resolved& config() const noexcept { return cfg_; }
   const NestedBackend& nested() const noexcept { return cfg_.nested; }
   int nesting_level() const noexcept { return cfg_.nesting_level; }
 
@@ -101,6 +114,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   std::mutex m_;
   std::condition_variable cv_;
   std::atomic<bool> stop_{false};
+  std::atomic<std::uint64_t> events_{0};  // bumped with every wake-up of the caller
   bool exhausted_ = false;      // the input is fully pulled (or its producer failed)
   bool closed_ = false;         // the consumer let go of the call
   bool raised_ = false;         // the call's error was thrown
@@ -188,8 +202,9 @@ std::size_t CallImpl::next_batch_size_locked() {
   std::size_t bs = 1;
   if (cfg_.batch_size) {
     bs = static_cast<std::size_t>(*cfg_.batch_size);
-  } else if (!sequential_) {
-    // joblib's AutoBatchingMixin.compute_batch_size
+  } else {
+    // joblib's AutoBatchingMixin.compute_batch_size (here on every backend,
+    // sequential included: C++ tasks of nanoseconds need it)
     const std::size_t old = effective_batch_size_;
     const double d = smoothed_batch_duration_;
     std::size_t next = old;
@@ -316,7 +331,15 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
     report_progress_locked();
     dispatch_locked(out);
     if (finished_locked()) report_finished_locked();
-    cv_.notify_all();
+    // Wake the caller only when it has something to do: a result to hand out
+    // (generators), the end of the call, an error, or a stop that waits for
+    // running tasks.
+    const bool wake = finished_locked() || error_ || (generator_ && !done_.empty()) ||
+                      (stop_.load(std::memory_order_relaxed) && running_.empty());
+    if (wake) {
+      events_.fetch_add(1, std::memory_order_release);
+      cv_.notify_all();
+    }
   }
   if (!out.empty()) submit(out);
 }
@@ -341,9 +364,21 @@ void CallImpl::raise_locked(Lock& lk) {
 }
 
 void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
+  bool spun = false;
   for (;;) {
     if (error_) raise_locked(lk);
     if (ready()) return;
+    if (!spun) {
+      // Spin briefly before sleeping: a short call finishes within a few
+      // microseconds, far less than a futex wake-up costs.
+      spun = true;
+      const std::uint64_t seen = events_.load(std::memory_order_acquire);
+      lk.unlock();
+      spin_until_changed(events_, seen);
+      lk.lock();
+      continue;
+    }
+    spun = false;
     if (!cfg_.timeout) {
       cv_.wait(lk);
       continue;
@@ -393,7 +428,7 @@ std::unique_ptr<BatchBase> CallImpl::take_locked() {
 
 std::unique_ptr<BatchBase> CallImpl::run_inline_locked(Lock& lk) {
   if (stop_ || exhausted_) return nullptr;
-  const std::size_t bs = cfg_.batch_size ? static_cast<std::size_t>(*cfg_.batch_size) : 1;
+  const std::size_t bs = next_batch_size_locked();
   std::unique_ptr<BatchBase> b;
   try {
     b = source_->pull(bs);
@@ -415,12 +450,21 @@ std::unique_ptr<BatchBase> CallImpl::run_inline_locked(Lock& lk) {
   b->stop_ = &stop_;
   // Sequential: run in the caller, with the active configuration unchanged
   // (joblib's SequentialBackend.get_nested_backend).
+  const std::int64_t t0 = now_ns();
   lk.unlock();
   b->run_tasks();
   lk.lock();
   completed_tasks_ += b->completed_;
+  if (!cfg_.batch_size && !b->error_ && b->size_ == effective_batch_size_) {
+    const double duration = double(now_ns() - t0) * 1e-9;
+    smoothed_batch_duration_ =
+        smoothed_batch_duration_ == 0.0 ? duration : 0.8 * smoothed_batch_duration_ + 0.2 * duration;
+  }
   if (b->error_) {
     record_error_locked(b->seq_, b->error_);
+    // A generator first hands out the results the batch made before its
+    // failing task; the error comes on the next step, as joblib's does.
+    if (generator_ && b->completed_ > 0) return b;
     raise_locked(lk);
   }
   report_progress_locked();
@@ -482,7 +526,8 @@ void BatchBase::run() noexcept {
   CallImpl* call = call_.get();
   started_ns_.store(now_ns(), std::memory_order_relaxed);
   {
-    TaskScope scope(call->nested(), call->nesting_level() + 1, stop_);
+    const Resolved& cfg = call->config();
+    TaskScope scope(cfg.nested, cfg.nesting_level + 1, stop_, cfg.inner_threads, cfg.omp);
     run_tasks();
   }
   call->batch_done(*this);  // may destroy *this: nothing may follow

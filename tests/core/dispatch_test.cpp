@@ -439,12 +439,25 @@ TEST(ProgressTest, UnknownLengthUsesTheTasksForm) {
 TEST(ProgressTest, CallbackWorksInSequentialMode) {
   std::vector<std::size_t> seen;
   std::optional<std::size_t> total;
-  std::vector<int> r = Parallel({.n_jobs = 1, .on_progress = [&](std::size_t done, std::optional<std::size_t> t) {
+  std::vector<int> r = Parallel({.n_jobs = 1, .batch_size = 1,
+                                 .on_progress = [&](std::size_t done, std::optional<std::size_t> t) {
                                    seen.push_back(done);
                                    total = t;
                                  }}).map(square, std::views::iota(0, 5));
   EXPECT_EQ(seen, (std::vector<std::size_t>{1, 2, 3, 4, 5}));
   EXPECT_EQ(total, std::optional<std::size_t>(5));
+}
+
+TEST(ProgressTest, CallbackCountsAutoBatchesInSequentialMode) {
+  std::vector<std::size_t> seen;
+  std::vector<int> r = Parallel({.n_jobs = 1, .on_progress = [&](std::size_t done, std::optional<std::size_t>) {
+                                   seen.push_back(done);
+                                 }}).map(square, std::views::iota(0, 1000));
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.front(), 1u);  // auto batching starts at one task
+  EXPECT_EQ(seen.back(), 1000u);
+  EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+  EXPECT_LT(seen.size(), 1000u);  // tiny tasks are batched
 }
 
 TEST(ProgressTest, CallbackReachesTheTotalInParallelMode) {

@@ -1,0 +1,129 @@
+// The openmp backend: batches run on the threads of an OpenMP team of
+// `num_threads(n_jobs)`. A driver thread per (nesting level, n_jobs) opens a
+// `#pragma omp parallel` region while calls are active; the team's threads
+// take batches from a queue until no call is left. The driver is reused by
+// later calls, so libgomp keeps its threads warm.
+#include <joblib/backend.hpp>
+
+#include <omp.h>
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+namespace {
+
+class Team {
+ public:
+  explicit Team(int n) : n_(n), driver_([this] { drive(); }) { driver_.detach(); }
+
+  void begin_call() {
+    std::lock_guard lock(m_);
+    ++active_calls_;
+    cv_.notify_all();
+  }
+  void end_call() {
+    std::lock_guard lock(m_);
+    --active_calls_;
+    cv_.notify_all();
+  }
+  void push(joblib::Batch& b) {
+    std::lock_guard lock(m_);
+    queue_.push_back(&b);
+    cv_.notify_one();
+  }
+
+ private:
+  // Next batch, or nullptr once the queue is empty and no call is active.
+  joblib::Batch* next() {
+    std::unique_lock lock(m_);
+    cv_.wait(lock, [this] { return !queue_.empty() || active_calls_ == 0; });
+    if (queue_.empty()) return nullptr;
+    joblib::Batch* b = queue_.front();
+    queue_.pop_front();
+    return b;
+  }
+
+  void drive() {
+    for (;;) {
+      {
+        std::unique_lock lock(m_);
+        cv_.wait(lock, [this] { return active_calls_ > 0 || !queue_.empty(); });
+      }
+#pragma omp parallel num_threads(n_)
+      {
+        while (joblib::Batch* b = next()) b->run();
+      }
+    }
+  }
+
+  int n_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<joblib::Batch*> queue_;
+  int active_calls_ = 0;
+  std::thread driver_;
+};
+
+Team& team_for(int level, int n) {
+  static std::mutex m;
+  static auto* teams = new std::map<std::pair<int, int>, std::unique_ptr<Team>>();
+  std::lock_guard lock(m);
+  auto& slot = (*teams)[{level, n}];
+  if (!slot) slot = std::make_unique<Team>(n);
+  return *slot;
+}
+
+class OpenmpBackend final : public joblib::ParallelBackendBase {
+ public:
+  explicit OpenmpBackend(const joblib::BackendInit& init) : ParallelBackendBase(init) {}
+  ~OpenmpBackend() override {
+    if (team_) team_->end_call();
+  }
+
+  std::string name() const override { return "openmp"; }
+
+  joblib::BackendCapabilities capabilities() const noexcept override {
+    joblib::BackendCapabilities c;
+    c.uses_threads = true;
+    c.supports_sharedmem = true;
+    c.supports_timeout = true;
+    c.supports_return_generator = true;
+    c.supports_inner_max_num_threads = true;
+    return c;
+  }
+
+  std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
+    try {
+      team_ = &team_for(nesting_level(), s.n_jobs);
+      team_->begin_call();
+    } catch (...) {
+      team_ = nullptr;
+      return std::current_exception();
+    }
+    return {};
+  }
+
+  void submit(joblib::Batch& batch) noexcept override {
+    try {
+      team_->push(batch);
+    } catch (...) {
+      batch.fail(std::current_exception());
+    }
+  }
+
+  void stop_call() noexcept override {
+    if (team_) team_->end_call();
+    team_ = nullptr;
+  }
+
+ private:
+  Team* team_ = nullptr;
+};
+
+}  // namespace
+
+JOBLIB_EXPORT_BACKEND(OpenmpBackend)

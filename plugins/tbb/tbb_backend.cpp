@@ -1,0 +1,84 @@
+// The tbb backend: batches run in a oneTBB task_arena of n_jobs slots, kept
+// for the life of the process and reused by every call with the same n_jobs.
+#include <joblib/backend.hpp>
+
+#include <tbb/global_control.h>
+#include <tbb/task_arena.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+namespace {
+
+// oneTBB gives an arena at most (max_allowed_parallelism - 1) worker threads,
+// hardware concurrency by default. Nobody joins our arenas as a master (the
+// caller waits in the dispatcher), so raise the limit to n_jobs + 1 when a
+// call asks for more. global_control objects are kept, never destroyed.
+void ensure_parallelism(int n_jobs) {
+  static std::mutex m;
+  static int granted = static_cast<int>(std::thread::hardware_concurrency());
+  static std::vector<tbb::global_control*>* keep = new std::vector<tbb::global_control*>();
+  std::lock_guard lock(m);
+  if (n_jobs + 1 <= granted) return;
+  granted = n_jobs + 1;
+  keep->push_back(new tbb::global_control(tbb::global_control::max_allowed_parallelism,
+                                          static_cast<std::size_t>(granted)));
+}
+
+tbb::task_arena& arena_for(int level, int n_jobs) {
+  static std::mutex m;
+  static auto* arenas = new std::map<std::pair<int, int>, std::unique_ptr<tbb::task_arena>>();
+  std::lock_guard lock(m);
+  auto& slot = (*arenas)[{level, n_jobs}];
+  if (!slot) {
+    // n_jobs slots, none reserved for a master thread.
+    slot = std::make_unique<tbb::task_arena>(n_jobs, 0);
+    slot->initialize();
+  }
+  return *slot;
+}
+
+class TbbBackend final : public joblib::ParallelBackendBase {
+ public:
+  explicit TbbBackend(const joblib::BackendInit& init) : ParallelBackendBase(init) {}
+
+  std::string name() const override { return "tbb"; }
+
+  joblib::BackendCapabilities capabilities() const noexcept override {
+    joblib::BackendCapabilities c;
+    c.uses_threads = true;
+    c.supports_sharedmem = true;
+    c.supports_timeout = true;
+    c.supports_return_generator = true;
+    c.supports_inner_max_num_threads = true;
+    return c;
+  }
+
+  std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
+    try {
+      ensure_parallelism(s.n_jobs);
+      arena_ = &arena_for(nesting_level(), s.n_jobs);
+    } catch (...) {
+      return std::current_exception();
+    }
+    return {};
+  }
+
+  void submit(joblib::Batch& batch) noexcept override {
+    try {
+      arena_->enqueue([&batch] { batch.run(); });
+    } catch (...) {
+      batch.fail(std::current_exception());
+    }
+  }
+
+ private:
+  tbb::task_arena* arena_ = nullptr;
+};
+
+}  // namespace
+
+JOBLIB_EXPORT_BACKEND(TbbBackend)
