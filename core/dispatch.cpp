@@ -93,7 +93,12 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   void dispatch_locked(std::vector<BatchBase*>& out);
   void submit(const std::vector<BatchBase*>& batches) noexcept;
   void record_error_locked(std::size_t seq, std::exception_ptr e);
-  std::size_t in_window_locked() const { return running_.size() + (generator_ ? done_.size() : 0); }
+  // Generator modes count tasks whose results the consumer has not finished
+  // with (running, done, and the batch it is iterating): that bounds memory.
+  // List mode counts batches in flight, as joblib.
+  std::size_t in_window_locked() const {
+    return generator_ ? running_tasks_ + done_tasks_ + held_tasks_ : running_.size();
+  }
   bool finished_locked() const { return exhausted_ && running_.empty(); }
   ProgressState progress_locked() const;
   void report_progress_locked();
@@ -132,6 +137,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   std::size_t error_seq_ = kNoError;
 
   std::size_t dispatched_tasks_ = 0, dispatched_batches_ = 0, completed_tasks_ = 0;
+  std::size_t running_tasks_ = 0, done_tasks_ = 0, held_tasks_ = 0;
   std::size_t effective_batch_size_ = 1;
   double smoothed_batch_duration_ = 0.0;
 };
@@ -236,7 +242,8 @@ std::size_t CallImpl::next_batch_size_locked() {
 
 void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
   while (!stop_.load(std::memory_order_relaxed) && !exhausted_ && (window_ == 0 || in_window_locked() < window_)) {
-    const std::size_t bs = next_batch_size_locked();
+    std::size_t bs = next_batch_size_locked();
+    if (generator_ && window_ != 0) bs = std::min(bs, window_ - in_window_locked());
     std::unique_ptr<BatchBase> b;
     try {
       b = source_->pull(bs);
@@ -256,6 +263,7 @@ void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
     b->dispatched_ns_ = now_ns();
     b->call_ = shared_from_this();
     dispatched_tasks_ += b->size_;
+    running_tasks_ += b->size_;
     ++dispatched_batches_;
     out.push_back(b.get());
     running_.emplace(b->seq_, std::move(b));
@@ -313,6 +321,7 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
   {
     Lock lk(m_);
     auto node = running_.extract(b.seq_);
+    running_tasks_ -= b.size_;
     const double duration = double(now_ns() - b.dispatched_ns_) * 1e-9;
     completed_tasks_ += b.completed_;
     if (b.error_) {
@@ -325,6 +334,7 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
     if (closed_ || error_ || b.completed_ < b.size_) {
       dropped = std::move(node.mapped());
     } else {
+      done_tasks_ += b.size_;
       done_.emplace(b.seq_, std::move(node.mapped()));
       if (cfg_.return_as == ReturnAs::generator_unordered) done_order_.push_back(b.seq_);
     }
@@ -356,6 +366,7 @@ void CallImpl::raise_locked(Lock& lk) {
   exhausted_ = true;
   done_.clear();
   done_order_.clear();
+  done_tasks_ = 0;
   raised_ = true;
   std::exception_ptr e = error_;
   lk.unlock();
@@ -416,6 +427,8 @@ std::unique_ptr<BatchBase> CallImpl::take_locked() {
     const std::size_t seq = done_order_.front();
     done_order_.pop_front();
     auto node = done_.extract(seq);
+    done_tasks_ -= node.mapped()->size_;
+    held_tasks_ = node.mapped()->size_;
     return std::move(node.mapped());
   }
   auto it = done_.find(next_take_);
@@ -423,6 +436,8 @@ std::unique_ptr<BatchBase> CallImpl::take_locked() {
   auto b = std::move(it->second);
   done_.erase(it);
   ++next_take_;
+  done_tasks_ -= b->size_;
+  held_tasks_ = b->size_;
   return b;
 }
 
@@ -486,11 +501,22 @@ std::unique_ptr<BatchBase> CallImpl::next() {
       if (auto ready = take_locked()) return ready;
       return run_inline_locked(lk);
     }
+    if (generator_ && held_tasks_ > 0) {
+      // The consumer is done with the batch it held: its slots free up.
+      held_tasks_ = 0;
+      dispatch_locked(out);
+      if (!out.empty()) {
+        lk.unlock();
+        submit(out);
+        out.clear();
+        lk.lock();
+      }
+    }
     wait_locked(lk, [&] {
       b = take_locked();
       return b != nullptr || finished_locked();
     });
-    if (b && generator_) dispatch_locked(out);  // a window slot freed up
+    if (b && generator_) dispatch_locked(out);  // a window slot may have freed up
   }
   if (!out.empty()) submit(out);
   if (!b) finish_backend();
