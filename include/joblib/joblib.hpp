@@ -6,3 +6,6 @@
 #include <joblib/errors.hpp>
 #include <joblib/options.hpp>
 #include <joblib/parallel.hpp>
+#include <joblib/array.hpp>
+#include <joblib/codec.hpp>
+#include <joblib/persistence.hpp>

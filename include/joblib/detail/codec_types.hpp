@@ -1,0 +1,302 @@
+#pragma once
+// Internals of the codec (include <joblib/codec.hpp>, not this file): what
+// the two archives do with primitive types, with bitwise std::vectors (their
+// data out of band), with unordered containers when hashing, and with
+// joblib::Array. The standard types themselves come from cereal's headers.
+#include <joblib/array.hpp>
+#include <joblib/detail/codec_archive.hpp>
+#include <joblib/detail/codec_hash.hpp>
+
+#include <cereal/cereal.hpp>
+#include <cereal/types/common.hpp>
+
+#include <algorithm>
+#include <array>
+#include <complex>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace joblib {
+
+/// Specialize as std::true_type for a trivially copyable type whose bytes
+/// are its value (no pointer, no padding that matters, no serialize of its
+/// own): std::vector<T> and T itself are then encoded as raw bytes, and a
+/// large vector travels out of band like an Array. Arithmetic types, enums
+/// and std::array / std::complex of them are bitwise already.
+template <class T>
+struct is_bitwise_serializable : std::false_type {};
+
+namespace detail {
+
+template <class T>
+struct IsBitwise : std::bool_constant<(std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) || std::is_enum_v<T> ||
+                                      is_bitwise_serializable<T>::value> {};
+template <class T, std::size_t N>
+struct IsBitwise<std::array<T, N>> : IsBitwise<T> {};
+template <class T>
+struct IsBitwise<std::complex<T>> : std::is_arithmetic<T> {};
+
+/// True when a std::vector<T> is encoded as one raw buffer.
+template <class T>
+inline constexpr bool is_bitwise_v = IsBitwise<T>::value && std::is_trivially_copyable_v<T>;
+
+// ---- primitives, as cereal's binary archive writes them --------------------
+
+template <class T>
+  requires std::is_arithmetic_v<T>
+inline void CEREAL_SAVE_FUNCTION_NAME(EncodeArchive& ar, const T& t) {
+  ar.saveBinary(std::addressof(t), sizeof(t));
+}
+template <class T>
+  requires std::is_arithmetic_v<T>
+inline void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, T& t) {
+  ar.loadBinary(std::addressof(t), sizeof(t));
+  if constexpr (std::is_same_v<T, bool>) {
+    // A bool must hold 0 or 1; any other byte is corrupted data (and reading
+    // it as bool would be undefined behaviour).
+    unsigned char byte;
+    std::memcpy(&byte, std::addressof(t), 1);
+    if (byte > 1) throw_decode_error("a bool holds the byte " + std::to_string(byte));
+  }
+}
+
+template <class T>
+inline void CEREAL_SERIALIZE_FUNCTION_NAME(EncodeArchive& ar, cereal::NameValuePair<T>& t) {
+  ar(t.value);
+}
+template <class T>
+inline void CEREAL_SERIALIZE_FUNCTION_NAME(DecodeArchive& ar, cereal::NameValuePair<T>& t) {
+  ar(t.value);
+}
+
+template <class T>
+inline void CEREAL_SAVE_FUNCTION_NAME(EncodeArchive& ar, const cereal::SizeTag<T>& t) {
+  ar.save_u64(static_cast<std::uint64_t>(t.size));
+}
+template <class T>
+inline void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, cereal::SizeTag<T>& t) {
+  t.size = static_cast<std::remove_reference_t<decltype(t.size)>>(ar.load_count());
+}
+
+template <class T>
+inline void CEREAL_SAVE_FUNCTION_NAME(EncodeArchive& ar, const cereal::BinaryData<T>& bd) {
+  ar.saveBinary(bd.data, static_cast<std::size_t>(bd.size));
+}
+template <class T>
+inline void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, cereal::BinaryData<T>& bd) {
+  ar.loadBinary(bd.data, static_cast<std::size_t>(bd.size));
+}
+
+// ---- user types declared bitwise --------------------------------------------
+
+template <class T>
+  requires(is_bitwise_serializable<T>::value && !std::is_arithmetic_v<T> && !std::is_enum_v<T>)
+inline void CEREAL_SAVE_FUNCTION_NAME(EncodeArchive& ar, const T& t) {
+  static_assert(std::is_trivially_copyable_v<T>, "joblib::is_bitwise_serializable<T>: T must be trivially copyable");
+  ar.saveBinary(std::addressof(t), sizeof(T));
+}
+template <class T>
+  requires(is_bitwise_serializable<T>::value && !std::is_arithmetic_v<T> && !std::is_enum_v<T>)
+inline void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, T& t) {
+  static_assert(std::is_trivially_copyable_v<T>, "joblib::is_bitwise_serializable<T>: T must be trivially copyable");
+  ar.loadBinary(std::addressof(t), sizeof(T));
+}
+
+// ---- std::vector ------------------------------------------------------------
+// Bitwise elements: [count][buffer reference]; the data may go out of band.
+// Other elements: cereal's layout, [count][element]..., decoded with a
+// vector that grows as elements arrive (a lying count allocates nothing).
+
+template <class T, class A>
+  requires(!std::is_same_v<T, bool>)
+inline void CEREAL_SAVE_FUNCTION_NAME(EncodeArchive& ar, const std::vector<T, A>& v) {
+  if constexpr (is_bitwise_v<T>) {
+    ar.save_u64(v.size());
+    ar.save_buffer(std::as_bytes(std::span<const T>(v.data(), v.size())), BufferKind::vector);
+  } else {
+    ar(cereal::make_size_tag(static_cast<cereal::size_type>(v.size())));
+    for (const auto& x : v) ar(x);
+  }
+}
+
+template <class T, class A>
+  requires(!std::is_same_v<T, bool>)
+inline void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::vector<T, A>& v) {
+  if constexpr (is_bitwise_v<T>) {
+    const std::uint64_t n = ar.load_u64();
+    const auto ref = ar.load_buffer_ref();
+    if (n > std::numeric_limits<std::size_t>::max() / sizeof(T) || n * sizeof(T) != ref.size)
+      throw_decode_error("a vector of " + std::to_string(n) + " elements of " + std::to_string(sizeof(T)) +
+                         " bytes with a buffer of " + std::to_string(ref.size) + " bytes");
+    v.clear();
+    v.resize(static_cast<std::size_t>(n));
+    ar.copy_buffer(ref, std::as_writable_bytes(std::span<T>(v.data(), v.size())));
+  } else {
+    cereal::size_type n;
+    ar(cereal::make_size_tag(n));
+    v.clear();
+    v.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(n, (std::uint64_t{1} << 20) / sizeof(T) + 1)));
+    for (cereal::size_type i = 0; i < n; ++i) {
+      v.emplace_back();
+      ar(v.back());
+    }
+  }
+}
+
+// ---- unordered containers: canonical order when hashing ---------------------
+
+template <class C, class Element>
+void save_unordered(EncodeArchive& ar, const C& c, Element&& element) {
+  ar(cereal::make_size_tag(static_cast<cereal::size_type>(c.size())));
+  if (!ar.canonical()) {
+    for (const auto& e : c) element(ar, e);
+    return;
+  }
+  // Hash each element on its own, then write the sorted digests: equal
+  // containers give equal bytes whatever their bucket order.
+  std::vector<Digest> digests;
+  digests.reserve(c.size());
+  Hasher h;
+  for (const auto& e : c) {
+    h.reset();
+    EncodeArchive inner(h.stream(), &h.sink(), /*canonical=*/true);
+    element(inner, e);
+    digests.push_back(h.digest());
+  }
+  std::sort(digests.begin(), digests.end());
+  for (const auto& d : digests) ar.saveBinary(d.data(), d.size());
+}
+
+inline constexpr auto save_map_item = [](EncodeArchive& ar, const auto& kv) {
+  ar(cereal::make_map_item(kv.first, kv.second));
+};
+inline constexpr auto save_set_item = [](EncodeArchive& ar, const auto& k) { ar(k); };
+
+template <class K, class V, class H, class E, class A>
+void CEREAL_SAVE_FUNCTION_NAME(EncodeArchive& ar, const std::unordered_map<K, V, H, E, A>& m) {
+  save_unordered(ar, m, save_map_item);
+}
+template <class K, class V, class H, class E, class A>
+void CEREAL_SAVE_FUNCTION_NAME(EncodeArchive& ar, const std::unordered_multimap<K, V, H, E, A>& m) {
+  save_unordered(ar, m, save_map_item);
+}
+template <class K, class H, class E, class A>
+void CEREAL_SAVE_FUNCTION_NAME(EncodeArchive& ar, const std::unordered_set<K, H, E, A>& s) {
+  save_unordered(ar, s, save_set_item);
+}
+template <class K, class H, class E, class A>
+void CEREAL_SAVE_FUNCTION_NAME(EncodeArchive& ar, const std::unordered_multiset<K, H, E, A>& s) {
+  save_unordered(ar, s, save_set_item);
+}
+
+// ---- multimap / multiset: keep the order of equal keys ------------------------
+// (cereal inserts each element before the previous one, which reverses runs
+// of equal keys; inserting at the end keeps them, in O(1) for sorted input.)
+
+template <class C, class Element>
+void load_multi(DecodeArchive& ar, C& c, Element&& element) {
+  cereal::size_type n;
+  ar(cereal::make_size_tag(n));
+  c.clear();
+  for (cereal::size_type i = 0; i < n; ++i) element(c);
+}
+
+template <class K, class V, class Cmp, class A>
+void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::multimap<K, V, Cmp, A>& m) {
+  load_multi(ar, m, [&](auto& c) {
+    K key{};
+    V value{};
+    ar(cereal::make_map_item(key, value));
+    c.emplace_hint(c.end(), std::move(key), std::move(value));
+  });
+}
+template <class K, class Cmp, class A>
+void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::multiset<K, Cmp, A>& s) {
+  load_multi(ar, s, [&](auto& c) {
+    K key{};
+    ar(key);
+    c.emplace_hint(c.end(), std::move(key));
+  });
+}
+
+/// Upper bound on the number of dimensions an encoded Array may claim.
+inline constexpr std::uint64_t max_array_ndim = 64;
+
+}  // namespace detail
+
+// ---- joblib::Array ------------------------------------------------------------
+// Codec layout: [item size u32][ndim u64][extent u64]...[buffer reference];
+// the data always goes to the sink when there is one (dump maps it back).
+
+template <class T>
+void CEREAL_SAVE_FUNCTION_NAME(detail::EncodeArchive& ar, const Array<T>& a) {
+  const std::uint32_t item = sizeof(T);
+  ar.saveBinary(&item, sizeof item);
+  ar.save_u64(a.ndim());
+  for (std::size_t d : a.shape()) ar.save_u64(d);
+  ar.save_buffer(std::as_bytes(a.cspan()), BufferKind::array);
+}
+
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(detail::DecodeArchive& ar, Array<T>& a) {
+  std::uint32_t item;
+  ar.loadBinary(&item, sizeof item);
+  if (item != sizeof(T))
+    detail::throw_decode_error("an array of " + std::to_string(item) + "-byte elements where " +
+                               std::to_string(sizeof(T)) + "-byte elements were expected");
+  const std::uint64_t ndim = ar.load_u64();
+  if (ndim > detail::max_array_ndim) detail::throw_decode_error("an array of " + std::to_string(ndim) + " dimensions");
+  std::vector<std::size_t> shape(static_cast<std::size_t>(ndim));
+  for (auto& d : shape) d = static_cast<std::size_t>(ar.load_u64());
+  std::size_t count = 0;
+  try {
+    count = detail::shape_size(shape, sizeof(T));
+  } catch (const std::invalid_argument&) {
+    detail::throw_decode_error("an array shape whose size overflows");
+  }
+  const auto ref = ar.load_buffer_ref();
+  if (ref.size != count * sizeof(T))
+    detail::throw_decode_error("an array of " + std::to_string(count) + " elements with a buffer of " +
+                               std::to_string(ref.size) + " bytes");
+  try {
+    a = Array<T>(std::move(shape), ar.shared_buffer(ref));
+  } catch (const std::invalid_argument& e) {
+    detail::throw_decode_error(e.what());
+  }
+}
+
+// Any other cereal archive (JSON, XML, cereal's binary): the shape, then the
+// data as one binary block where the archive supports it, else element-wise.
+template <class Archive, class T>
+  requires(!std::is_same_v<Archive, detail::EncodeArchive>)
+void CEREAL_SAVE_FUNCTION_NAME(Archive& ar, const Array<T>& a) {
+  ar(cereal::make_nvp("shape", a.shape()));
+  if constexpr (cereal::traits::is_output_serializable<cereal::BinaryData<T>, Archive>::value) {
+    ar(cereal::binary_data(a.data(), a.nbytes()));
+  } else {
+    for (const T& x : a.cspan()) ar(x);
+  }
+}
+template <class Archive, class T>
+  requires(!std::is_same_v<Archive, detail::DecodeArchive>)
+void CEREAL_LOAD_FUNCTION_NAME(Archive& ar, Array<T>& a) {
+  std::vector<std::size_t> shape;
+  ar(cereal::make_nvp("shape", shape));
+  Array<T> r(std::move(shape));
+  if constexpr (cereal::traits::is_input_serializable<cereal::BinaryData<T>, Archive>::value) {
+    ar(cereal::binary_data(r.data(), r.nbytes()));
+  } else {
+    for (T& x : r.span()) ar(x);
+  }
+  a = std::move(r);
+}
+
+}  // namespace joblib
