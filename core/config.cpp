@@ -138,6 +138,7 @@ Resolved resolve(const ParallelOptions& o) {
   r.mmap_mode = o.mmap_mode != MmapMode::r ? o.mmap_mode : f.mmap_mode.value_or(MmapMode::r);
   r.return_as = o.return_as;
   r.on_progress = o.on_progress;
+  r.initializer = o.initializer ? o.initializer.request : f.initializer.request;
   r.progress_bar = o.progress_bar;
 
   if (n > 1) {
@@ -216,6 +217,7 @@ parallel_config::parallel_config(ConfigOptions o) {
   if (o.mmap_mode) f.mmap_mode = o.mmap_mode;
   if (o.prefer) f.prefer = o.prefer;
   if (o.require) f.require = o.require;
+  if (o.initializer) f.initializer = o.initializer;
   t_frames.push_back(std::move(f));
   depth_ = t_frames.size();
 }

@@ -23,6 +23,7 @@ struct Frame {
   std::optional<Require> require;
   std::optional<int> inner_max_num_threads;
   std::map<std::string, std::string> settings;
+  Initializer initializer;
   int nesting_level = 0;
 };
 
@@ -74,6 +75,7 @@ struct Resolved {
   NestedBackend nested;
   int nesting_level = 0;
   int inner_threads = 0;                       // thread cap for OpenMP inside tasks (0: untouched)
+  std::vector<std::byte> initializer;          // process backends
   OmpHooks omp;
   ProgressCallback on_progress;
   bool progress_bar = false;

@@ -7,6 +7,7 @@
 #include "progress.hpp"
 
 #include <joblib/detail/engine.hpp>
+#include <joblib/detail/process.hpp>
 #include <joblib/errors.hpp>
 
 #include <fmt/format.h>
@@ -176,9 +177,15 @@ void CallImpl::start() {
     window_ = static_cast<std::size_t>(amount);
     pre_dispatch_amount_ = amount;
   }
+  if (cfg_.caps.needs_encoded_tasks) {
+    // joblib's early pickling-error capture: refuse before any task runs.
+    if (std::optional<std::string> why = source_->portability_problem())
+      throw SerializationError(fmt::format("cannot use the {} backend: {}", cfg_.backend_name, *why));
+  }
   printer_.message(fmt::format("Using backend {} with {} concurrent workers.", backend_class_name(cfg_.backend_name),
                                cfg_.n_jobs));
   CallSettings settings;
+  settings.initializer = cfg_.initializer;
   settings.n_jobs = cfg_.n_jobs;
   settings.timeout = cfg_.timeout;
   settings.verbose = std::max(0, cfg_.verbose - 50);
@@ -324,6 +331,11 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
     running_tasks_ -= b.size_;
     const double duration = double(now_ns() - b.dispatched_ns_) * 1e-9;
     completed_tasks_ += b.completed_;
+    if (b.error_ && b.from_backend_ && stop_.load()) {
+      // A batch the backend dropped or killed because the call was already
+      // stopping: not an error of its own.
+      b.error_ = nullptr;
+    }
     if (b.error_) {
       record_error_locked(b.seq_, b.error_);
     } else if (b.completed_ == b.size_ && !cfg_.batch_size && b.size_ == effective_batch_size_) {
@@ -557,6 +569,45 @@ void BatchBase::run() noexcept {
     run_tasks();
   }
   call->batch_done(*this);  // may destroy *this: nothing may follow
+}
+
+std::exception_ptr BatchBase::encode(CodeRef& entry, OutputStream& out, BufferSink* sink) noexcept {
+  try {
+    encode_tasks(entry, out, sink);
+  } catch (...) {
+    return std::current_exception();
+  }
+  return {};
+}
+
+void BatchBase::complete(std::span<const std::byte> reply, BufferSource* source) noexcept {
+  CallImpl* call = call_.get();
+  started_ns_.store(now_ns(), std::memory_order_relaxed);
+  try {
+    if (reply.empty()) throw SerializationError("a worker sent an empty reply");
+    const auto status = static_cast<std::uint8_t>(reply[0]);
+    if (status == 0) {
+      decode_results(reply.subspan(1), source);
+    } else {
+      std::size_t index = 0;
+      std::string function;
+      try {
+        // The failed task's index is in the envelope; name its function.
+        rethrow_remote(reply.subspan(1), first_index_, "");
+      } catch (const TaskError& e) {
+        index = e.task_index() - first_index_;
+        function = task_function(index);
+        completed_ = index;
+        error_ = std::make_exception_ptr(
+            TaskError(e.type_name(), e.message(), e.remote_traceback(), e.task_index(), function));
+      } catch (...) {
+        error_ = std::current_exception();
+      }
+    }
+  } catch (...) {
+    error_ = std::current_exception();
+  }
+  call->batch_done(*this);  // may destroy *this
 }
 
 void BatchBase::fail(std::exception_ptr error) noexcept {

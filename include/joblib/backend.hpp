@@ -17,9 +17,18 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace joblib {
+
+class BufferSink;
+class BufferSource;
+namespace detail {
+struct CodeRef;
+class OutputStream;
+}  // namespace detail
 
 /// Bumped whenever the layout or the virtual interface below changes. A plugin
 /// built against another version is refused with BackendError.
@@ -51,6 +60,18 @@ class JOBLIB_EXPORT Batch {
   /// Number of tasks in the batch.
   virtual std::size_t size() const noexcept = 0;
 
+  // ---- out-of-process backends (needs_encoded_tasks) ----
+  /// Encodes the batch for a worker process: `entry` receives the portable
+  /// reference of the function the worker must run, `out` the encoded tasks,
+  /// `sink` the large buffers (memmapping). Returns the error instead of
+  /// throwing (SerializationError when the tasks cannot travel); the batch
+  /// is then still to be failed or completed.
+  virtual std::exception_ptr encode(detail::CodeRef& entry, detail::OutputStream& out,
+                                    BufferSink* sink) noexcept = 0;
+  /// Completes the batch with the worker's reply (results or an error
+  /// envelope, as core/worker.cpp writes them). Counts as run().
+  virtual void complete(std::span<const std::byte> reply, BufferSource* source) noexcept = 0;
+
  protected:
   Batch() = default;
   ~Batch();
@@ -71,6 +92,7 @@ struct CallSettings {
   std::string temp_folder{};
   std::optional<std::size_t> max_nbytes{};
   MmapMode mmap_mode = MmapMode::r;
+  std::vector<std::byte> initializer{};  // process backends: request run first in every new worker
 };
 
 /// Backend that tasks of a parallel call see as active (joblib's get_nested_backend).
@@ -142,4 +164,17 @@ inline int plugin_abi() { return plugin_abi_version; }
   inline int abi() { return ::joblib::plugin_abi_version; }                                 \
   }                                                                                         \
   BOOST_DLL_ALIAS(joblib_plugin_entry::make, joblib_backend_factory)                        \
+  BOOST_DLL_ALIAS(joblib_plugin_entry::abi, joblib_plugin_abi)
+
+/// Exports a factory function `std::unique_ptr<joblib::ParallelBackendBase>
+/// fn(const joblib::BackendInit&)` from a plugin, for backends that are not a
+/// single class. Use once per plugin, at namespace scope.
+#define JOBLIB_EXPORT_BACKEND_FACTORY(fn)                                      \
+  namespace joblib_plugin_entry {                                             \
+  inline std::unique_ptr<::joblib::ParallelBackendBase> make(const ::joblib::BackendInit& i) { \
+    return fn(i);                                                             \
+  }                                                                           \
+  inline int abi() { return ::joblib::plugin_abi_version; }                   \
+  }                                                                           \
+  BOOST_DLL_ALIAS(joblib_plugin_entry::make, joblib_backend_factory)          \
   BOOST_DLL_ALIAS(joblib_plugin_entry::abi, joblib_plugin_abi)

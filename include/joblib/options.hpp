@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace joblib {
 
@@ -17,6 +18,15 @@ enum class Require { none, sharedmem };
 enum class ReturnAs { list, generator, generator_unordered };
 /// joblib's memory-map modes: None, 'r', 'r+', 'w+', 'c'.
 enum class MmapMode { none, r, r_plus, w_plus, c };
+
+/// A function run once in each new worker process of a process backend
+/// (loky, multiprocessing) before any task, as joblib's initializer and
+/// initargs. Make one with joblib::initializer(f, args...).
+struct Initializer {
+  std::vector<std::byte> request{};   // encoded call (empty: none)
+  std::string description{};
+  explicit operator bool() const noexcept { return !request.empty(); }
+};
 
 /// Progress callback: tasks done so far, and the total once it is known.
 using ProgressCallback = std::function<void(std::size_t done, std::optional<std::size_t> total)>;
@@ -40,6 +50,7 @@ struct ParallelOptions {
   // ---- beyond joblib ----
   ProgressCallback on_progress{};           // called after every finished batch (every task when sequential)
   bool progress_bar = false;                // live bar with rate and ETA on stderr when it is a terminal
+  Initializer initializer{};                // process backends: run once per new worker
 };
 
 /// Options of parallel_backend(name, options).
@@ -62,6 +73,7 @@ struct ConfigOptions {
   std::optional<Require> require{};
   std::optional<int> inner_max_num_threads{};
   std::map<std::string, std::string> settings{};
+  Initializer initializer{};                       // process backends: run once per new worker
 };
 
 }  // namespace joblib

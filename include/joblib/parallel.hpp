@@ -5,6 +5,7 @@
 #include <joblib/config.hpp>
 #include <joblib/delayed.hpp>
 #include <joblib/detail/engine.hpp>
+#include <joblib/detail/process.hpp>
 #include <joblib/options.hpp>
 
 #include <cstddef>
@@ -59,6 +60,46 @@ class BatchOf final : public ResultBatch<R> {
     tasks_.clear();
     tasks_.shrink_to_fit();
   }
+
+  void encode_tasks(CodeRef& entry, OutputStream& out, BufferSink* sink) override {
+    if constexpr (PortableTask<TaskT, R>::value) {
+      entry = code_ref(reinterpret_cast<const void*>(&batch_entry<TaskT, R>));
+      EncodeArchive ar(out, sink);
+      ar.save_u64(tasks_.size());
+      for (const auto& task : tasks_) save_task(ar, task);
+    } else {
+      throw SerializationError("cannot send tasks of type " + type_name<TaskT>() + " to a worker process: " +
+                               PortableTask<TaskT, R>::why());
+    }
+  }
+
+  void decode_results(std::span<const std::byte> bytes, BufferSource* source) override {
+    if constexpr (PortableTask<TaskT, R>::value) {
+      if constexpr (std::is_void_v<R>) {
+        this->completed_ = static_cast<std::size_t>(decode<std::uint64_t>(bytes, source));
+      } else {
+        decode_into(this->results_, bytes, source);
+        this->completed_ = this->results_.size();
+      }
+      if (this->completed_ != tasks_.size())
+        throw SerializationError("a worker sent " + std::to_string(this->completed_) + " results for " +
+                                 std::to_string(tasks_.size()) + " tasks");
+      tasks_.clear();
+      tasks_.shrink_to_fit();
+    }
+  }
+
+  std::string task_function(std::size_t i) const override {
+    if constexpr (requires(const TaskT& t) { t.function(); }) {
+      using F = std::remove_cvref_t<decltype(std::declval<const TaskT&>().function())>;
+      if constexpr (std::is_pointer_v<F>) {
+        if (i < tasks_.size()) return function_name(reinterpret_cast<const void*>(tasks_[i].function()));
+      }
+      return type_name<F>();
+    } else {
+      return type_name<TaskT>();
+    }
+  }
 };
 
 /// Pulls tasks from an input range. `View` is views::all of what the user
@@ -95,6 +136,14 @@ class RangeSource final : public Source {
     return std::nullopt;
   }
 
+  std::optional<std::string> portability_problem() const override {
+    if constexpr (PortableTask<TaskT, R>::value)
+      return std::nullopt;
+    else
+      return "tasks of type " + type_name<TaskT>() + " cannot travel to another process: " +
+             PortableTask<TaskT, R>::why();
+  }
+
  private:
   View view_;
   std::ranges::iterator_t<View> it_;
@@ -103,6 +152,26 @@ class RangeSource final : public Source {
 };
 
 }  // namespace detail
+
+/// Makes a worker initializer, joblib's initializer/initargs: f(args...)
+/// runs once in each new worker process of a process backend, before any
+/// task. f must be a function or a captureless lambda; args are encoded.
+template <class F, class... Args>
+Initializer initializer(F f, Args... args) {
+  using D = Delayed<std::decay_t<F>, std::decay_t<Args>...>;
+  static_assert(detail::PortableTask<D, std::remove_cvref_t<std::invoke_result_t<D&>>>::value,
+                "joblib::initializer(f, args...): f must be a function or a lambda without captures, and the "
+                "arguments must be encodable");
+  D call(std::in_place, std::move(f), std::move(args)...);
+  detail::MemoryOutput out;
+  detail::EncodeArchive ar(out);
+  detail::save_task(ar, call);
+  Initializer init;
+  init.request = detail::make_init_request(
+      detail::code_ref(reinterpret_cast<const void*>(&detail::init_entry<D>)), out.bytes());
+  init.description = detail::type_name<std::decay_t<F>>();
+  return init;
+}
 
 /// What Parallel returns: an input range of R, and implicitly a std::vector<R>.
 /// In list mode every task has finished when you get it; in generator modes

@@ -27,6 +27,8 @@ const std::vector<std::string> kBackends = {
     "threading",
     "tbb",
     "openmp",
+    "loky",
+    "multiprocessing",
     "mine",  // examples/custom_backend, loaded by path
 };
 

@@ -11,6 +11,7 @@
 #include <exception>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 namespace joblib::detail {
@@ -26,10 +27,18 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   void run() noexcept final;
   void fail(std::exception_ptr error) noexcept final;
   std::size_t size() const noexcept final { return size_; }
+  std::exception_ptr encode(CodeRef& entry, OutputStream& out, BufferSink* sink) noexcept final;
+  void complete(std::span<const std::byte> reply, BufferSource* source) noexcept final;
 
   /// Runs the tasks in order until one throws or the call stops; records
   /// completed_, error_ and error_offset_.
   virtual void run_tasks() noexcept = 0;
+  /// Process backends: encodes the tasks (throws SerializationError).
+  virtual void encode_tasks(CodeRef& entry, OutputStream& out, BufferSink* sink) = 0;
+  /// Process backends: decodes the results a worker sent (throws SerializationError).
+  virtual void decode_results(std::span<const std::byte> bytes, BufferSource* source) = 0;
+  /// Name of the function of task i of the batch, for error messages.
+  virtual std::string task_function(std::size_t i) const = 0;
 
   // ---- the dispatcher's bookkeeping ----
   std::size_t size_ = 0;           // tasks in the batch
@@ -54,6 +63,8 @@ class JOBLIB_EXPORT Source {
   virtual std::unique_ptr<BatchBase> pull(std::size_t max) = 0;
   /// Tasks not yet pulled, when the input knows its size.
   virtual std::optional<std::size_t> remaining() const = 0;
+  /// Why the tasks cannot travel to another process (nullopt: they can).
+  virtual std::optional<std::string> portability_problem() const = 0;
 };
 
 /// One running Parallel call.

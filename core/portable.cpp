@@ -1,0 +1,151 @@
+// Portable code references: (module, offset, build-id).
+#include <joblib/detail/portable.hpp>
+#include <joblib/errors.hpp>
+
+#include <boost/stacktrace.hpp>
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <elf.h>
+#include <fmt/format.h>
+#include <link.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+
+namespace joblib::detail {
+namespace {
+
+std::string self_exe() {
+  static const std::string path = [] {
+    char buf[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+  }();
+  return path;
+}
+
+std::string real_path(const char* p) {
+  char buf[PATH_MAX];
+  if (p && *p && realpath(p, buf)) return buf;
+  return p ? p : "";
+}
+
+// GNU build-id of the module loaded at `base`, read from its PT_NOTE segments.
+std::string build_id_at(ElfW(Addr) base) {
+  struct Query {
+    ElfW(Addr) base;
+    std::string id;
+  } q{base, {}};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* data) -> int {
+        auto* q = static_cast<Query*>(data);
+        if (info->dlpi_addr != q->base) return 0;
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+          if (ph.p_type != PT_NOTE) continue;
+          const char* p = reinterpret_cast<const char*>(info->dlpi_addr + ph.p_vaddr);
+          const char* end = p + ph.p_memsz;
+          while (p + sizeof(ElfW(Nhdr)) <= end) {
+            auto* nh = reinterpret_cast<const ElfW(Nhdr)*>(p);
+            const char* name = p + sizeof(ElfW(Nhdr));
+            const char* desc = name + ((nh->n_namesz + 3) & ~3u);
+            if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 && std::memcmp(name, "GNU", 4) == 0) {
+              static const char* hex = "0123456789abcdef";
+              for (unsigned k = 0; k < nh->n_descsz; ++k) {
+                unsigned char c = static_cast<unsigned char>(desc[k]);
+                q->id += hex[c >> 4];
+                q->id += hex[c & 15];
+              }
+              return 1;
+            }
+            p = desc + ((nh->n_descsz + 3) & ~3u);
+          }
+        }
+        return 1;
+      },
+      &q);
+  return q.id;
+}
+
+struct ModuleInfo {
+  std::string path;
+  std::string build_id;
+  ElfW(Addr) base;
+};
+
+std::mutex g_mutex;
+std::map<ElfW(Addr), ModuleInfo>& by_base() {
+  static auto* m = new std::map<ElfW(Addr), ModuleInfo>();
+  return *m;
+}
+std::map<std::string, std::pair<ElfW(Addr), std::string>>& by_path() {
+  static auto* m = new std::map<std::string, std::pair<ElfW(Addr), std::string>>();
+  return *m;
+}
+
+}  // namespace
+
+CodeRef code_ref(const void* address) {
+  Dl_info info{};
+  link_map* lm = nullptr;
+  if (!dladdr1(address, &info, reinterpret_cast<void**>(&lm), RTLD_DL_LINKMAP) || !lm)
+    throw SerializationError(fmt::format("cannot send the code at {}: it lies in no loaded module", address));
+  std::lock_guard lock(g_mutex);
+  auto it = by_base().find(lm->l_addr);
+  if (it == by_base().end()) {
+    ModuleInfo m;
+    m.base = lm->l_addr;
+    m.path = (lm->l_name && *lm->l_name) ? real_path(lm->l_name) : self_exe();
+    m.build_id = build_id_at(lm->l_addr);
+    it = by_base().emplace(lm->l_addr, std::move(m)).first;
+  }
+  return CodeRef{it->second.path,
+                 static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address) - lm->l_addr),
+                 it->second.build_id};
+}
+
+void* resolve_code(const CodeRef& ref) {
+  std::lock_guard lock(g_mutex);
+  auto it = by_path().find(ref.module);
+  if (it == by_path().end()) {
+    void* handle = nullptr;
+    if (ref.module == self_exe()) {
+      handle = dlopen(nullptr, RTLD_NOW);
+    } else {
+      handle = dlopen(ref.module.c_str(), RTLD_NOW | RTLD_NOLOAD);
+      if (!handle) handle = dlopen(ref.module.c_str(), RTLD_NOW);
+    }
+    if (!handle) {
+      const char* why = dlerror();
+      throw SerializationError(fmt::format("cannot resolve code from module '{}': {}", ref.module, why ? why : "?"));
+    }
+    link_map* lm = nullptr;
+    if (dlinfo(handle, RTLD_DI_LINKMAP, &lm) != 0 || !lm)
+      throw SerializationError(fmt::format("cannot resolve code from module '{}': no link map", ref.module));
+    it = by_path().emplace(ref.module, std::make_pair(lm->l_addr, build_id_at(lm->l_addr))).first;
+  }
+  if (it->second.second != ref.build_id)
+    throw SerializationError(fmt::format(
+        "cannot resolve code from module '{}': its build-id is {} here but {} in the sender (another build)",
+        ref.module, it->second.second.empty() ? "(none)" : it->second.second,
+        ref.build_id.empty() ? "(none)" : ref.build_id));
+  return reinterpret_cast<void*>(it->second.first + ref.offset);
+}
+
+
+std::string function_name(const void* address) {
+  Dl_info info{};
+  if (dladdr(address, &info) && info.dli_sname && info.dli_saddr == address) return demangle(info.dli_sname);
+  // Static functions have no dynamic symbol: ask the symbol table (libbacktrace).
+  std::string name = boost::stacktrace::frame(reinterpret_cast<boost::stacktrace::frame::native_frame_ptr_t>(
+                                                  const_cast<void*>(address)))
+                         .name();
+  return name;
+}
+
+}  // namespace joblib::detail

@@ -1,0 +1,120 @@
+#pragma once
+// Pools of worker processes for the process backends: one driver thread per
+// worker sends a batch, waits for the reply and completes the batch. Workers
+// are started lazily, restarted when they die or leave idle, and stopped at
+// exit. `spawn` runs this program again (loky); `fork` forks the caller
+// (multiprocessing).
+#include "worker.hpp"
+
+#include <joblib/backend.hpp>
+#include <joblib/export.hpp>
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace joblib::detail {
+
+enum class StartMethod { spawn, fork };
+
+struct PoolConfig {
+  StartMethod start = StartMethod::spawn;
+  int n_workers = 1;
+  double idle_timeout = 300.0;                  // seconds; a spawned worker idle this long leaves
+  std::map<std::string, std::string> env;       // extra environment of spawned workers
+  std::vector<std::byte> initializer;           // request payload run first in every worker ("" = none)
+  int nesting_level = 0;
+
+  /// Same workers can serve both (n_workers aside: pools are resized).
+  bool same_kind(const PoolConfig& o) const {
+    return start == o.start && idle_timeout == o.idle_timeout && env == o.env && initializer == o.initializer &&
+           nesting_level == o.nesting_level;
+  }
+};
+
+class JOBLIB_EXPORT ProcessPool {
+ public:
+  struct Job {
+    Batch* batch = nullptr;
+    const void* tag = nullptr;        // the call (backend instance) it belongs to
+    MemmapContext* memmap = nullptr;
+  };
+
+  explicit ProcessPool(PoolConfig cfg);
+  ~ProcessPool();  // stops the workers (exit frame, then SIGKILL after 1 s) and reaps them
+  ProcessPool(const ProcessPool&) = delete;
+  ProcessPool& operator=(const ProcessPool&) = delete;
+
+  /// Queues a batch; it runs on the next free worker. Thread-safe.
+  void submit(Job job);
+  /// Fails the queued batches of `tag` and kills the workers running its
+  /// batches (they are restarted for later jobs). Thread-safe.
+  void abort(const void* tag) noexcept;
+  /// Grows or shrinks to n workers.
+  void resize(int n);
+  /// Kills every worker now (Ctrl-C).
+  void kill_all() noexcept;
+  const PoolConfig& config() const noexcept { return cfg_; }
+  /// Process ids of the live workers (for tests and the fault-injection test).
+  std::vector<pid_t> worker_pids() const;
+
+ private:
+  struct Slot {
+    pid_t pid = 0;
+    int fd = -1;
+    const void* running_tag = nullptr;
+    bool retire = false;
+    bool killed = false;   // killed by abort()/kill_all(): its batch is not a crash
+    std::thread driver;
+  };
+  void drive(Slot* slot);
+  void run_job(Slot* slot, const Job& job);
+  bool ensure_worker(Slot* slot, std::string& why);
+  int reap(Slot* slot);
+  void add_slots_locked(int n);
+
+  PoolConfig cfg_;
+  mutable std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  bool stopping_ = false;
+};
+
+/// The process-wide reusable pool of the loky backend for `cfg`: the same
+/// pool as the last call if it is of the same kind (resized to
+/// cfg.n_workers), else a new one (the old one is stopped).
+JOBLIB_EXPORT std::shared_ptr<ProcessPool> reusable_pool(const PoolConfig& cfg);
+
+/// A backend running batches in worker processes (loky, multiprocessing).
+class JOBLIB_EXPORT ProcessBackend : public ParallelBackendBase {
+ public:
+  ProcessBackend(const BackendInit& init, StartMethod start);
+  ~ProcessBackend() override;
+  std::string name() const override;
+  BackendCapabilities capabilities() const noexcept override;
+  std::exception_ptr start_call(const CallSettings& settings) noexcept override;
+  void submit(Batch& batch) noexcept override;
+  void stop_call() noexcept override;
+  void abort() noexcept override;
+
+  /// The pool this call runs on (for tests).
+  std::shared_ptr<ProcessPool> pool() const { return pool_; }
+
+ private:
+  StartMethod start_;
+  std::shared_ptr<ProcessPool> pool_;
+  std::unique_ptr<MemmapContext> memmap_;
+};
+
+/// Worker pids of the loky backend's reusable pool (empty if none).
+JOBLIB_EXPORT std::vector<pid_t> loky_worker_pids();
+
+}  // namespace joblib::detail

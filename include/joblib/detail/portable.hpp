@@ -1,0 +1,41 @@
+#pragma once
+// Code addresses that mean the same thing in another process running the
+// same program (DESIGN.md, decision 4): a function is sent as the module it
+// lives in, its offset from the module's load base, and the module's
+// build-id. Internal: used by the process and MPI backends.
+#include <joblib/export.hpp>
+
+#include <cstdint>
+#include <string>
+
+namespace joblib::detail {
+
+struct CodeRef {
+  std::string module;       // absolute path of the executable or shared object
+  std::uint64_t offset = 0; // address minus the module's load base
+  std::string build_id;     // hex GNU build-id of the module ("" if it has none)
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(module, offset, build_id);
+  }
+  friend bool operator==(const CodeRef&, const CodeRef&) = default;
+};
+
+/// The portable reference of a code address of this process. Throws
+/// SerializationError when the address lies in no loaded module.
+JOBLIB_EXPORT CodeRef code_ref(const void* address);
+
+/// The address `ref` names in this process (loading the module if needed).
+/// Throws SerializationError when the module cannot be found or loaded, or
+/// its build-id differs (another build of the program).
+JOBLIB_EXPORT void* resolve_code(const CodeRef& ref);
+
+/// Demangled name of the function at `address` (static functions included,
+/// from the symbol table), or "" when no symbol covers it.
+JOBLIB_EXPORT std::string function_name(const void* address);
+
+/// Demangles a C++ symbol or type name (defined with the codec).
+JOBLIB_EXPORT std::string demangle(const char* name);
+
+}  // namespace joblib::detail
