@@ -72,58 +72,58 @@ int main() {
     expect(std::string(e.what()) == "task 0 failed", "scenario 2: first in submission order");
   }
 
-  // 3. The input range throws while producing task 7.
+  // 4. The input range throws while producing task 7.
   auto producer = std::views::iota(0, 100) | std::views::transform([](int i) {
                     if (i == 7) throw std::logic_error("cannot make task 7");
                     return joblib::delayed(checked_sqrt)(i);
                   });
   try {
     joblib::Parallel({.n_jobs = 2})(producer).to_vector();
-    expect(false, "scenario 3 should throw");
+    expect(false, "scenario 4 should throw");
   } catch (const std::logic_error& e) {
-    expect(std::string(e.what()) == "cannot make task 7", "scenario 3: input range error");
+    expect(std::string(e.what()) == "cannot make task 7", "scenario 4: input range error");
   }
 
-  // 4. A sequential generator delivers the results before the failing task,
+  // 5. A sequential generator delivers the results before the failing task,
   //    then throws on the next step.
   std::vector<int> before;
   try {
     auto results = joblib::Parallel({.n_jobs = 1, .return_as = joblib::ReturnAs::generator})
                        .map(checked_sqrt, std::vector{0, 1, 4, -9, 16});
     for (int r : results) before.push_back(r);
-    expect(false, "scenario 4 should throw");
+    expect(false, "scenario 5 should throw");
   } catch (const std::domain_error& e) {
-    expect(before == std::vector<int>{0, 1, 2}, "scenario 4: results before the error");
+    expect(before == std::vector<int>{0, 1, 2}, "scenario 5: results before the error");
   }
 
-  // 5. Timeout: TimeoutError is raised promptly. A thread cannot be killed, so
+  // 7. Timeout: TimeoutError is raised promptly. A thread cannot be killed, so
   //    the task is left running; it sees stop_requested() and returns early.
   const auto t0 = std::chrono::steady_clock::now();
   try {
     joblib::Parallel({.n_jobs = 2, .timeout = 0.2}).map(patient, std::views::iota(0, 4)).to_vector();
-    expect(false, "scenario 5 should throw");
+    expect(false, "scenario 7 should throw");
   } catch (const joblib::TimeoutError& e) {
-    expect(starts_with(e.what(), "a task ran longer than the timeout of 0.2 s"), "scenario 5: message");
+    expect(starts_with(e.what(), "a task ran longer than the timeout of 0.2 s"), "scenario 7: message");
   }
-  expect(std::chrono::steady_clock::now() - t0 < 5s, "scenario 5: prompt");
+  expect(std::chrono::steady_clock::now() - t0 < 5s, "scenario 7: prompt");
 
-  // 6. Bad options: std::invalid_argument naming the field, from the constructor.
+  // 8. Bad options: std::invalid_argument naming the field, from the constructor.
   try {
     joblib::Parallel({.batch_size = 0});
-    expect(false, "scenario 6 should throw");
+    expect(false, "scenario 8 should throw");
   } catch (const std::invalid_argument& e) {
-    expect(std::string(e.what()) == "batch_size must be 'auto' or a positive integer, got: 0", "scenario 6");
+    expect(std::string(e.what()) == "batch_size must be 'auto' or a positive integer, got: 0", "scenario 8");
   }
 
-  // 7. Unknown backend: joblib::BackendError listing the available names.
+  // 9. Unknown backend: joblib::BackendError listing the available names.
   try {
     joblib::Parallel({.n_jobs = 2, .backend = "no_such_backend"}).map(checked_sqrt, std::vector{1}).to_vector();
-    expect(false, "scenario 7 should throw");
+    expect(false, "scenario 9 should throw");
   } catch (const joblib::BackendError& e) {
-    expect(starts_with(e.what(), "Invalid backend: 'no_such_backend', expected one of ["), "scenario 7");
+    expect(starts_with(e.what(), "Invalid backend: 'no_such_backend', expected one of ["), "scenario 9");
   }
 
-  // 8. The library is usable again after any of the above.
+  // The library is usable again after any of the above.
   std::vector<int> ok = joblib::Parallel({.n_jobs = 2}).map(checked_sqrt, std::vector{1, 4, 9});
   expect(ok == std::vector<int>{1, 2, 3}, "usable after errors");
 
