@@ -2,7 +2,8 @@
 // choice of method, and every kind of bad file.
 #include <joblib/persistence.hpp>
 
-#include "store.hpp"  // the header layout, to forge bad files
+#include "../fuzz/fuzz_types.hpp"  // the values of the committed seed files
+#include "store.hpp"                // the header layout, to forge bad files
 
 #include <gtest/gtest.h>
 
@@ -577,6 +578,39 @@ TEST_F(StoreTest, WriteErrorLeavesNoTemporaryFileAndKeepsThePreviousOne) {
   std::signal(SIGXFSZ, old_handler);
   EXPECT_EQ(entries(), std::vector<std::string>{"a.joblib"});
   EXPECT_EQ(joblib::load<Array<double>>(path("a.joblib")), ramp(10));
+}
+
+// ---- format stability --------------------------------------------------------------
+
+template <class T>
+T load_seed(const fs::path& seed, const fs::path& scratch, joblib::MmapMode mode = MmapMode::none) {
+  auto bytes = read_bytes(seed);
+  bytes.erase(bytes.begin());  // the fuzzer's selector byte
+  write_bytes(scratch, bytes);
+  return joblib::load<T>(scratch, {.mmap_mode = mode});
+}
+
+// tests/fuzz/corpus holds dumps written by the build that made them (format
+// version 1, every compressor): this build must still read them.
+TEST_F(StoreTest, FilesWrittenByAnEarlierBuildStillLoad) {
+  const fs::path corpus = JOBLIB_FUZZ_CORPUS_DIR;
+  int checked = 0;
+  for (const char* method : {"plain", "zlib", "gzip", "bz2", "lzma", "xz", "lz4", "zstd"}) {
+    const std::string m = method;
+    EXPECT_EQ(load_seed<joblib_fuzz::Record>(corpus / ("record-" + m), path("f")), joblib_fuzz::seed_record()) << m;
+    EXPECT_EQ(load_seed<joblib_fuzz::ArrayD>(corpus / ("array-" + m), path("f")), joblib_fuzz::seed_array()) << m;
+    EXPECT_EQ(load_seed<joblib_fuzz::Nested>(corpus / ("nested-" + m), path("f")), joblib_fuzz::seed_nested()) << m;
+    EXPECT_EQ(load_seed<joblib_fuzz::Strings>(corpus / ("strings-" + m), path("f")), joblib_fuzz::seed_strings()) << m;
+    const auto mixed = load_seed<joblib_fuzz::Mixed>(corpus / ("mixed-" + m), path("f"));
+    EXPECT_EQ(std::get<0>(mixed), std::get<0>(joblib_fuzz::seed_mixed())) << m;
+    EXPECT_EQ(std::get<1>(mixed), std::get<1>(joblib_fuzz::seed_mixed())) << m;
+    EXPECT_EQ(std::get<3>(mixed), std::get<3>(joblib_fuzz::seed_mixed())) << m;
+    checked += 5;
+  }
+  const auto mapped = load_seed<joblib_fuzz::ArrayD>(corpus / "array-plain", path("g"), MmapMode::r);
+  EXPECT_TRUE(mapped.is_mapped());
+  EXPECT_EQ(mapped, joblib_fuzz::seed_array());
+  EXPECT_EQ(checked, 40);
 }
 
 }  // namespace store_test

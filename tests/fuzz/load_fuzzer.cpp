@@ -1,0 +1,91 @@
+// libFuzzer target for joblib::load: every input is a file (after a
+// selector byte) that must load or fail with StoreError, never crash, hang,
+// leak or allocate beyond the limits. The same bytes are also decoded
+// directly by the codec, which must load or fail with SerializationError.
+// The library is built with FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, which
+// skips the dump checksum so that mutations reach the decoder.
+#include "fuzz_types.hpp"
+
+#include <joblib/codec.hpp>
+#include <joblib/persistence.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+namespace {
+
+const std::string& scratch_file() {
+  static const std::string path = [] {
+    const char* dir = std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : "/tmp";
+    std::string p = std::string(dir) + "/joblib_load_fuzzer_" + std::to_string(::getpid()) + ".bin";
+    std::atexit([] { ::unlink(scratch_file().c_str()); });
+    return p;
+  }();
+  return path;
+}
+
+void write_file(const std::uint8_t* data, std::size_t size) {
+  const int fd = ::open(scratch_file().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) std::abort();
+  while (size > 0) {
+    const ssize_t n = ::write(fd, data, size);
+    if (n <= 0) std::abort();
+    data += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+}
+
+// Reads every element, so that a bad mapping or buffer shows up here.
+double touch(const joblib::Array<double>& a) {
+  double s = 0;
+  for (double x : a.cspan()) s += x;
+  return s;
+}
+double touch(const joblib::Array<float>& a) {
+  double s = 0;
+  for (float x : a.cspan()) s += x;
+  return s;
+}
+
+template <class T>
+void load_and_decode(const std::uint8_t* data, std::size_t size, joblib::MmapMode mode) {
+  try {
+    T v = joblib::load<T>(scratch_file(), {.mmap_mode = mode});
+    if constexpr (std::is_same_v<T, joblib_fuzz::ArrayD>) {
+      volatile double s = touch(v);
+      (void)s;
+    }
+    if constexpr (std::is_same_v<T, joblib_fuzz::Record>) {
+      volatile double s = touch(v.image);
+      (void)s;
+    }
+  } catch (const joblib::StoreError&) {
+  }
+  try {
+    (void)joblib::detail::decode<T>({reinterpret_cast<const std::byte*>(data), size});
+  } catch (const joblib::SerializationError&) {
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size < 1) return 0;
+  const std::uint8_t selector = data[0];
+  write_file(data + 1, size - 1);
+  const auto mode = joblib_fuzz::mode_of(selector);
+  switch ((selector & 7) % joblib_fuzz::type_count) {
+    case 0: load_and_decode<joblib_fuzz::Record>(data + 1, size - 1, mode); break;
+    case 1: load_and_decode<joblib_fuzz::ArrayD>(data + 1, size - 1, mode); break;
+    case 2: load_and_decode<joblib_fuzz::Nested>(data + 1, size - 1, mode); break;
+    case 3: load_and_decode<joblib_fuzz::Strings>(data + 1, size - 1, mode); break;
+    case 4: load_and_decode<joblib_fuzz::Mixed>(data + 1, size - 1, mode); break;
+  }
+  return 0;
+}
