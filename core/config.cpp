@@ -10,6 +10,7 @@
 
 #include <dlfcn.h>
 
+#include <cctype>
 #include <cstdio>
 #include <stdexcept>
 #include <vector>
@@ -37,6 +38,20 @@ void check_n_jobs(int n) {
 const Frame& current_frame() {
   static const Frame empty;
   return t_frames.empty() ? empty : t_frames.back();
+}
+
+std::string backend_class_name(const std::string& name) {
+  std::string out;
+  bool up = true;
+  for (char c : name) {
+    if (c == '_' || c == '-') {
+      up = true;
+      continue;
+    }
+    out += up ? static_cast<char>(std::toupper(static_cast<unsigned char>(c))) : c;
+    up = false;
+  }
+  return out + "Backend";
 }
 
 int resolve_n_jobs(int n) {
@@ -113,7 +128,7 @@ Resolved resolve(const ParallelOptions& o) {
     const std::string thread_backend = default_backend_for(Hint::sharedmem);
     if (r.verbose >= 10)
       std::printf("Using %s as joblib backend instead of %s as the latter does not provide shared memory semantics.\n",
-                  thread_backend.c_str(), name.c_str());
+                  backend_class_name(thread_backend).c_str(), backend_class_name(name).c_str());
     name = thread_backend;
   }
 

@@ -84,6 +84,9 @@ struct Resolved {
 /// Resolves a call (may load a plugin). Throws BackendError, std::invalid_argument.
 JOBLIB_EXPORT Resolved resolve(const ParallelOptions& options);
 
+/// "ThreadingBackend" for "threading", as joblib names its backend classes.
+JOBLIB_EXPORT std::string backend_class_name(const std::string& name);
+
 /// joblib's n_jobs rule: 0 is an error, negative counts back from cpu_count()+1, clamped at 1.
 JOBLIB_EXPORT int resolve_n_jobs(int n_jobs);
 

@@ -37,20 +37,6 @@ std::int64_t now_ns() {
       .count();
 }
 
-std::string backend_class_name(const std::string& name) {
-  std::string out;
-  bool up = true;
-  for (char c : name) {
-    if (c == '_' || c == '-') {
-      up = true;
-      continue;
-    }
-    out += up ? static_cast<char>(std::toupper(static_cast<unsigned char>(c))) : c;
-    up = false;
-  }
-  return out + "Backend";
-}
-
 // Spins (with a pause) for up to ~50 us while `value` still equals `seen`.
 void spin_until_changed(const std::atomic<std::uint64_t>& value, std::uint64_t seen) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
@@ -104,6 +90,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   ProgressState progress_locked() const;
   void report_progress_locked();
   void report_finished_locked();
+  void call_on_progress_locked();
   [[noreturn]] void raise_locked(Lock& lk);
   void wait_locked(Lock& lk, const std::function<bool()>& ready);
   void finish_backend() noexcept;
@@ -177,6 +164,13 @@ void CallImpl::start() {
     window_ = static_cast<std::size_t>(amount);
     pre_dispatch_amount_ = amount;
   }
+  if (cfg_.timeout && !cfg_.caps.supports_timeout) {
+    std::fprintf(stderr,
+                 "UserWarning: The backend class '%s' does not support timeout. You have set 'timeout=%g' in Parallel "
+                 "but the 'timeout' parameter will not be used.\n",
+                 backend_class_name(cfg_.backend_name).c_str(), *cfg_.timeout);
+    cfg_.timeout.reset();
+  }
   if (cfg_.caps.needs_encoded_tasks) {
     // joblib's early pickling-error capture: refuse before any task runs.
     if (std::optional<std::string> why = source_->portability_problem())
@@ -220,14 +214,18 @@ std::size_t CallImpl::next_batch_size_locked() {
     // sequential included: C++ tasks of nanoseconds need it)
     const std::size_t old = effective_batch_size_;
     const double d = smoothed_batch_duration_;
+    // With a timeout, batches stay well under it: a batch that travels to a
+    // worker is timed as a whole.
+    const double min_ideal = cfg_.timeout ? std::min(kMinIdealBatchDuration, *cfg_.timeout / 10) : kMinIdealBatchDuration;
+    const double max_ideal = cfg_.timeout ? std::min(kMaxIdealBatchDuration, *cfg_.timeout / 4) : kMaxIdealBatchDuration;
     std::size_t next = old;
-    if (d > 0 && d < kMinIdealBatchDuration) {
-      const double ideal = std::floor(double(old) * kMinIdealBatchDuration / d) * 2;
+    if (d > 0 && d < min_ideal) {
+      const double ideal = std::floor(double(old) * min_ideal / d) * 2;
       next = static_cast<std::size_t>(std::max(std::min(2.0 * double(old), ideal), 1.0));
       if (next != old && cfg_.verbose >= 10)
         printer_.message(fmt::format("Batch computation too fast ({}s.) Setting batch_size={}.", d, next));
-    } else if (d > kMaxIdealBatchDuration && old >= 2) {
-      const double ideal = std::floor(double(old) * kMinIdealBatchDuration / d);
+    } else if (d > max_ideal && old >= 2) {
+      const double ideal = std::floor(double(old) * min_ideal / d);
       next = static_cast<std::size_t>(std::max(2 * ideal, 1.0));
       if (next != old && cfg_.verbose >= 10)
         printer_.message(fmt::format("Batch computation too slow ({}s.) Setting batch_size={}.", d, next));
@@ -268,6 +266,7 @@ void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
     next_first_ += b->size_;
     b->stop_ = &stop_;
     b->dispatched_ns_ = now_ns();
+    b->clock_each_task_ = cfg_.timeout.has_value();
     b->call_ = shared_from_this();
     dispatched_tasks_ += b->size_;
     running_tasks_ += b->size_;
@@ -306,10 +305,18 @@ void CallImpl::report_progress_locked() {
   ProgressState s = progress_locked();
   if (!finished_printed_ && printer_.print_progress(s)) finished_printed_ = true;
   printer_.bar(s, s.completed);
-  if (cfg_.on_progress) {
-    std::optional<std::size_t> total = n_tasks_;
-    if (!total && exhausted_) total = dispatched_tasks_;
+  call_on_progress_locked();
+}
+
+void CallImpl::call_on_progress_locked() {
+  if (!cfg_.on_progress || error_) return;
+  std::optional<std::size_t> total = n_tasks_;
+  if (!total && exhausted_) total = dispatched_tasks_;
+  try {
     cfg_.on_progress(completed_tasks_, total);
+  } catch (...) {
+    // A throwing callback stops the call like a failing task.
+    record_error_locked(next_seq_, std::current_exception());
   }
 }
 
@@ -318,7 +325,10 @@ void CallImpl::report_finished_locked() {
   ProgressState s = progress_locked();
   if (!s.completed) return;
   finished_printed_ = printer_.print_progress(s);
+  if (!finished_printed_) finished_printed_ = true;
   printer_.bar(s, true);
+  // An input of unknown size: its total is known only now.
+  if (!n_tasks_) call_on_progress_locked();
 }
 
 void CallImpl::batch_done(BatchBase& b) noexcept {
@@ -415,8 +425,9 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
       if (now - s > limit) {
         timed_out_ = true;
         record_error_locked(0, std::make_exception_ptr(TimeoutError(fmt::format(
-                                   "a task ran longer than the timeout of {} s (batch of {} starting at task {})",
-                                   *cfg_.timeout, task_count(b->size_), b->first_index_))));
+                                   "a task ran longer than the timeout of {} s ({} batch of {} starting at task {})",
+                                   *cfg_.timeout, b->clock_each_task_ && !cfg_.caps.needs_encoded_tasks ? "in a" : "timed as a",
+                                   task_count(b->size_), b->first_index_))));
         error_seq_ = 0;
         lk.unlock();
         cfg_.backend->abort();
@@ -580,9 +591,11 @@ std::exception_ptr BatchBase::encode(CodeRef& entry, OutputStream& out, BufferSi
   return {};
 }
 
+void BatchBase::started() noexcept { started_ns_.store(now_ns(), std::memory_order_relaxed); }
+void BatchBase::restart_clock() noexcept { started_ns_.store(now_ns(), std::memory_order_relaxed); }
+
 void BatchBase::complete(std::span<const std::byte> reply, BufferSource* source) noexcept {
   CallImpl* call = call_.get();
-  started_ns_.store(now_ns(), std::memory_order_relaxed);
   try {
     if (reply.empty()) throw SerializationError("a worker sent an empty reply");
     const auto status = static_cast<std::uint8_t>(reply[0]);

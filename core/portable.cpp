@@ -1,4 +1,6 @@
 // Portable code references: (module, offset, build-id).
+#include "fork_safety.hpp"
+
 #include <joblib/detail/portable.hpp>
 #include <joblib/errors.hpp>
 
@@ -78,7 +80,15 @@ struct ModuleInfo {
   ElfW(Addr) base;
 };
 
-std::mutex g_mutex;
+std::mutex& guarded_mutex() {
+  static std::mutex* m = [] {
+    auto* mu = new std::mutex();
+    hold_across_fork(*mu);
+    return mu;
+  }();
+  return *m;
+}
+std::mutex& g_mutex = guarded_mutex();
 std::map<ElfW(Addr), ModuleInfo>& by_base() {
   static auto* m = new std::map<ElfW(Addr), ModuleInfo>();
   return *m;

@@ -22,6 +22,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <set>
 
@@ -68,7 +69,9 @@ void watch_sigint() {
     g_interrupted = true;
     {
       std::lock_guard lock(g_pools_mutex);
-      for (ProcessPool* p : all_pools()) p->kill_all();
+      for (ProcessPool* p : all_pools())
+        if (g_previous_sigint.sa_handler == SIG_DFL) p->kill_and_reap_all();
+        else p->kill_all();
     }
     remove_memmap_folders();
     if (g_previous_sigint.sa_handler == SIG_DFL && !(g_previous_sigint.sa_flags & SA_SIGINFO)) {
@@ -229,6 +232,20 @@ void ProcessPool::kill_all() noexcept {
     }
 }
 
+void ProcessPool::kill_and_reap_all() noexcept {
+  std::vector<pid_t> pids;
+  {
+    std::lock_guard lock(m_);
+    for (auto& s : slots_)
+      if (s->pid > 0) {
+        s->killed = true;
+        ::kill(s->pid, SIGKILL);
+        pids.push_back(s->pid);
+      }
+  }
+  for (pid_t pid : pids) ::waitpid(pid, nullptr, 0);  // the program ends next: no zombie left
+}
+
 std::vector<pid_t> ProcessPool::worker_pids() const {
   std::lock_guard lock(m_);
   std::vector<pid_t> out;
@@ -312,6 +329,7 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
       std::lock_guard lock(g_pools_mutex);
       to_close.assign(parent_fds().begin(), parent_fds().end());
     }
+    std::fflush(nullptr);  // else the child would print the parent's unflushed output again
     pid = ::fork();
     if (pid == 0) {
       // The child: only this thread exists. Close the other workers'
@@ -370,7 +388,22 @@ void ProcessPool::drive(Slot* slot) {
     Job job;
     {
       std::unique_lock lock(m_);
-      cv_.wait(lock, [&] { return stopping_ || slot->retire || !queue_.empty(); });
+      while (!(stopping_ || slot->retire || !queue_.empty())) {
+        if (cv_.wait_for(lock, 200ms) == std::cv_status::timeout && slot->pid > 0) {
+          // Reap a worker that left idle (or was killed) while nothing ran on
+          // it, so that no zombie stays behind.
+          int status = 0;
+          if (::waitpid(slot->pid, &status, WNOHANG) == slot->pid) {
+            {
+              std::lock_guard plock(g_pools_mutex);
+              parent_fds().erase(slot->fd);
+            }
+            ::close(slot->fd);
+            slot->pid = 0;
+            slot->fd = -1;
+          }
+        }
+      }
       if (queue_.empty() || slot->retire) {
         if (slot->retire && slot->pid > 0) write_frame(slot->fd, FrameKind::exit, {});
         if (stopping_ || slot->retire) return;
@@ -410,6 +443,7 @@ void ProcessPool::run_job(Slot* slot, const Job& job) {
     }
     const pid_t pid = slot->pid;
     std::optional<WireFrame> reply;
+    batch.started();
     if (write_frame(slot->fd, FrameKind::run, request)) reply = read_frame(slot->fd);
     if (reply && reply->kind == FrameKind::idle_exit && attempt < 3) {
       reap(slot);  // it left idle without reading our request: send it again
@@ -493,6 +527,7 @@ BackendCapabilities ProcessBackend::capabilities() const noexcept {
 
 std::exception_ptr ProcessBackend::start_call(const CallSettings& s) noexcept {
   try {
+    g_interrupted = false;  // an earlier Ctrl-C has been reported by the calls it stopped
     if (start_ == StartMethod::spawn && !main_guard_ran())
       throw BackendError(
           "the loky backend starts workers by running this program again, and this program did not start "

@@ -59,8 +59,10 @@ class JOBLIB_EXPORT ProcessPool {
   void abort(const void* tag) noexcept;
   /// Grows or shrinks to n workers.
   void resize(int n);
-  /// Kills every worker now (Ctrl-C).
+  /// Kills every worker now (Ctrl-C handled by the program).
   void kill_all() noexcept;
+  /// Kills every worker and waits for them (Ctrl-C ending the program).
+  void kill_and_reap_all() noexcept;
   const PoolConfig& config() const noexcept { return cfg_; }
   /// Process ids of the live workers (for tests and the fault-injection test).
   std::vector<pid_t> worker_pids() const;

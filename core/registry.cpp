@@ -1,5 +1,7 @@
 #include "registry.hpp"
 
+#include "fork_safety.hpp"
+
 #include <joblib/errors.hpp>
 
 #include <boost/dll/shared_library.hpp>
@@ -9,6 +11,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -108,10 +111,14 @@ class Registry {
 
  private:
   Registry() {
+    hold_across_fork(mutex);
     std::lock_guard lock(mutex);
     fs::path main;
     if (const char* env = std::getenv("JOBLIB_PLUGINS_TOML"); env && *env) {
       main = env;
+      if (!fs::exists(main))
+        std::fprintf(stderr, "joblib: JOBLIB_PLUGINS_TOML names '%s', which does not exist: no plugin is listed\n",
+                     env);
     } else {
       fs::path dir = core_library_dir();
       for (const fs::path& candidate : {dir / "joblib" / "plugins.toml", dir.parent_path() / "lib" / "joblib" / "plugins.toml"}) {

@@ -3,6 +3,7 @@
 #include "worker.hpp"
 
 #include "config.hpp"
+#include "fork_safety.hpp"
 #include "throw_hook.hpp"
 
 #include <joblib/detail/process.hpp>
@@ -98,7 +99,12 @@ std::optional<WireFrame> read_frame(int fd) {
 // ---- mapped regions -------------------------------------------------------------
 
 namespace {
-std::mutex g_map_mutex;
+std::mutex& make_map_mutex() {
+  auto* m = new std::mutex();
+  hold_across_fork(*m);
+  return *m;
+}
+std::mutex& g_map_mutex = make_map_mutex();
 std::map<const std::byte*, MappedRegion>& regions() {
   static auto* r = new std::map<const std::byte*, MappedRegion>();
   return *r;

@@ -32,7 +32,7 @@ class OutputStream;
 
 /// Bumped whenever the layout or the virtual interface below changes. A plugin
 /// built against another version is refused with BackendError.
-inline constexpr int plugin_abi_version = 1;
+inline constexpr int plugin_abi_version = 2;
 
 /// What a backend can do; the resolver and the dispatcher ask, never check names.
 struct BackendCapabilities {
@@ -68,6 +68,9 @@ class JOBLIB_EXPORT Batch {
   /// is then still to be failed or completed.
   virtual std::exception_ptr encode(detail::CodeRef& entry, detail::OutputStream& out,
                                     BufferSink* sink) noexcept = 0;
+  /// Out-of-process backends: the batch is being handed to a worker now
+  /// (its timeout clock starts).
+  virtual void started() noexcept = 0;
   /// Completes the batch with the worker's reply (results or an error
   /// envelope, as core/worker.cpp writes them). Counts as run().
   virtual void complete(std::span<const std::byte> reply, BufferSource* source) noexcept = 0;

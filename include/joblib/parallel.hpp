@@ -9,6 +9,7 @@
 #include <joblib/options.hpp>
 
 #include <cstddef>
+#include <deque>
 #include <functional>
 #include <iterator>
 #include <memory>
@@ -26,11 +27,16 @@ namespace detail {
 template <class TaskT>
 using task_result_t = std::remove_cvref_t<std::invoke_result_t<TaskT&>>;
 
+/// Where a batch keeps its results: a vector, except for bool (whose
+/// std::vector has no references to hand out).
+template <class R>
+using result_store_t = std::conditional_t<std::is_same_v<R, bool>, std::deque<bool>, std::vector<R>>;
+
 /// A batch's results, typed.
 template <class R>
 class ResultBatch : public BatchBase {
  public:
-  std::vector<R> results_;
+  result_store_t<R> results_;
 };
 template <>
 class ResultBatch<void> : public BatchBase {};
@@ -44,9 +50,11 @@ class BatchOf final : public ResultBatch<R> {
   void run_tasks() noexcept override {
     const std::atomic<bool>* stop = this->stop_;
     try {
-      if constexpr (!std::is_void_v<R>) this->results_.reserve(tasks_.size());
+      if constexpr (!std::is_void_v<R> && !std::is_same_v<R, bool>) this->results_.reserve(tasks_.size());
+      const bool clock = this->clock_each_task_;
       for (auto& task : tasks_) {
         if (stop && stop->load(std::memory_order_relaxed)) break;
+        if (clock) this->restart_clock();
         if constexpr (std::is_void_v<R>)
           std::invoke(task);
         else

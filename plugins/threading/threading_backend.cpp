@@ -1,6 +1,8 @@
 // The threading backend: persistent std::thread pools reused across calls.
 #include <joblib/backend.hpp>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -81,11 +83,22 @@ class Pool {
 // the threads are blocked on an empty queue at exit, which is harmless, while
 // joining them from a static destructor could wait on a task abandoned after
 // a timeout.
+using PoolMap = std::map<std::pair<int, int>, std::unique_ptr<Pool>>;
+std::mutex* g_pools_mutex = new std::mutex();
+PoolMap* g_pools = new PoolMap();
+
+// A forked child (the multiprocessing backend) has none of the pools'
+// threads: it starts with no pools (the parent's are leaked, not run).
+void forget_pools_in_child() {
+  g_pools_mutex = new std::mutex();
+  g_pools = new PoolMap();
+}
+
 Pool& pool_for(int level, int n) {
-  static std::mutex m;
-  static auto* pools = new std::map<std::pair<int, int>, std::unique_ptr<Pool>>();
-  std::lock_guard lock(m);
-  auto& slot = (*pools)[{level, n}];
+  static std::once_flag atfork;
+  std::call_once(atfork, [] { ::pthread_atfork(nullptr, nullptr, forget_pools_in_child); });
+  std::lock_guard lock(*g_pools_mutex);
+  auto& slot = (*g_pools)[{level, n}];
   if (!slot) slot = std::make_unique<Pool>(n);
   return *slot;
 }
@@ -102,6 +115,7 @@ class ThreadingBackend final : public joblib::ParallelBackendBase {
     c.supports_sharedmem = true;
     c.supports_timeout = true;
     c.supports_return_generator = true;
+    c.supports_inner_max_num_threads = true;
     return c;
   }
 

@@ -469,3 +469,43 @@ TEST(ProgressTest, CallbackReachesTheTotalInParallelMode) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(ParallelTest, BoolResultsIterate) {
+  auto r = joblib::Parallel({.n_jobs = 2, .return_as = joblib::ReturnAs::generator})
+               .map([](int x) { return x % 2 == 0; }, std::views::iota(0, 6));
+  std::vector<bool> got;
+  for (bool b : r) got.push_back(b);
+  EXPECT_EQ(got, (std::vector<bool>{true, false, true, false, true, false}));
+}
+
+TEST(TimeoutTest, IsPerTaskNotPerBatch) {
+  // 3000 tasks of 1 ms, timeout 0.15 s: auto batching must not turn this into
+  // a timeout (batches of several tasks each under the limit).
+  auto one_ms = [](int i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return i;
+  };
+  std::vector<int> r = joblib::Parallel({.n_jobs = 2, .timeout = 0.15}).map(one_ms, std::views::iota(0, 3000));
+  EXPECT_EQ(r.size(), 3000u);
+}
+
+TEST(ProgressTest, ThrowingCallbackStopsTheCallWithItsError) {
+  EXPECT_THROW(joblib::Parallel({.n_jobs = 2, .on_progress = [](std::size_t, std::optional<std::size_t>) {
+                 throw std::runtime_error("progress sink failed");
+               }}).map([](int x) { return x; }, std::views::iota(0, 100)).to_vector(),
+               std::runtime_error);
+}
+
+TEST(ProgressTest, UnknownTotalIsGivenAtTheEnd) {
+  std::optional<std::size_t> last_total;
+  auto unsized = std::views::iota(0) | std::views::take_while([](int i) { return i < 5; }) |
+                 std::views::transform([](int i) { return joblib::delayed([](int x) { return x; })(i); });
+  std::vector<int> r = joblib::Parallel({.n_jobs = 1, .on_progress = [&](std::size_t, std::optional<std::size_t> t) {
+                                           last_total = t;
+                                         }})(unsized);
+  EXPECT_EQ(last_total, std::optional<std::size_t>(5));
+}
+
+}  // namespace

@@ -29,6 +29,7 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   std::size_t size() const noexcept final { return size_; }
   std::exception_ptr encode(CodeRef& entry, OutputStream& out, BufferSink* sink) noexcept final;
   void complete(std::span<const std::byte> reply, BufferSource* source) noexcept final;
+  void started() noexcept final;
 
   /// Runs the tasks in order until one throws or the call stops; records
   /// completed_, error_ and error_offset_.
@@ -51,7 +52,11 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   const std::atomic<bool>* stop_ = nullptr;  // the call's stop flag
   std::shared_ptr<CallImpl> call_{};         // set while dispatched
   std::int64_t dispatched_ns_ = 0;
-  std::atomic<std::int64_t> started_ns_{0};
+  std::atomic<std::int64_t> started_ns_{0};  // when the batch (or, with a timeout, its current task) started
+  bool clock_each_task_ = false;             // a timeout is set: restart the clock at every task
+
+  /// Restarts the timeout clock (called before each task when a timeout is set).
+  void restart_clock() noexcept;
 };
 
 /// The input of one call: pulls tasks lazily into batches.

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <span>
 #include <string>
@@ -126,8 +127,10 @@ void batch_entry(WorkerCall& call) {
       const std::uint64_t n = ar.load_count();
       using Args = std::remove_cvref_t<decltype(std::declval<TaskT&>().arguments())>;
       using F = std::remove_cvref_t<decltype(std::declval<TaskT&>().function())>;
-      std::conditional_t<std::is_void_v<R>, std::uint64_t, std::vector<R>> results{};
-      if constexpr (!std::is_void_v<R>) results.reserve(static_cast<std::size_t>(n));
+      std::conditional_t<std::is_void_v<R>, std::uint64_t,
+                         std::conditional_t<std::is_same_v<R, bool>, std::deque<bool>, std::vector<R>>>
+          results{};
+      if constexpr (!std::is_void_v<R> && !std::is_same_v<R, bool>) results.reserve(static_cast<std::size_t>(n));
       for (; index < n; ++index) {
         F f = load_callable<F>(ar);
         Args args{};

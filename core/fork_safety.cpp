@@ -1,0 +1,34 @@
+#include "fork_safety.hpp"
+
+#include <pthread.h>
+
+#include <vector>
+
+namespace joblib::detail {
+namespace {
+std::mutex& list_mutex() {
+  static auto* m = new std::mutex();
+  return *m;
+}
+std::vector<std::mutex*>& held() {
+  static auto* v = new std::vector<std::mutex*>();
+  return *v;
+}
+void prepare() {
+  list_mutex().lock();
+  for (std::mutex* m : held()) m->lock();
+}
+void release() {
+  for (auto it = held().rbegin(); it != held().rend(); ++it) (*it)->unlock();
+  list_mutex().unlock();
+}
+}  // namespace
+
+void hold_across_fork(std::mutex& m) {
+  static std::once_flag once;
+  std::call_once(once, [] { ::pthread_atfork(prepare, release, release); });
+  std::lock_guard lock(list_mutex());
+  held().push_back(&m);
+}
+
+}  // namespace joblib::detail

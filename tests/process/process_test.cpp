@@ -1,0 +1,385 @@
+// Process backends (loky, multiprocessing): errors across the boundary,
+// worker deaths, timeouts, memmapping, initializers, reuse, idle workers,
+// thread caps, fault injection, and nothing left behind. Tasks are plain
+// functions: they run in other processes.
+#include "process_pool.hpp"
+
+#include <joblib/joblib.hpp>
+#include <joblib/worker.hpp>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <ranges>
+#include <set>
+#include <thread>
+
+namespace {
+
+namespace fs = std::filesystem;
+using joblib::delayed;
+using joblib::Parallel;
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+struct MyError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct Unregistered : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+int throw_my_error(int) { throw MyError("custom failure"); }
+static int throw_unregistered(int x) {  // internal linkage on purpose
+  if (x == 2) throw Unregistered("not registered");
+  return x;
+}
+int abort_at_1(int x) {
+  if (x == 1) std::abort();
+  return x;
+}
+int exit_at_1(int x) {
+  if (x == 1) ::_exit(3);
+  return x;
+}
+int pid_of(int) { return static_cast<int>(::getpid()); }
+int sleep_ms(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+int write_pid_then_hang(std::string path) {
+  std::ofstream(path) << ::getpid();
+  std::this_thread::sleep_for(30s);
+  return 0;
+}
+std::string env_of(std::string name) {
+  const char* v = std::getenv(name.c_str());
+  return v ? v : "";
+}
+std::string describe_array(joblib::Array<double> a) {
+  const auto& b = a.buffer();
+  return std::to_string(a.is_mapped()) + "|" + std::to_string(a.is_writable()) + "|" + (b.file ? *b.file : "") + "|" +
+         std::to_string(a.size()) + "|" + std::to_string(std::as_const(a)[a.size() - 1]);
+}
+
+int g_initialized = 0;
+void init_worker(int value) { g_initialized = value; }
+int initialized_value(int) { return g_initialized; }
+
+bool process_gone(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat) return true;
+  std::string s;
+  std::getline(stat, s);
+  const auto close = s.rfind(')');
+  return close != std::string::npos && close + 2 < s.size() && s[close + 2] == 'Z';  // a zombie is dead too
+}
+
+bool wait_gone(pid_t pid, std::chrono::milliseconds limit = 5000ms) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!process_gone(pid))
+    if (std::chrono::steady_clock::now() > until) return false;
+    else std::this_thread::sleep_for(10ms);
+  return true;
+}
+
+std::vector<pid_t> zombie_children() {
+  std::vector<pid_t> out;
+  for (auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string s;
+    std::getline(stat, s);
+    const auto close = s.rfind(')');
+    if (close == std::string::npos) continue;
+    char state = 0;
+    long ppid = 0;
+    std::istringstream rest(s.substr(close + 2));
+    rest >> state >> ppid;
+    if (ppid == ::getpid() && state == 'Z') out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+fs::path fresh_dir(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / ("joblib_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::vector<fs::path> memmap_folders(const fs::path& root) {
+  std::vector<fs::path> out;
+  for (auto& e : fs::directory_iterator(root))
+    if (e.path().filename().string().rfind("joblib_memmapping_folder_", 0) == 0) out.push_back(e.path());
+  return out;
+}
+
+class ProcessBackends : public ::testing::TestWithParam<std::string> {
+ protected:
+  joblib::ParallelOptions opts() const { return {.n_jobs = 2, .backend = GetParam()}; }
+};
+
+// ---- errors across the boundary -----------------------------------------------
+
+TEST_P(ProcessBackends, RegisteredExceptionKeepsItsType) {
+  joblib::register_exception_type<MyError>();
+  try {
+    Parallel(opts()).map(throw_my_error, std::views::iota(0, 3)).to_vector();
+    FAIL();
+  } catch (const MyError& e) {
+    EXPECT_STREQ(e.what(), "custom failure");
+  }
+}
+
+TEST_P(ProcessBackends, UnknownExceptionIsTaskErrorWithTheRemoteTrace) {
+  try {
+    Parallel({.n_jobs = 2, .backend = GetParam(), .batch_size = 1}).map(throw_unregistered, std::views::iota(0, 5)).to_vector();
+    FAIL();
+  } catch (const joblib::TaskError& e) {
+    EXPECT_THAT(e.type_name(), HasSubstr("Unregistered"));
+    EXPECT_EQ(e.message(), "not registered");
+    EXPECT_EQ(e.task_index(), 2u);
+    EXPECT_THAT(e.function(), HasSubstr("throw_unregistered"));  // internal linkage included
+    EXPECT_THAT(e.remote_traceback(), HasSubstr("throw_unregistered"));
+    EXPECT_THAT(e.what(), HasSubstr("Unregistered"));
+    EXPECT_THAT(e.what(), HasSubstr("throw_unregistered"));
+  }
+}
+
+TEST_P(ProcessBackends, WorkerKilledBySignalIsTerminatedWorkerError) {
+  try {
+    Parallel({.n_jobs = 2, .backend = GetParam(), .batch_size = 1}).map(abort_at_1, std::views::iota(0, 4)).to_vector();
+    FAIL();
+  } catch (const joblib::TerminatedWorkerError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("{SIGABRT(-6)}"));
+    EXPECT_THAT(e.what(), HasSubstr("A worker process managed by the executor was unexpectedly terminated."));
+  }
+  std::vector<int> r = Parallel(opts()).map(pid_of, std::views::iota(0, 4));  // the pool is rebuilt
+  EXPECT_EQ(r.size(), 4u);
+}
+
+TEST_P(ProcessBackends, WorkerExitIsTerminatedWorkerError) {
+  try {
+    Parallel({.n_jobs = 2, .backend = GetParam(), .batch_size = 1}).map(exit_at_1, std::views::iota(0, 4)).to_vector();
+    FAIL();
+  } catch (const joblib::TerminatedWorkerError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("{EXIT(3)}"));
+  }
+}
+
+TEST_P(ProcessBackends, TaskThatCannotTravelIsRefusedBeforeAnyTaskRuns) {
+  int produced = 0;
+  const int k = 3;
+  auto tasks = std::views::iota(0, 4) | std::views::transform([&produced, k](int i) {
+                 ++produced;
+                 return delayed([k](int x) { return x + k; })(i);
+               });
+  try {
+    Parallel p(opts());
+    p(tasks).to_vector();
+    FAIL();
+  } catch (const joblib::SerializationError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("cannot travel to another process"));
+    EXPECT_THAT(e.what(), HasSubstr("lambda without captures"));
+  }
+  EXPECT_EQ(produced, 0);
+}
+
+TEST_P(ProcessBackends, TimeoutKillsTheStuckWorker) {
+  const fs::path dir = fresh_dir("timeout");
+  const std::string pidfile = (dir / "pid").string();
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(Parallel({.n_jobs = 2, .backend = GetParam(), .timeout = 0.5})
+                   .map(write_pid_then_hang, std::vector<std::string>{pidfile})
+                   .to_vector(),
+               joblib::TimeoutError);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+  pid_t pid = 0;
+  std::ifstream(pidfile) >> pid;
+  ASSERT_GT(pid, 0);
+  EXPECT_TRUE(wait_gone(pid));
+  fs::remove_all(dir);
+  std::vector<int> r = Parallel(opts()).map(pid_of, std::views::iota(0, 2));
+  EXPECT_EQ(r.size(), 2u);
+}
+
+// ---- memmapping ------------------------------------------------------------------
+
+TEST_P(ProcessBackends, LargeArrayIsWrittenOnceAndMappedReadOnly) {
+  const fs::path root = fresh_dir("memmap");
+  joblib::Array<double> big({300000});  // 2.4 MB > 1M
+  big[big.size() - 1] = 42.0;
+  std::vector<std::string> seen = Parallel({.n_jobs = 2, .backend = GetParam(), .temp_folder = root.string()})(
+      std::views::iota(0, 8) | std::views::transform([&](int) { return delayed(describe_array)(big); }));
+  std::set<std::string> distinct(seen.begin(), seen.end());
+  ASSERT_EQ(distinct.size(), 1u) << "the array must be written once per call";
+  const std::string d = *distinct.begin();
+  EXPECT_THAT(d, HasSubstr("1|0|"));  // mapped, not writable (mmap_mode r)
+  EXPECT_THAT(d, HasSubstr(root.string() + "/joblib_memmapping_folder_" + std::to_string(::getpid()) + "_"));
+  EXPECT_THAT(d, HasSubstr("|300000|42"));
+  EXPECT_TRUE(memmap_folders(root).empty()) << "the folder is removed when the call ends";
+  fs::remove_all(root);
+}
+
+TEST_P(ProcessBackends, WritableMmapModeGivesWritableMaps) {
+  const fs::path root = fresh_dir("memmap_rw");
+  joblib::Array<double> big({300000});
+  std::vector<std::string> seen =
+      Parallel({.n_jobs = 2, .backend = GetParam(), .temp_folder = root.string(), .mmap_mode = joblib::MmapMode::r_plus})(
+          std::views::iota(0, 2) | std::views::transform([&](int) { return delayed(describe_array)(big); }));
+  EXPECT_THAT(seen[0], HasSubstr("1|1|"));
+  fs::remove_all(root);
+}
+
+TEST_P(ProcessBackends, MaxNbytesNoneSendsCopies) {
+  const fs::path root = fresh_dir("memmap_none");
+  joblib::Array<double> big({300000});
+  std::vector<std::string> seen =
+      Parallel({.n_jobs = 2, .backend = GetParam(), .temp_folder = root.string(), .max_nbytes = std::nullopt})(
+          std::views::iota(0, 2) | std::views::transform([&](int) { return delayed(describe_array)(big); }));
+  EXPECT_THAT(seen[0], HasSubstr("0|1||"));
+  EXPECT_TRUE(memmap_folders(root).empty());
+  fs::remove_all(root);
+}
+
+TEST_P(ProcessBackends, FolderIsRemovedWhenATaskFails) {
+  const fs::path root = fresh_dir("memmap_fail");
+  joblib::Array<double> big({300000});
+  EXPECT_THROW(Parallel({.n_jobs = 2, .backend = GetParam(), .temp_folder = root.string()})(
+                   std::views::iota(0, 4) | std::views::transform([&](int i) {
+                     return delayed([](joblib::Array<double> a, int x) -> int {
+                       if (x == 2) throw std::runtime_error("fail");
+                       return static_cast<int>(a.size());
+                     })(big, i);
+                   }))
+                   .to_vector(),
+               std::runtime_error);
+  EXPECT_TRUE(memmap_folders(root).empty());
+  fs::remove_all(root);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, ProcessBackends, ::testing::Values("loky", "multiprocessing"));
+
+TEST(MemmapTest, FoldersOfDeadProcessesAreRemovedAtTheNextStart) {
+  const fs::path root = fresh_dir("stale");
+  const fs::path stale = root / "joblib_memmapping_folder_4194305_deadbeef";  // above pid_max: no such process
+  fs::create_directories(stale);
+  std::ofstream(stale / "x.bin") << "left by a crash";
+  joblib::Array<double> big({300000});
+  std::vector<std::string> r = Parallel({.n_jobs = 2, .backend = "loky", .temp_folder = root.string()})(
+      std::views::iota(0, 2) | std::views::transform([&](int) { return delayed(describe_array)(big); }));
+  EXPECT_FALSE(fs::exists(stale));
+  fs::remove_all(root);
+}
+
+// ---- the loky pool ------------------------------------------------------------------
+
+TEST(LokyTest, WorkersAreReusedAcrossCalls) {
+  std::set<int> pids;
+  for (int call = 0; call < 3; ++call) {
+    std::vector<int> r = Parallel({.n_jobs = 2, .backend = "loky", .batch_size = 1}).map(sleep_ms, std::vector{20, 20, 20, 20});
+    std::vector<int> p = Parallel({.n_jobs = 2, .backend = "loky"}).map(pid_of, std::views::iota(0, 8));
+    pids.insert(p.begin(), p.end());
+  }
+  EXPECT_LE(pids.size(), 2u);
+  EXPECT_EQ(pids.count(static_cast<int>(::getpid())), 0u);
+}
+
+TEST(LokyTest, InitializerRunsInEveryWorkerAndKeysReuse) {
+  auto run = [](int value) {
+    std::vector<int> seen = Parallel({.n_jobs = 2, .backend = "loky", .initializer = joblib::initializer(init_worker, value)})
+                                .map(initialized_value, std::views::iota(0, 4));
+    std::vector<int> pids = Parallel({.n_jobs = 2, .backend = "loky", .initializer = joblib::initializer(init_worker, value)})
+                                .map(pid_of, std::views::iota(0, 4));
+    for (int v : seen) EXPECT_EQ(v, value);
+    return std::set<int>(pids.begin(), pids.end());
+  };
+  std::set<int> a = run(7), b = run(7), c = run(9);
+  std::set<int> ab(a);
+  ab.insert(b.begin(), b.end());
+  EXPECT_LE(ab.size(), 2u) << "identical initializer: the same workers";
+  for (int p : c) EXPECT_EQ(a.count(p), 0u) << "another initializer: new workers";
+}
+
+TEST(LokyTest, IdleWorkersLeaveAndAreRestarted) {
+  joblib::parallel_backend scope("loky", {.n_jobs = 2, .settings = {{"idle_worker_timeout", "0.3"}}});
+  std::vector<int> pids = Parallel().map(pid_of, std::views::iota(0, 4));
+  std::this_thread::sleep_for(1500ms);
+  for (int p : std::set<int>(pids.begin(), pids.end())) EXPECT_TRUE(process_gone(p)) << p;
+  std::vector<int> again = Parallel().map(pid_of, std::views::iota(0, 4));
+  EXPECT_EQ(again.size(), 4u);
+}
+
+TEST(LokyTest, WorkersGetThreadCaps) {
+  const char* parent = std::getenv("OMP_NUM_THREADS");
+  std::vector<std::string> r = Parallel({.n_jobs = 2, .backend = "loky"}).map(env_of, std::vector<std::string>{"OMP_NUM_THREADS"});
+  const std::string expected = parent ? parent : std::to_string(std::max(joblib::cpu_count() / 2, 1));
+  EXPECT_EQ(r[0], expected);
+  joblib::parallel_backend scope("loky", {.n_jobs = 2, .inner_max_num_threads = 3});
+  std::vector<std::string> capped = Parallel().map(env_of, std::vector<std::string>{"OMP_NUM_THREADS"});
+  EXPECT_EQ(capped[0], "3");
+}
+
+TEST(LokyTest, FaultInjectionKillsARandomWorkerDuringALongRun) {
+  std::vector<int> warm = Parallel({.n_jobs = 2, .backend = "loky"}).map(pid_of, std::views::iota(0, 4));
+  std::thread killer([] {
+    std::this_thread::sleep_for(300ms);
+    auto pids = joblib::detail::loky_worker_pids();
+    if (pids.empty()) return;
+    std::mt19937 rng(std::random_device{}());
+    ::kill(pids[rng() % pids.size()], SIGKILL);
+  });
+  try {
+    Parallel({.n_jobs = 2, .backend = "loky", .batch_size = 1}).map(sleep_ms, std::vector<int>(200, 20)).to_vector();
+    ADD_FAILURE() << "the call should have failed";
+  } catch (const joblib::TerminatedWorkerError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("{SIGKILL(-9)}"));
+  }
+  killer.join();
+  std::vector<int> next = Parallel({.n_jobs = 2, .backend = "loky"}).map(sleep_ms, std::vector<int>(10, 1));
+  EXPECT_EQ(next, std::vector<int>(10, 1));
+}
+
+// ---- fork ------------------------------------------------------------------------------
+
+int nested_threads_in_worker(int) {
+  std::vector<int> r = Parallel({.n_jobs = 2}).map(pid_of, std::views::iota(0, 4));  // threading, level 1
+  return static_cast<int>(r.size());
+}
+
+TEST(MultiprocessingTest, ForkedWorkersCanUseThreadPoolsTheParentAlreadyHad) {
+  // Make the parent own a level-1 threading pool, then fork workers that use one.
+  std::vector<int> warm = Parallel({.n_jobs = 2})(std::views::iota(0, 2) | std::views::transform([](int) {
+                                                  return delayed(nested_threads_in_worker)(0);
+                                                }));
+  std::vector<int> r = Parallel({.n_jobs = 2, .backend = "multiprocessing"}).map(nested_threads_in_worker, std::views::iota(0, 4));
+  EXPECT_EQ(r, std::vector<int>(4, 4));
+}
+
+// ---- nothing left behind ----------------------------------------------------------------
+
+TEST(ProcessCleanupTest, NoZombieAndNoMemmapFolderLeft) {
+  joblib::Array<double> big({300000});
+  std::vector<std::string> r = Parallel({.n_jobs = 2, .backend = "multiprocessing"})(
+      std::views::iota(0, 2) | std::views::transform([&](int) { return delayed(describe_array)(big); }));
+  std::this_thread::sleep_for(500ms);  // drivers reap on their next tick
+  EXPECT_TRUE(zombie_children().empty());
+  const std::string mine = "joblib_memmapping_folder_" + std::to_string(::getpid()) + "_";
+  for (const fs::path& root : {fs::path("/dev/shm"), fs::temp_directory_path()}) {
+    if (!fs::exists(root)) continue;
+    for (auto& e : fs::directory_iterator(root)) EXPECT_NE(e.path().filename().string().rfind(mine, 0), 0u) << e.path();
+  }
+}
+
+}  // namespace
