@@ -31,8 +31,7 @@ namespace detail {
 
 namespace {
 // From this size on an owned buffer is its own anonymous mapping: zero pages
-// for free, page (and with THP, huge page) aligned, returned to the system
-// on release.
+// for free, page aligned, returned to the system on release.
 constexpr std::size_t mapped_allocation_threshold = std::size_t{1} << 20;
 }  // namespace
 
@@ -42,9 +41,8 @@ SharedBuffer allocate_buffer(std::size_t bytes, bool zero) {
   if (bytes >= mapped_allocation_threshold) {
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-    ::madvise(p, bytes, MADV_HUGEPAGE);
-#endif
+    // No MADV_HUGEPAGE: huge-page faults made an 800 MB load take 0.23 to
+    // 2 s (compaction) against a steady 0.33 s with normal pages.
     b.data = std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [bytes](std::byte* q) { ::munmap(q, bytes); });
   } else {
     void* p = ::operator new(bytes, std::align_val_t{buffer_alignment});

@@ -59,10 +59,10 @@ struct SharedBuffer {
 inline constexpr std::size_t buffer_alignment = 64;
 
 /// Allocates `bytes` bytes aligned to buffer_alignment, writable and owned.
-/// Blocks of 1 MiB and more are anonymous page mappings reserved lazily
-/// (MAP_NORESERVE, transparent huge pages advised), so they come zero-filled
-/// and a size read from a bad file costs nothing until the pages are written;
-/// smaller blocks are zero-filled only when `zero` is true.
+/// Blocks of 1 MiB and more are anonymous page mappings, filled lazily by
+/// the kernel: they come zero-filled, and a size read from a bad file costs
+/// no memory until the pages are written; smaller blocks are zero-filled only
+/// when `zero` is true.
 /// Throws std::bad_alloc when the memory cannot be had. Thread-safe.
 JOBLIB_EXPORT SharedBuffer allocate_buffer(std::size_t bytes, bool zero);
 
@@ -86,6 +86,8 @@ template <class T>
 class Array {
   static_assert(std::is_trivially_copyable_v<T>,
                 "joblib::Array<T>: T must be trivially copyable (its bytes are written, sent and mapped as they are)");
+  static_assert(alignof(T) <= detail::buffer_alignment,
+                "joblib::Array<T>: T's alignment must not exceed 64 bytes (the alignment of every Array buffer)");
   static_assert(!std::is_const_v<T> && !std::is_volatile_v<T>,
                 "joblib::Array<T>: T must not be const or volatile (read-only arrays are a property of the buffer)");
 

@@ -432,6 +432,21 @@ TEST(CodecTest, HugeCountIsRefusedBeforeAnyAllocation) {
   EXPECT_THROW((d::decode<std::map<int, int>>(bytes)), SerializationError);
 }
 
+TEST(CodecTest, LyingCountOfLargeElementsAllocatesOnlyWhatTheDataHolds) {
+  // 60000 elements of 800 KB each pass the count check (they could be
+  // empty), but the data holds none: at most one element may be allocated.
+  using Big = std::array<double, 100000>;
+  std::vector<std::byte> bytes(8 + 100);
+  const std::uint64_t count = 60000;
+  std::memcpy(bytes.data(), &count, 8);
+  const std::size_t before = g_allocated.load();
+  EXPECT_THROW(d::decode<std::deque<Big>>(bytes), SerializationError);
+  EXPECT_THROW(d::decode<std::list<Big>>(bytes), SerializationError);
+  EXPECT_THROW(d::decode<std::forward_list<Big>>(bytes), SerializationError);
+  EXPECT_THROW(d::decode<std::vector<std::optional<Big>>>(bytes), SerializationError);
+  EXPECT_LT(g_allocated.load() - before, std::size_t{64} << 20);
+}
+
 TEST(CodecTest, HugeArrayShapeIsRefused) {
   d::MemoryOutput out;
   const std::uint32_t item = 8;

@@ -15,7 +15,10 @@
 #include <complex>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <forward_list>
 #include <limits>
+#include <list>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -149,6 +152,43 @@ inline void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::vector<T, A>& v) {
       ar(v.back());
     }
   }
+}
+
+// ---- deque, list, forward_list: grow as elements arrive ----------------------
+// (cereal resizes to the stored count first: a lying count would allocate
+// count * sizeof(T) before the data runs out.)
+
+template <class C>
+void load_sequence(DecodeArchive& ar, C& c) {
+  cereal::size_type n;
+  ar(cereal::make_size_tag(n));
+  c.clear();
+  if constexpr (requires { c.push_front(std::declval<typename C::value_type>()); } &&
+                !requires { c.push_back(std::declval<typename C::value_type>()); }) {
+    auto last = c.before_begin();  // forward_list
+    for (cereal::size_type i = 0; i < n; ++i) {
+      last = c.emplace_after(last);
+      ar(*last);
+    }
+  } else {
+    for (cereal::size_type i = 0; i < n; ++i) {
+      c.emplace_back();
+      ar(c.back());
+    }
+  }
+}
+
+template <class T, class A>
+void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::deque<T, A>& c) {
+  load_sequence(ar, c);
+}
+template <class T, class A>
+void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::list<T, A>& c) {
+  load_sequence(ar, c);
+}
+template <class T, class A>
+void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::forward_list<T, A>& c) {
+  load_sequence(ar, c);
 }
 
 // ---- unordered containers: canonical order when hashing ---------------------
