@@ -121,7 +121,7 @@ void BM_Dump_800MB(benchmark::State& state) {
     remove_file(state, p);
     joblib::dump(a, p);
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * a.nbytes()));
+  state.SetBytesProcessed(static_cast<std::int64_t>(static_cast<std::size_t>(state.iterations()) * a.nbytes()));
   fs::remove(p);
 }
 
@@ -132,7 +132,7 @@ void BM_PlainWrite_800MB(benchmark::State& state) {
     remove_file(state, p);
     plain_write(p, a.cdata(), a.nbytes());
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * a.nbytes()));
+  state.SetBytesProcessed(static_cast<std::int64_t>(static_cast<std::size_t>(state.iterations()) * a.nbytes()));
   fs::remove(p);
 }
 
@@ -147,7 +147,7 @@ void BM_Load_800MB(benchmark::State& state) {
     a = {};
     state.ResumeTiming();
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * big_bytes));
+  state.SetBytesProcessed(static_cast<std::int64_t>(static_cast<std::size_t>(state.iterations()) * big_bytes));
   fs::remove(p);
 }
 
@@ -162,7 +162,7 @@ void BM_PlainRead_800MB(benchmark::State& state) {
     buf.reset();
     state.ResumeTiming();
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * big_bytes));
+  state.SetBytesProcessed(static_cast<std::int64_t>(static_cast<std::size_t>(state.iterations()) * big_bytes));
   fs::remove(p);
 }
 
@@ -178,7 +178,7 @@ void BM_MemcpyFresh_800MB(benchmark::State& state) {
     buf.reset();
     state.ResumeTiming();
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * a.nbytes()));
+  state.SetBytesProcessed(static_cast<std::int64_t>(static_cast<std::size_t>(state.iterations()) * a.nbytes()));
 }
 
 // memcpy into memory already touched (memory bandwidth alone).
@@ -191,7 +191,7 @@ void BM_MemcpyWarm_800MB(benchmark::State& state) {
     benchmark::DoNotOptimize(buf.get());
     benchmark::ClobberMemory();
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * a.nbytes()));
+  state.SetBytesProcessed(static_cast<std::int64_t>(static_cast<std::size_t>(state.iterations()) * a.nbytes()));
 }
 
 // ---- mmap load: constant time -----------------------------------------------------------
@@ -225,7 +225,7 @@ void compressor_dump(benchmark::State& state, const Array<double>& a, const char
     remove_file(state, p);
     joblib::dump(a, p, {.compress = {method, level}});
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * a.nbytes()));
+  state.SetBytesProcessed(static_cast<std::int64_t>(static_cast<std::size_t>(state.iterations()) * a.nbytes()));
   state.counters["ratio"] = static_cast<double>(a.nbytes()) / static_cast<double>(fs::file_size(p));
   fs::remove(p);
 }
@@ -241,7 +241,7 @@ void compressor_load(benchmark::State& state, const Array<double>& a, const char
     back = {};
     state.ResumeTiming();
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * a.nbytes()));
+  state.SetBytesProcessed(static_cast<std::int64_t>(static_cast<std::size_t>(state.iterations()) * a.nbytes()));
   fs::remove(p);
 }
 
@@ -269,7 +269,7 @@ void BM_CompressDumpBaselineNone(benchmark::State& state) {
     remove_file(state, p);
     joblib::dump(a, p);
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * a.nbytes()));
+  state.SetBytesProcessed(static_cast<std::int64_t>(static_cast<std::size_t>(state.iterations()) * a.nbytes()));
   state.counters["ratio"] = static_cast<double>(a.nbytes()) / static_cast<double>(fs::file_size(p));
   state.SetLabel(std::string("none ") + (state.range(0) ? "smooth" : "random"));
   fs::remove(p);

@@ -42,15 +42,16 @@ struct Compress {
   /// name's extension names a method (then that method at its default
   /// level); 1-9 compress at that level with the extension's method, zlib
   /// when the extension names none.
-  Compress(int level = 0) : level(level) {}  // NOLINT: implicit on purpose ({.compress = 3})
+  Compress(int compress_level = 0) : level(compress_level) {}  // NOLINT: implicit on purpose ({.compress = 3})
   /// joblib's compress=True: the extension's method (else zlib) at its
   /// default level. false is the same as 0.
   Compress(bool on) : level(0), default_level(on) {}  // NOLINT: implicit on purpose
   /// joblib's compress=(method, level): "zlib", "gzip", "bz2", "lzma",
   /// "xz", "lz4" or "zstd"; the extension is not looked at; level 0 writes
   /// an uncompressed file.
-  Compress(std::string method, int level = 3) : method(std::move(method)), level(level) {}
-  Compress(const char* method, int level = 3) : method(method), level(level) {}
+  Compress(std::string compress_method, int compress_level = 3)
+      : method(std::move(compress_method)), level(compress_level) {}
+  Compress(const char* compress_method, int compress_level = 3) : method(compress_method), level(compress_level) {}
 
   std::string method{};        // "" = the extension's method, else zlib
   int level = 0;               // 0-9

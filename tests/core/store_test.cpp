@@ -363,7 +363,9 @@ TEST_P(CompressionTest, TruncatedStreamIsReportedAsTruncated) {
     write_bytes(path("cut"), std::vector<unsigned char>(bytes.begin(), bytes.begin() + static_cast<long>(cut)));
     const std::string err = load_error<Record>(path("cut"));
     EXPECT_TRUE(contains(err, "truncated") || contains(err, "not a joblib-cpp file")) << cut << ": " << err;
-    if (cut > 16) EXPECT_TRUE(contains(err, "truncated")) << cut << ": " << err;
+    if (cut > 16) {
+      EXPECT_TRUE(contains(err, "truncated")) << cut << ": " << err;
+    }
   }
 }
 
@@ -388,7 +390,7 @@ TEST_P(CompressionTest, DataAfterTheStreamIsCorruption) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, CompressionTest, ::testing::ValuesIn(method_cases()),
-                         [](const auto& info) { return info.param.method; });
+                         [](const auto& param_info) { return param_info.param.method; });
 
 TEST_F(StoreTest, IntegerLevelMeansZlibAsJoblib) {
   joblib::dump(ramp(10), path("a.joblib"), {.compress = 3});
