@@ -216,7 +216,7 @@ void ProcessPool::abort(const void* tag) noexcept {
     }
     for (auto& s : slots_)
       if (s->running_tag == tag && s->pid > 0) {
-        s->killed = true;
+        s->killed_for = tag;
         ::kill(s->pid, SIGKILL);
       }
   }
@@ -227,7 +227,7 @@ void ProcessPool::kill_all() noexcept {
   std::lock_guard lock(m_);
   for (auto& s : slots_)
     if (s->pid > 0) {
-      s->killed = true;
+      s->killed_all = true;
       ::kill(s->pid, SIGKILL);
     }
 }
@@ -238,7 +238,7 @@ void ProcessPool::kill_and_reap_all() noexcept {
     std::lock_guard lock(m_);
     for (auto& s : slots_)
       if (s->pid > 0) {
-        s->killed = true;
+        s->killed_all = true;
         ::kill(s->pid, SIGKILL);
         pids.push_back(s->pid);
       }
@@ -269,6 +269,15 @@ int ProcessPool::reap(Slot* slot) {
 }
 
 bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
+  if (slot->pid > 0 && (slot->killed_for || slot->killed_all)) {
+    // A kill was sent (possibly just after its job ended): wait for it to land.
+    reap(slot);
+  }
+  {
+    std::lock_guard lock(m_);
+    slot->killed_for = nullptr;
+    slot->killed_all = false;
+  }
   if (slot->pid > 0) {
     int status = 0;
     if (::waitpid(slot->pid, &status, WNOHANG) == 0) return true;  // alive
@@ -355,7 +364,6 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
     std::lock_guard lock(m_);
     slot->pid = pid;
     slot->fd = sv[0];
-    slot->killed = false;
   }
   if (!cfg_.initializer.empty()) {
     // joblib's initializer: run once in every new worker, before any task.
@@ -450,7 +458,11 @@ void ProcessPool::run_job(Slot* slot, const Job& job) {
       continue;
     }
     if (!reply || reply->kind != FrameKind::reply) {
-      const bool killed = slot->killed;
+      bool killed = false;
+      {
+        std::lock_guard lock(m_);
+        killed = slot->killed_for == job.tag || slot->killed_all;
+      }
       const int status = reap(slot);
       if (killed || g_interrupted)
         batch.fail(std::make_exception_ptr(g_interrupted ? Error("Parallel call interrupted (SIGINT)")

@@ -73,7 +73,8 @@ class JOBLIB_EXPORT ProcessPool {
     int fd = -1;
     const void* running_tag = nullptr;
     bool retire = false;
-    bool killed = false;   // killed by abort()/kill_all(): its batch is not a crash
+    const void* killed_for = nullptr;  // abort(tag) killed it: a batch of that call is not a crash
+    bool killed_all = false;           // kill_all() (Ctrl-C)
     std::thread driver;
   };
   void drive(Slot* slot);
