@@ -19,6 +19,11 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${JOBLIB_FUZZ_BUILD_DIR:-$root/build/fuzz}
 
 command -v clang++ >/dev/null || { echo "run_fuzz.sh: clang++ is needed (apt-get install clang)" >&2; exit 2; }
+if ! ls "$(clang++ -print-runtime-dir)"/libclang_rt.fuzzer*.a >/dev/null 2>&1; then
+  echo "run_fuzz.sh: libFuzzer's runtime is missing (apt-get install libclang-rt-14-dev, or the package" \
+       "matching $(clang++ --version | head -1))" >&2
+  exit 2
+fi
 
 cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo \
