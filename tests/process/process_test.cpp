@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <ranges>
 #include <set>
 #include <thread>
@@ -383,3 +384,104 @@ TEST(ProcessCleanupTest, NoZombieAndNoMemmapFolderLeft) {
 }
 
 }  // namespace
+
+// ---- Ctrl-C and a dying parent ------------------------------------------------------------
+
+namespace {
+
+struct Child {
+  pid_t pid = -1;
+  FILE* out = nullptr;
+};
+
+Child start_child(const std::string& mode, const fs::path& root) {
+  int fds[2];
+  EXPECT_EQ(::pipe(fds), 0);
+  Child c;
+  c.pid = ::fork();
+  if (c.pid == 0) {
+    ::dup2(fds[1], 1);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    ::execl(JOBLIB_TEST_INTERRUPT_CHILD, JOBLIB_TEST_INTERRUPT_CHILD, mode.c_str(), root.c_str(), nullptr);
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  c.out = ::fdopen(fds[0], "r");
+  return c;
+}
+
+std::vector<pid_t> read_ready(Child& c) {
+  char line[256] = {};
+  if (!std::fgets(line, sizeof line, c.out)) return {};
+  std::istringstream in(line);
+  std::string word;
+  in >> word;
+  if (word != "READY") return {};
+  std::vector<pid_t> pids;
+  for (pid_t p; in >> p;) pids.push_back(p);
+  return pids;
+}
+
+int wait_child(pid_t pid, std::chrono::seconds limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > until) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  return status;
+}
+
+}  // namespace
+
+TEST(InterruptTest, CtrlCStopsWorkersRemovesTheFolderAndEndsAsSigint) {
+  const fs::path root = fresh_dir("sigint");
+  Child c = start_child("sigint", root);
+  std::vector<pid_t> workers = read_ready(c);
+  ASSERT_EQ(workers.size(), 2u);
+  const auto t0 = std::chrono::steady_clock::now();
+  ::kill(c.pid, SIGINT);
+  const int status = wait_child(c.pid, 10s);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);  // "within a second", with slack for a loaded CI
+  ASSERT_TRUE(WIFSIGNALED(status)) << status;
+  EXPECT_EQ(WTERMSIG(status), SIGINT);
+  for (pid_t w : workers) EXPECT_TRUE(wait_gone(w, 2000ms)) << w;
+  EXPECT_TRUE(memmap_folders(root).empty());
+  std::fclose(c.out);
+  fs::remove_all(root);
+}
+
+TEST(InterruptTest, CtrlCWithTheProgramsOwnHandlerFailsTheCall) {
+  const fs::path root = fresh_dir("sigint_handled");
+  Child c = start_child("sigint_handled", root);
+  std::vector<pid_t> workers = read_ready(c);
+  ASSERT_EQ(workers.size(), 2u);
+  ::kill(c.pid, SIGINT);
+  char line[512] = {};
+  ASSERT_TRUE(std::fgets(line, sizeof line, c.out));
+  EXPECT_THAT(std::string(line), HasSubstr("INTERRUPTED: Parallel call interrupted (SIGINT) (handler ran: 1)"));
+  const int status = wait_child(c.pid, 10s);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  for (pid_t w : workers) EXPECT_TRUE(wait_gone(w, 2000ms)) << w;
+  EXPECT_TRUE(memmap_folders(root).empty());
+  std::fclose(c.out);
+  fs::remove_all(root);
+}
+
+TEST(InterruptTest, WorkersEndWhenTheirParentDies) {
+  const fs::path root = fresh_dir("orphan");
+  Child c = start_child("orphan", root);
+  std::vector<pid_t> workers = read_ready(c);
+  ASSERT_EQ(workers.size(), 2u);
+  ::kill(c.pid, SIGKILL);
+  wait_child(c.pid, 10s);
+  for (pid_t w : workers) EXPECT_TRUE(wait_gone(w, 3000ms)) << w;
+  std::fclose(c.out);
+  fs::remove_all(root);  // a folder left by a SIGKILLed parent goes at the next start
+}
