@@ -447,7 +447,7 @@ TEST(InterruptTest, CtrlCStopsWorkersRemovesTheFolderAndEndsAsSigint) {
   const auto t0 = std::chrono::steady_clock::now();
   ::kill(c.pid, SIGINT);
   const int status = wait_child(c.pid, 10s);
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);  // "within a second", with slack for a loaded CI
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);  // "within a second", with slack for a loaded CI
   ASSERT_TRUE(WIFSIGNALED(status)) << status;
   EXPECT_EQ(WTERMSIG(status), SIGINT);
   for (pid_t w : workers) EXPECT_TRUE(wait_gone(w, 2000ms)) << w;
