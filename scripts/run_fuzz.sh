@@ -37,6 +37,7 @@ mkdir -p "$work/corpus" "$build/fuzz-artifacts"
 cp "$root"/tests/fuzz/corpus/* "$work/corpus/"
 
 echo "fuzzing joblib::load for ${budget} s ($(ls "$work/corpus" | wc -l) seeds)"
+JOBLIB_FUZZ_SCRATCH_DIR="$work" \
 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1} \
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
 "$build/bin/joblib_load_fuzzer" \

@@ -19,12 +19,14 @@
 
 namespace {
 
+// The file each input is written to: in $JOBLIB_FUZZ_SCRATCH_DIR (run_fuzz.sh
+// gives its own temporary folder), else /dev/shm or /tmp. It is removed after
+// every input, as libFuzzer may end the process without running atexit.
 const std::string& scratch_file() {
   static const std::string path = [] {
-    const char* dir = std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : "/tmp";
-    std::string p = std::string(dir) + "/joblib_load_fuzzer_" + std::to_string(::getpid()) + ".bin";
-    std::atexit([] { ::unlink(scratch_file().c_str()); });
-    return p;
+    std::string dir = std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : "/tmp";
+    if (const char* env = std::getenv("JOBLIB_FUZZ_SCRATCH_DIR")) dir = env;
+    return dir + "/joblib_load_fuzzer_" + std::to_string(::getpid()) + ".bin";
   }();
   return path;
 }
@@ -87,5 +89,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case 3: load_and_decode<joblib_fuzz::Strings>(data + 1, size - 1, mode); break;
     case 4: load_and_decode<joblib_fuzz::Mixed>(data + 1, size - 1, mode); break;
   }
+  ::unlink(scratch_file().c_str());
   return 0;
 }
