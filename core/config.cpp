@@ -11,6 +11,8 @@
 #include <dlfcn.h>
 
 #include <cctype>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <stdexcept>
 #include <vector>
@@ -61,9 +63,28 @@ int resolve_n_jobs(int n) {
 }
 
 OmpHooks OmpHooks::find() {
+  // Found once for good; while OpenMP is not loaded, looked for again at most
+  // once a second (dlsym is too slow for every call).
+  static std::atomic<void (*)(int)> set{nullptr};
+  static std::atomic<int (*)()> get{nullptr};
+  static std::atomic<std::int64_t> last_miss{0};
+  if (!set.load(std::memory_order_acquire)) {
+    const std::int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
+    const std::int64_t prev = last_miss.load(std::memory_order_relaxed);
+    if (prev == 0 || now - prev > 1'000'000'000) {
+      auto s = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+      auto g = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+      if (s && g) {
+        get.store(g, std::memory_order_release);
+        set.store(s, std::memory_order_release);
+      } else {
+        last_miss.store(now, std::memory_order_relaxed);
+      }
+    }
+  }
   OmpHooks h;
-  h.set_num_threads = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
-  h.get_max_threads = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+  h.set_num_threads = set.load(std::memory_order_acquire);
+  h.get_max_threads = get.load(std::memory_order_acquire);
   if (!h.set_num_threads || !h.get_max_threads) h = OmpHooks{};
   return h;
 }

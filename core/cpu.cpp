@@ -44,7 +44,8 @@ int cpu_count() {
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0) n = std::min(n, std::max(1, CPU_COUNT(&set)));
-  for (int limit : {cgroup_cpu_limit(), env_limit("JOBLIB_MAX_CPU_COUNT"), env_limit("LOKY_MAX_CPU_COUNT")})
+  static const int cgroup = cgroup_cpu_limit();  // read once: a file read per Parallel call is too slow
+  for (int limit : {cgroup, env_limit("JOBLIB_MAX_CPU_COUNT"), env_limit("LOKY_MAX_CPU_COUNT")})
     if (limit > 0) n = std::min(n, limit);
   return std::max(n, 1);
 }

@@ -53,6 +53,47 @@ std::string task_count(std::size_t n) { return fmt::format("{} task{}", n, n == 
 
 }  // namespace
 
+// Finished batches not yet taken, indexed by batch number: constant time for
+// the in-order case (list mode and ordered generators), where a std::map of
+// 100,000 small batches cost more than the batches themselves.
+class DoneStore {
+ public:
+  void put(std::unique_ptr<BatchBase> b) {
+    const std::size_t i = b->seq_ - base_;
+    if (i >= slots_.size()) slots_.resize(i + 1);
+    slots_[i].batch = std::move(b);
+    ++count_;
+  }
+  /// Batch `seq` if it is done and not taken yet, else null.
+  std::unique_ptr<BatchBase> take(std::size_t seq) {
+    if (seq < base_ || seq - base_ >= slots_.size()) return nullptr;
+    Slot& s = slots_[seq - base_];
+    if (!s.batch) return nullptr;
+    std::unique_ptr<BatchBase> b = std::move(s.batch);
+    s.taken = true;
+    --count_;
+    while (!slots_.empty() && slots_.front().taken) {
+      slots_.pop_front();
+      ++base_;
+    }
+    return b;
+  }
+  bool empty() const noexcept { return count_ == 0; }
+  void clear() noexcept {
+    for (Slot& s : slots_) s.batch.reset();
+    count_ = 0;
+  }
+
+ private:
+  struct Slot {
+    std::unique_ptr<BatchBase> batch;
+    bool taken = false;
+  };
+  std::deque<Slot> slots_;
+  std::size_t base_ = 0;
+  std::size_t count_ = 0;
+};
+
 class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl> {
  public:
   CallImpl(Resolved cfg, std::unique_ptr<Source> source, std::string repr)
@@ -119,7 +160,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   long pre_dispatch_amount_ = 0;
   std::size_t next_seq_ = 0, next_first_ = 0, next_take_ = 0;
   std::map<std::size_t, std::unique_ptr<BatchBase>> running_;  // dispatched, not finished
-  std::map<std::size_t, std::unique_ptr<BatchBase>> done_;     // finished, not taken (ordered)
+  DoneStore done_;                                             // finished, not taken
   std::deque<std::size_t> done_order_;                         // completion order (unordered)
   std::exception_ptr error_;
   std::size_t error_seq_ = kNoError;
@@ -147,7 +188,7 @@ void CallImpl::start() {
       while (!exhausted_) {
         auto b = run_inline_locked(lk);
         if (!b) break;
-        done_.emplace(b->seq_, std::move(b));
+        done_.put(std::move(b));
       }
     }
     return;
@@ -357,7 +398,7 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
       dropped = std::move(node.mapped());
     } else {
       done_tasks_ += b.size_;
-      done_.emplace(b.seq_, std::move(node.mapped()));
+      done_.put(std::move(node.mapped()));
       if (cfg_.return_as == ReturnAs::generator_unordered) done_order_.push_back(b.seq_);
     }
     report_progress_locked();
@@ -449,15 +490,13 @@ std::unique_ptr<BatchBase> CallImpl::take_locked() {
     if (done_order_.empty()) return nullptr;
     const std::size_t seq = done_order_.front();
     done_order_.pop_front();
-    auto node = done_.extract(seq);
-    done_tasks_ -= node.mapped()->size_;
-    held_tasks_ = node.mapped()->size_;
-    return std::move(node.mapped());
+    auto b = done_.take(seq);
+    done_tasks_ -= b->size_;
+    held_tasks_ = b->size_;
+    return b;
   }
-  auto it = done_.find(next_take_);
-  if (it == done_.end()) return nullptr;
-  auto b = std::move(it->second);
-  done_.erase(it);
+  auto b = done_.take(next_take_);
+  if (!b) return nullptr;
   ++next_take_;
   done_tasks_ -= b->size_;
   held_tasks_ = b->size_;
@@ -573,7 +612,7 @@ Call::~Call() = default;
 
 void BatchBase::run() noexcept {
   CallImpl* call = call_.get();
-  started_ns_.store(now_ns(), std::memory_order_relaxed);
+  if (clock_each_task_) started_ns_.store(now_ns(), std::memory_order_relaxed);
   {
     const Resolved& cfg = call->config();
     TaskScope scope(cfg.nested, cfg.nesting_level + 1, stop_, cfg.inner_threads, cfg.omp);

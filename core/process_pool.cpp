@@ -246,6 +246,28 @@ void ProcessPool::kill_and_reap_all() noexcept {
   for (pid_t pid : pids) ::waitpid(pid, nullptr, 0);  // the program ends next: no zombie left
 }
 
+void ProcessPool::start_all() {
+  std::vector<Slot*> slots;
+  {
+    std::lock_guard lock(m_);
+    for (auto& s : slots_)
+      if (!s->retire) slots.push_back(s.get());
+  }
+  // Start them all, then wait until each answers: an empty request round trip.
+  std::vector<Slot*> fresh;
+  for (Slot* s : slots) {
+    std::string why;
+    if (s->pid > 0) continue;
+    if (!ensure_worker(s, why)) throw BackendError(why);
+    fresh.push_back(s);
+  }
+  for (Slot* s : fresh) {
+    std::optional<WireFrame> pong;
+    if (write_frame(s->fd, FrameKind::ping, {})) pong = read_frame(s->fd);
+    if (!pong || pong->kind != FrameKind::reply) throw BackendError("a worker died at start");
+  }
+}
+
 std::vector<pid_t> ProcessPool::worker_pids() const {
   std::lock_guard lock(m_);
   std::vector<pid_t> out;

@@ -64,6 +64,9 @@ class JOBLIB_EXPORT ProcessPool {
   /// Kills every worker and waits for them (Ctrl-C ending the program).
   void kill_and_reap_all() noexcept;
   const PoolConfig& config() const noexcept { return cfg_; }
+  /// Starts every worker now and waits until they all serve (pool start
+  /// time, for benchmarks). Throws BackendError if one cannot start.
+  void start_all();
   /// Process ids of the live workers (for tests and the fault-injection test).
   std::vector<pid_t> worker_pids() const;
 

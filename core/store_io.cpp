@@ -1,5 +1,7 @@
 #include "store_io.hpp"
 
+#include "worker.hpp"
+
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
@@ -64,7 +66,10 @@ std::size_t FdReader::read(std::span<std::byte> dest) {
 }
 
 Mapping::~Mapping() {
-  if (addr != nullptr) ::munmap(addr, size);
+  if (addr != nullptr) {
+    unregister_mapping(addr);
+    ::munmap(addr, size);
+  }
 }
 
 std::shared_ptr<Mapping> map_file(int fd, std::size_t size, MmapMode mode, const fs::path& path) {
@@ -77,7 +82,16 @@ std::shared_ptr<Mapping> map_file(int fd, std::size_t size, MmapMode mode, const
   }
   void* p = ::mmap(nullptr, size, prot, flags, fd, 0);
   if (p == MAP_FAILED) throw_os_error("joblib::load: cannot map", path, errno);
-  return std::make_shared<Mapping>(static_cast<std::byte*>(p), size);
+  auto mapping = std::make_shared<Mapping>(static_cast<std::byte*>(p), size);
+  // A mapped array passed to a process backend travels as a reference to
+  // this file (joblib's memmap forwarding). Only shared mappings qualify: a
+  // copy-on-write map's changes are private to this process.
+  if (flags == MAP_SHARED) {
+    std::error_code ec;
+    const fs::path abs = fs::absolute(path, ec);
+    register_mapping({(ec ? path : abs).string(), 0, static_cast<const std::byte*>(p), size, (prot & PROT_WRITE) != 0});
+  }
+  return mapping;
 }
 
 namespace {

@@ -556,6 +556,7 @@ void run_worker(int fd, double idle_timeout_seconds) {
       ::_exit(0);
     }
     if (frame->kind == FrameKind::run || frame->kind == FrameKind::init) handle_request(fd, *frame, out);
+    if (frame->kind == FrameKind::ping) write_frame(fd, FrameKind::reply, {});
   }
 }
 

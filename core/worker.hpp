@@ -21,7 +21,7 @@
 
 namespace joblib::detail {
 
-enum class FrameKind : std::uint32_t { run = 1, reply = 2, init = 3, exit = 4, idle_exit = 5 };
+enum class FrameKind : std::uint32_t { run = 1, reply = 2, init = 3, exit = 4, idle_exit = 5, ping = 6 };
 
 struct WireFrame {
   FrameKind kind{};

@@ -13,6 +13,7 @@ packages=(
   libcereal-dev libtomlplusplus-dev libfmt-dev
   libzstd-dev liblz4-dev zlib1g-dev libbz2-dev liblzma-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang libclang-rt-14-dev
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -36,6 +37,8 @@ case "$mode" in
     cmake -S . -B build/test -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DJOBLIB_BUILD_TESTS=ON
     cmake --build build/test -j "$jobs"
     (cd build/test && ctest --output-on-failure -j "$jobs" --timeout 600)
+    # The load() fuzzer (clang, libFuzzer, ASan+UBSan), for a bounded time.
+    bash scripts/run_fuzz.sh 60
     ;;
   *)
     echo "usage: $0 demo|test" >&2

@@ -485,3 +485,26 @@ TEST(InterruptTest, WorkersEndWhenTheirParentDies) {
   std::fclose(c.out);
   fs::remove_all(root);  // a folder left by a SIGKILLed parent goes at the next start
 }
+
+// ---- arrays that are already memory maps travel as references -----------------------------
+
+namespace {
+int add_one_in_place(joblib::Array<double> a, int i) {
+  a[static_cast<std::size_t>(i)] += 1.0;  // writes reach the file: the parent's map sees them
+  return i;
+}
+}  // namespace
+
+TEST(MemmapTest, AMappedArrayTravelsAsAReferenceToItsFile) {
+  const fs::path dir = fresh_dir("forward");
+  const fs::path file = dir / "data.joblib";
+  joblib::Array<double> a({300000});
+  joblib::dump(a, file);
+  auto mapped = joblib::load<joblib::Array<double>>(file, {.mmap_mode = joblib::MmapMode::r_plus});
+  ASSERT_TRUE(mapped.is_mapped());
+  std::vector<int> r = Parallel({.n_jobs = 2, .backend = "loky", .temp_folder = dir.string()})(
+      std::views::iota(0, 4) | std::views::transform([&](int i) { return delayed(add_one_in_place)(mapped, i); }));
+  for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ(std::as_const(mapped)[i], 1.0) << i;
+  EXPECT_TRUE(memmap_folders(dir).empty()) << "no copy was written";
+  fs::remove_all(dir);
+}

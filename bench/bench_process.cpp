@@ -1,0 +1,122 @@
+// Process backends, each figure beside a baseline measured in the same run:
+// the threading backend, a bare socket round trip between two processes, and
+// memcpy.
+//
+//   cmake -S . -B build/bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DJOBLIB_BUILD_BENCH=ON -DJOBLIB_BUILD_TESTS=OFF
+//   cmake --build build/bench -j2 && ./build/bench/bin/bench_process
+#include "process_pool.hpp"
+
+#include <joblib/joblib.hpp>
+
+#include <benchmark/benchmark.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <ranges>
+#include <vector>
+
+namespace {
+
+double trivial(int i) { return std::sqrt(double(i)); }
+
+// ---- pool start -----------------------------------------------------------------
+void BM_Loky_PoolStart2Workers(benchmark::State& state) {
+  for (auto _ : state) {
+    joblib::detail::PoolConfig cfg;
+    cfg.n_workers = 2;
+    auto pool = std::make_unique<joblib::detail::ProcessPool>(cfg);
+    pool->start_all();  // both spawned and answering
+    state.PauseTiming();
+    pool.reset();
+    state.ResumeTiming();
+  }
+}
+BENCHMARK(BM_Loky_PoolStart2Workers)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- per-task cost --------------------------------------------------------------
+void run_trivial(benchmark::State& state, const char* backend, std::optional<int> batch, int n) {
+  std::vector<double> warm = joblib::Parallel({.n_jobs = 2, .backend = backend}).map(trivial, std::views::iota(0, 10));
+  for (auto _ : state) {
+    std::vector<double> r =
+        joblib::Parallel({.n_jobs = 2, .backend = backend, .batch_size = batch}).map(trivial, std::views::iota(0, n));
+    benchmark::DoNotOptimize(r.data());
+  }
+  state.counters["ns_per_task"] = benchmark::Counter(double(state.iterations()) * n,
+                                                     benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+void BM_AutoBatch_Loky(benchmark::State& s) { run_trivial(s, "loky", std::nullopt, 1'000'000); }
+void BM_AutoBatch_Threading(benchmark::State& s) { run_trivial(s, "threading", std::nullopt, 1'000'000); }
+void BM_BatchSize1_Loky(benchmark::State& s) { run_trivial(s, "loky", 1, 20'000); }
+void BM_BatchSize1_Multiprocessing(benchmark::State& s) { run_trivial(s, "multiprocessing", 1, 20'000); }
+void BM_BatchSize1_Threading(benchmark::State& s) { run_trivial(s, "threading", 1, 20'000); }
+BENCHMARK(BM_AutoBatch_Loky)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AutoBatch_Threading)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_BatchSize1_Loky)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_BatchSize1_Multiprocessing)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_BatchSize1_Threading)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Baseline: one request/reply of 64 bytes between two processes over a socket.
+void BM_BareSocketRoundTrip(benchmark::State& state) {
+  int sv[2];
+  ::socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(sv[0]);
+    char buf[64];
+    while (::recv(sv[1], buf, sizeof buf, MSG_WAITALL) == sizeof buf) ::send(sv[1], buf, sizeof buf, 0);
+    ::_exit(0);
+  }
+  ::close(sv[1]);
+  char buf[64] = {};
+  for (auto _ : state) {
+    ::send(sv[0], buf, sizeof buf, 0);
+    ::recv(sv[0], buf, sizeof buf, MSG_WAITALL);
+  }
+  ::close(sv[0]);
+  ::waitpid(pid, nullptr, 0);
+}
+BENCHMARK(BM_BareSocketRoundTrip)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// ---- warm small call ------------------------------------------------------------
+void BM_Warm10Tasks_Loky(benchmark::State& state) {
+  joblib::Parallel p({.n_jobs = 2, .backend = "loky"});
+  std::vector<double> warm = p.map(trivial, std::views::iota(0, 10));
+  for (auto _ : state) {
+    std::vector<double> r = p.map(trivial, std::views::iota(0, 10));
+    benchmark::DoNotOptimize(r.data());
+  }
+}
+BENCHMARK(BM_Warm10Tasks_Loky)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// ---- a 400 MB array passed to 8 tasks -------------------------------------------------
+double first_and_last(joblib::Array<double> a, int) { return std::as_const(a)[0] + std::as_const(a)[a.size() - 1]; }
+
+void run_big(benchmark::State& state, std::optional<std::string> max_nbytes) {
+  joblib::Array<double> big({50'000'000});  // 400 MB
+  big[big.size() - 1] = 1.0;
+  for (auto _ : state) {
+    std::vector<double> r = joblib::Parallel({.n_jobs = 2, .backend = "loky", .max_nbytes = max_nbytes})(
+        std::views::iota(0, 8) | std::views::transform([&](int i) { return joblib::delayed(first_and_last)(big, i); }));
+    benchmark::DoNotOptimize(r.data());
+  }
+}
+void BM_400MBTo8Tasks_Memmap(benchmark::State& s) { run_big(s, "1M"); }
+void BM_400MBTo8Tasks_NoMemmap(benchmark::State& s) { run_big(s, std::nullopt); }
+BENCHMARK(BM_400MBTo8Tasks_Memmap)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(BM_400MBTo8Tasks_NoMemmap)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
+
+void BM_Memcpy400MB(benchmark::State& state) {
+  std::vector<char> a(400'000'000, 1), b(400'000'000);
+  for (auto _ : state) {
+    std::memcpy(b.data(), a.data(), a.size());
+    benchmark::DoNotOptimize(b.data());
+  }
+}
+BENCHMARK(BM_Memcpy400MB)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+
+}  // namespace
+
+BENCHMARK_MAIN();
