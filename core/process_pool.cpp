@@ -585,7 +585,7 @@ std::exception_ptr ProcessBackend::start_call(const CallSettings& s) noexcept {
         const char* parent = std::getenv(var);
         cfg.env[var] = (parent && *parent && !init().inner_max_num_threads) ? std::string(parent) : std::to_string(cap);
       }
-      if (!std::getenv("ENABLE_IPC")) cfg.env["ENABLE_IPC"] = "1";
+      if (!std::getenv("ENABLE_IPC")) cfg.env.emplace("ENABLE_IPC", "1");
     }
     cfg.initializer = s.initializer;
     memmap_ = std::make_unique<MemmapContext>(s.temp_folder, s.max_nbytes, s.mmap_mode);

@@ -509,3 +509,40 @@ TEST(ProgressTest, UnknownTotalIsGivenAtTheEnd) {
 }
 
 }  // namespace
+
+#include <pty.h>
+#include <unistd.h>
+
+namespace {
+
+TEST(ProgressTest, BarShowsRateAndEtaWhenStderrIsATerminal) {
+  int master = -1, slave = -1;
+  ASSERT_EQ(::openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
+  std::fflush(stderr);
+  const int saved = ::dup(2);
+  ::dup2(slave, 2);
+  std::vector<int> r = joblib::Parallel({.n_jobs = 2, .batch_size = 1, .progress_bar = true})
+                           .map([](int x) { return x; }, std::views::iota(0, 50));
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  ::close(slave);
+  std::string seen;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(master, buf, sizeof buf)) > 0;) {
+    seen.append(buf, static_cast<std::size_t>(n));
+    if (seen.find("50/50") != std::string::npos) break;
+  }
+  ::close(master);
+  EXPECT_THAT(seen, ::testing::HasSubstr("50/50"));
+  EXPECT_THAT(seen, ::testing::HasSubstr("tasks/s"));
+  EXPECT_THAT(seen, ::testing::HasSubstr("ETA"));
+}
+
+TEST(ProgressTest, NoBarWhenStderrIsNotATerminal) {
+  ::testing::internal::CaptureStderr();
+  std::vector<int> r = joblib::Parallel({.n_jobs = 2, .progress_bar = true}).map([](int x) { return x; }, std::views::iota(0, 50));
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+}
+
+}  // namespace

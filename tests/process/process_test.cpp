@@ -508,3 +508,12 @@ TEST(MemmapTest, AMappedArrayTravelsAsAReferenceToItsFile) {
   EXPECT_TRUE(memmap_folders(dir).empty()) << "no copy was written";
   fs::remove_all(dir);
 }
+
+TEST(LokyTest, PoolIsResizedOnDemand) {
+  std::vector<int> two = Parallel({.n_jobs = 2, .backend = "loky", .batch_size = 1}).map(sleep_ms, std::vector<int>(8, 30));
+  auto before = joblib::detail::loky_worker_pids();
+  std::vector<int> three = Parallel({.n_jobs = 3, .backend = "loky", .batch_size = 1}).map(sleep_ms, std::vector<int>(9, 30));
+  auto after = joblib::detail::loky_worker_pids();
+  EXPECT_EQ(after.size(), 3u);
+  for (pid_t p : before) EXPECT_NE(std::find(after.begin(), after.end(), p), after.end()) << "workers are kept";
+}
