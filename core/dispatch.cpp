@@ -153,6 +153,9 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   bool closed_ = false;         // the consumer let go of the call
   bool raised_ = false;         // the call's error was thrown
   bool timed_out_ = false;
+  std::string timeout_message_;
+  int in_callback_ = 0;                    // workers inside batch_done
+  std::shared_ptr<CallImpl> self_;         // keeps an abandoned (timed out) call alive
   bool finished_printed_ = false;
   std::atomic<bool> backend_stopped_{false};
 
@@ -240,7 +243,7 @@ void CallImpl::start() {
   submit(out);
   if (!generator_) {
     Lock lk(m_);
-    wait_locked(lk, [this] { return finished_locked(); });
+    wait_locked(lk, [this] { return finished_locked() && in_callback_ == 0; });
     lk.unlock();
     finish_backend();
   }
@@ -308,7 +311,7 @@ void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
     b->stop_ = &stop_;
     b->dispatched_ns_ = now_ns();
     b->clock_each_task_ = cfg_.timeout.has_value();
-    b->call_ = shared_from_this();
+    b->call_ = this;
     dispatched_tasks_ += b->size_;
     running_tasks_ += b->size_;
     ++dispatched_batches_;
@@ -373,11 +376,15 @@ void CallImpl::report_finished_locked() {
 }
 
 void CallImpl::batch_done(BatchBase& b) noexcept {
-  std::shared_ptr<CallImpl> keep = std::move(b.call_);  // released last: may destroy this call
-  std::unique_ptr<BatchBase> dropped;                    // destroyed after the lock is released
+  // Lifetime: the caller does not let this call go while a worker is in here
+  // (in_callback_), except after a timeout, when the call keeps itself alive
+  // (self_) until its last running batch has reported.
+  std::shared_ptr<CallImpl> last_ref;   // set when an abandoned call ends here
+  std::unique_ptr<BatchBase> dropped;   // destroyed after the lock is released
   std::vector<BatchBase*> out;
   {
     Lock lk(m_);
+    ++in_callback_;
     auto node = running_.extract(b.seq_);
     running_tasks_ -= b.size_;
     const double duration = double(now_ns() - b.dispatched_ns_) * 1e-9;
@@ -415,6 +422,15 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
     }
   }
   if (!out.empty()) submit(out);
+  dropped.reset();
+  Lock lk(m_);
+  if (--in_callback_ == 0) {
+    if (self_ && running_.empty()) last_ref = std::move(self_);
+    events_.fetch_add(1, std::memory_order_release);
+    cv_.notify_all();
+  }
+  lk.unlock();
+  // last_ref (if any) is released here, after the lock: the call may end now.
 }
 
 void CallImpl::raise_locked(Lock& lk) {
@@ -424,7 +440,13 @@ void CallImpl::raise_locked(Lock& lk) {
     cfg_.backend->abort();
     lk.lock();
     // Structured concurrency: tasks already running on threads are waited for.
-    cv_.wait(lk, [this] { return running_.empty(); });
+    cv_.wait(lk, [this] { return running_.empty() && in_callback_ == 0; });
+  }
+  if (timed_out_) {
+    // Tasks that ran over cannot be stopped, but no worker may still be about
+    // to submit when the backend stops: wait for those in the callback.
+    cv_.wait(lk, [this] { return in_callback_ == 0; });
+    if (!running_.empty()) self_ = shared_from_this();
   }
   exhausted_ = true;
   done_.clear();
@@ -432,8 +454,12 @@ void CallImpl::raise_locked(Lock& lk) {
   done_tasks_ = 0;
   raised_ = true;
   std::exception_ptr e = error_;
+  const std::string timeout_message = timeout_message_;
   lk.unlock();
   finish_backend();
+  // After a timeout this call may be destroyed by a worker thread while the
+  // caller still handles the error: give the caller an object of its own.
+  if (timed_out_) throw TimeoutError(timeout_message);
   std::rethrow_exception(e);
 }
 
@@ -465,10 +491,11 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
       if (s == 0) continue;
       if (now - s > limit) {
         timed_out_ = true;
-        record_error_locked(0, std::make_exception_ptr(TimeoutError(fmt::format(
-                                   "a task ran longer than the timeout of {} s ({} batch of {} starting at task {})",
-                                   *cfg_.timeout, b->clock_each_task_ && !cfg_.caps.needs_encoded_tasks ? "in a" : "timed as a",
-                                   task_count(b->size_), b->first_index_))));
+        timeout_message_ = fmt::format("a task ran longer than the timeout of {} s ({} batch of {} starting at task {})",
+                                       *cfg_.timeout,
+                                       b->clock_each_task_ && !cfg_.caps.needs_encoded_tasks ? "in a" : "timed as a",
+                                       task_count(b->size_), b->first_index_);
+        record_error_locked(0, std::make_exception_ptr(TimeoutError(timeout_message_)));
         error_seq_ = 0;
         lk.unlock();
         cfg_.backend->abort();
@@ -576,7 +603,7 @@ std::unique_ptr<BatchBase> CallImpl::next() {
     }
     wait_locked(lk, [&] {
       b = take_locked();
-      return b != nullptr || finished_locked();
+      return b != nullptr || (finished_locked() && in_callback_ == 0);
     });
     if (b && generator_) dispatch_locked(out);  // a window slot may have freed up
   }
@@ -595,8 +622,8 @@ void CallImpl::close() noexcept {
       lk.unlock();
       cfg_.backend->abort();
       lk.lock();
-      if (!timed_out_) cv_.wait(lk, [this] { return running_.empty(); });
     }
+    if (!timed_out_) cv_.wait(lk, [this] { return running_.empty() && in_callback_ == 0; });
   }
   done_.clear();
   done_order_.clear();
@@ -611,7 +638,7 @@ Source::~Source() = default;
 Call::~Call() = default;
 
 void BatchBase::run() noexcept {
-  CallImpl* call = call_.get();
+  CallImpl* call = call_;
   if (clock_each_task_) started_ns_.store(now_ns(), std::memory_order_relaxed);
   {
     const Resolved& cfg = call->config();
@@ -634,7 +661,7 @@ void BatchBase::started() noexcept { started_ns_.store(now_ns(), std::memory_ord
 void BatchBase::restart_clock() noexcept { started_ns_.store(now_ns(), std::memory_order_relaxed); }
 
 void BatchBase::complete(std::span<const std::byte> reply, BufferSource* source) noexcept {
-  CallImpl* call = call_.get();
+  CallImpl* call = call_;
   try {
     if (reply.empty()) throw SerializationError("a worker sent an empty reply");
     const auto status = static_cast<std::uint8_t>(reply[0]);
@@ -663,7 +690,7 @@ void BatchBase::complete(std::span<const std::byte> reply, BufferSource* source)
 }
 
 void BatchBase::fail(std::exception_ptr error) noexcept {
-  CallImpl* call = call_.get();
+  CallImpl* call = call_;
   error_ = error ? error : std::make_exception_ptr(BackendError("a backend failed a batch without saying why"));
   from_backend_ = true;
   call->batch_done(*this);

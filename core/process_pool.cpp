@@ -40,6 +40,11 @@ std::set<ProcessPool*>& all_pools() {
   static auto* s = new std::set<ProcessPool*>();
   return *s;
 }
+std::mutex g_fds_mutex;  // a leaf lock: guards parent_fds() only
+// Held from socketpair() until the parent's copy of the child's end is closed
+// and the parent's end is recorded: a fork in between would let another
+// child inherit (and keep open) this worker's socket.
+std::mutex g_spawn_mutex;
 std::set<int>& parent_fds() {  // parent ends of worker sockets: a forked child closes them
   static auto* s = new std::set<int>();
   return *s;
@@ -161,7 +166,7 @@ ProcessPool::~ProcessPool() {
       }
       std::this_thread::sleep_for(1ms);
     }
-    std::lock_guard lock(g_pools_mutex);
+    std::lock_guard lock(g_fds_mutex);
     parent_fds().erase(s->fd);
     ::close(s->fd);
   }
@@ -177,7 +182,21 @@ void ProcessPool::add_slots_locked(int n) {
 }
 
 void ProcessPool::resize(int n) {
-  std::lock_guard lock(m_);
+  std::unique_lock lock(m_);
+  // Slots whose driver has retired are joined and dropped first.
+  std::vector<std::unique_ptr<Slot>> gone;
+  for (auto it = slots_.begin(); it != slots_.end();) {
+    if ((*it)->retire && (*it)->exited) {
+      gone.push_back(std::move(*it));
+      it = slots_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  lock.unlock();
+  for (auto& g : gone)
+    if (g->driver.joinable()) g->driver.join();
+  lock.lock();
   int live = 0;
   for (auto& s : slots_)
     if (!s->retire) ++live;
@@ -196,16 +215,27 @@ void ProcessPool::resize(int n) {
 
 void ProcessPool::submit(Job job) {
   {
-    std::lock_guard lock(m_);
+    std::unique_lock lock(m_);
+    if (aborted_.count(job.tag)) {
+      lock.unlock();
+      job.batch->fail(std::make_exception_ptr(Error("cancelled")));
+      return;
+    }
     queue_.push_back(job);
   }
   cv_.notify_one();
+}
+
+void ProcessPool::forget(const void* tag) noexcept {
+  std::lock_guard lock(m_);
+  aborted_.erase(tag);
 }
 
 void ProcessPool::abort(const void* tag) noexcept {
   std::vector<Job> dropped;
   {
     std::lock_guard lock(m_);
+    aborted_.insert(tag);
     for (auto it = queue_.begin(); it != queue_.end();) {
       if (it->tag == tag) {
         dropped.push_back(*it);
@@ -280,7 +310,7 @@ int ProcessPool::reap(Slot* slot) {
   int status = 0;
   if (slot->pid > 0) ::waitpid(slot->pid, &status, 0);
   {
-    std::lock_guard lock(g_pools_mutex);
+    std::lock_guard lock(g_fds_mutex);
     parent_fds().erase(slot->fd);
   }
   if (slot->fd >= 0) ::close(slot->fd);
@@ -305,7 +335,7 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
     if (::waitpid(slot->pid, &status, WNOHANG) == 0) return true;  // alive
     // It died while idle (killed, or left): start a fresh one.
     {
-      std::lock_guard lock(g_pools_mutex);
+      std::lock_guard lock(g_fds_mutex);
       parent_fds().erase(slot->fd);
     }
     ::close(slot->fd);
@@ -313,6 +343,7 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
     slot->pid = 0;
     slot->fd = -1;
   }
+  std::unique_lock spawn_lock(g_spawn_mutex);
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     why = fmt::format("socketpair failed: {}", std::strerror(errno));
@@ -357,7 +388,7 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
   } else {
     std::vector<int> to_close;
     {
-      std::lock_guard lock(g_pools_mutex);
+      std::lock_guard lock(g_fds_mutex);
       to_close.assign(parent_fds().begin(), parent_fds().end());
     }
     std::fflush(nullptr);  // else the child would print the parent's unflushed output again
@@ -379,9 +410,10 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
     }
   }
   {
-    std::lock_guard lock(g_pools_mutex);
+    std::lock_guard lock(g_fds_mutex);
     parent_fds().insert(sv[0]);
   }
+  spawn_lock.unlock();
   {
     std::lock_guard lock(m_);
     slot->pid = pid;
@@ -425,7 +457,7 @@ void ProcessPool::drive(Slot* slot) {
           int status = 0;
           if (::waitpid(slot->pid, &status, WNOHANG) == slot->pid) {
             {
-              std::lock_guard plock(g_pools_mutex);
+              std::lock_guard plock(g_fds_mutex);
               parent_fds().erase(slot->fd);
             }
             ::close(slot->fd);
@@ -435,12 +467,37 @@ void ProcessPool::drive(Slot* slot) {
         }
       }
       if (queue_.empty() || slot->retire) {
-        if (slot->retire && slot->pid > 0) write_frame(slot->fd, FrameKind::exit, {});
-        if (stopping_ || slot->retire) return;
+        if (slot->retire) {
+          lock.unlock();
+          if (slot->pid > 0) {
+            // A retired worker is told to leave and reaped (killed if it
+            // does not leave within a second): no zombie, no open socket.
+            write_frame(slot->fd, FrameKind::exit, {});
+            const auto until = std::chrono::steady_clock::now() + 1s;
+            int status = 0;
+            while (::waitpid(slot->pid, &status, WNOHANG) == 0) {
+              if (std::chrono::steady_clock::now() > until) {
+                ::kill(slot->pid, SIGKILL);
+                break;
+              }
+              std::this_thread::sleep_for(1ms);
+            }
+            reap(slot);
+          }
+          lock.lock();
+          slot->exited = true;
+          return;
+        }
+        if (stopping_) return;
         continue;
       }
       job = queue_.front();
       queue_.pop_front();
+      if (aborted_.count(job.tag)) {
+        lock.unlock();
+        job.batch->fail(std::make_exception_ptr(Error("cancelled")));
+        continue;
+      }
       slot->running_tag = job.tag;
     }
     run_job(slot, job);
@@ -472,6 +529,14 @@ void ProcessPool::run_job(Slot* slot, const Job& job) {
       return;
     }
     const pid_t pid = slot->pid;
+    {
+      std::lock_guard lock(m_);
+      if (aborted_.count(job.tag)) {
+        // The call stopped while this batch was being encoded or its worker started.
+        batch.fail(std::make_exception_ptr(Error("cancelled")));
+        return;
+      }
+    }
     std::optional<WireFrame> reply;
     batch.started();
     if (write_frame(slot->fd, FrameKind::run, request)) reply = read_frame(slot->fd);
@@ -610,6 +675,7 @@ void ProcessBackend::abort() noexcept {
 
 void ProcessBackend::stop_call() noexcept {
   if (memmap_) memmap_->cleanup();
+  if (pool_) pool_->forget(this);
   pool_.reset();  // a fork pool ends here; the loky pool lives on
 }
 

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,6 +58,8 @@ class JOBLIB_EXPORT ProcessPool {
   /// Fails the queued batches of `tag` and kills the workers running its
   /// batches (they are restarted for later jobs). Thread-safe.
   void abort(const void* tag) noexcept;
+  /// Forgets an aborted tag (its call is over).
+  void forget(const void* tag) noexcept;
   /// Grows or shrinks to n workers.
   void resize(int n);
   /// Kills every worker now (Ctrl-C handled by the program).
@@ -78,6 +81,7 @@ class JOBLIB_EXPORT ProcessPool {
     bool retire = false;
     const void* killed_for = nullptr;  // abort(tag) killed it: a batch of that call is not a crash
     bool killed_all = false;           // kill_all() (Ctrl-C)
+    bool exited = false;               // its driver has returned (retired)
     std::thread driver;
   };
   void drive(Slot* slot);
@@ -90,6 +94,7 @@ class JOBLIB_EXPORT ProcessPool {
   mutable std::mutex m_;
   std::condition_variable cv_;
   std::deque<Job> queue_;
+  std::set<const void*> aborted_;   // calls whose batches must not start any more
   std::vector<std::unique_ptr<Slot>> slots_;
   bool stopping_ = false;
 };

@@ -23,6 +23,7 @@
 #include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <atomic>
 #include <cerrno>
@@ -229,8 +230,10 @@ std::optional<BufferDesc> MemmapContext::describe(std::span<const std::byte> byt
     d.mode = static_cast<std::uint8_t>(region->writable ? MmapMode::r_plus : MmapMode::r);
     return d;
   }
+  // Written once per call and content: the key is a hash of the bytes, not
+  // their address, which a later argument may reuse once this one is freed.
+  const auto key = std::make_pair(static_cast<std::uint64_t>(XXH3_64bits(bytes.data(), bytes.size())), bytes.size());
   std::lock_guard lock(m_);
-  const auto key = std::make_pair(static_cast<const void*>(bytes.data()), bytes.size());
   std::string path;
   if (auto it = written_.find(key); it != written_.end()) {
     path = it->second;  // written once per call
@@ -511,6 +514,7 @@ void handle_request(int fd, const WireFrame& frame, MemoryOutput& out) {
       cache->emplace(key, entry);
     }
     RequestSource source(header.buffers);
+    (void)take_throw_trace();  // forget throws of earlier requests
     out.clear();
     WorkerCall call(structure, &source, out, nullptr);
     {

@@ -88,7 +88,7 @@ class JOBLIB_EXPORT MemmapContext {
   MmapMode mode_;
   mutable std::mutex m_;
   std::optional<std::filesystem::path> folder_;
-  std::map<std::pair<const void*, std::size_t>, std::string> written_;
+  std::map<std::pair<std::uint64_t, std::size_t>, std::string> written_;  // (XXH3 of the bytes, size) -> file
   std::size_t counter_ = 0;
 };
 

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -19,13 +20,13 @@ namespace {
 // call asks for more. global_control objects are kept, never destroyed.
 void ensure_parallelism(int n_jobs) {
   static std::mutex m;
-  static int granted = static_cast<int>(std::thread::hardware_concurrency());
   static std::vector<tbb::global_control*>* keep = new std::vector<tbb::global_control*>();
   std::lock_guard lock(m);
-  if (n_jobs + 1 <= granted) return;
-  granted = n_jobs + 1;
+  // What oneTBB allows now (it follows the CPU affinity mask, not the CPUs online).
+  const auto allowed = tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism);
+  if (static_cast<std::size_t>(n_jobs) + 1 <= allowed) return;
   keep->push_back(new tbb::global_control(tbb::global_control::max_allowed_parallelism,
-                                          static_cast<std::size_t>(granted)));
+                                          static_cast<std::size_t>(n_jobs) + 1));
 }
 
 tbb::task_arena& arena_for(int level, int n_jobs) {

@@ -517,3 +517,29 @@ TEST(LokyTest, PoolIsResizedOnDemand) {
   EXPECT_EQ(after.size(), 3u);
   for (pid_t p : before) EXPECT_NE(std::find(after.begin(), after.end(), p), after.end()) << "workers are kept";
 }
+
+namespace {
+double first_of(joblib::Array<double> a) { return std::as_const(a)[0]; }
+}  // namespace
+
+TEST(MemmapTest, FreshArraysAtAReusedAddressAreNotConfused) {
+  // Each task gets its own large array, made lazily; a freed array's address
+  // is often reused for the next one: the content must still be the new one.
+  std::vector<double> r = Parallel({.n_jobs = 2, .backend = "loky", .pre_dispatch = "1", .batch_size = 1})(
+      std::views::iota(0, 6) | std::views::transform([](int i) {
+        joblib::Array<double> a({300000});
+        a[0] = i;
+        return delayed(first_of)(a);
+      }));
+  EXPECT_EQ(r, (std::vector<double>{0, 1, 2, 3, 4, 5}));
+}
+
+TEST(LokyTest, ShrinkingThePoolLeavesNoZombie) {
+  for (int n : {2, 3, 2, 3, 2}) {
+    std::vector<int> r = Parallel({.n_jobs = n, .backend = "loky"}).map(pid_of, std::views::iota(0, 6));
+    EXPECT_EQ(r.size(), 6u);
+  }
+  std::this_thread::sleep_for(300ms);
+  EXPECT_TRUE(zombie_children().empty());
+  EXPECT_EQ(joblib::detail::loky_worker_pids().size(), 2u);
+}

@@ -50,7 +50,7 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   std::size_t error_offset_ = 0;   // index within the batch of the task that threw
   bool from_backend_ = false;      // error_ came from Batch::fail
   const std::atomic<bool>* stop_ = nullptr;  // the call's stop flag
-  std::shared_ptr<CallImpl> call_{};         // set while dispatched
+  CallImpl* call_ = nullptr;                 // set while dispatched
   std::int64_t dispatched_ns_ = 0;
   std::atomic<std::int64_t> started_ns_{0};  // when the batch (or, with a timeout, its current task) started
   bool clock_each_task_ = false;             // a timeout is set: restart the clock at every task
