@@ -16,6 +16,8 @@
 #include <exception>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <utility>
 #include <optional>
 #include <span>
 #include <string>
@@ -145,6 +147,46 @@ class JOBLIB_EXPORT ParallelBackendBase {
 
  private:
   BackendInit init_;
+};
+
+/// Capabilities of a backend that runs batches on threads of this process
+/// (threading, tbb, openmp, most user backends): shared memory, timeouts,
+/// generators, the OpenMP thread cap inside tasks.
+constexpr BackendCapabilities thread_backend_capabilities() noexcept {
+  BackendCapabilities c;
+  c.uses_threads = true;
+  c.supports_sharedmem = true;
+  c.supports_inner_max_num_threads = true;
+  return c;
+}
+
+/// A process-wide cache of execution engines (thread pools, arenas, teams)
+/// for a plugin, one per (nesting level, n_jobs): made on first use with
+/// Engine(n_jobs), reused by every later call, never destroyed (joining
+/// threads from a static destructor could wait on a task abandoned after a
+/// timeout). Nested calls get engines of their own, so a task waiting for
+/// its nested call never starves the engine it runs on. Thread-safe.
+template <class Engine>
+class EngineCache {
+ public:
+  /// The engine for (level, n_jobs). Throws what Engine's constructor throws.
+  Engine& get(int level, int n_jobs) {
+    std::lock_guard lock(*mutex_);
+    auto& slot = (*engines_)[{level, n_jobs}];
+    if (!slot) slot = std::make_unique<Engine>(n_jobs);
+    return *slot;
+  }
+  /// For a pthread_atfork child handler: the child has none of the parent's
+  /// threads, so it starts with no engines (the parent's are leaked).
+  void forget() noexcept {
+    mutex_ = new std::mutex();
+    engines_ = new Map();
+  }
+
+ private:
+  using Map = std::map<std::pair<int, int>, std::unique_ptr<Engine>>;
+  std::mutex* mutex_ = new std::mutex();
+  Map* engines_ = new Map();
 };
 
 /// Signature of a plugin's factory.

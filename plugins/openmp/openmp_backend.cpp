@@ -68,13 +68,9 @@ class Team {
   std::thread driver_;
 };
 
-Team& team_for(int level, int n) {
-  static std::mutex m;
-  static auto* teams = new std::map<std::pair<int, int>, std::unique_ptr<Team>>();
-  std::lock_guard lock(m);
-  auto& slot = (*teams)[{level, n}];
-  if (!slot) slot = std::make_unique<Team>(n);
-  return *slot;
+joblib::EngineCache<Team>& teams() {
+  static auto* cache = new joblib::EngineCache<Team>();
+  return *cache;
 }
 
 class OpenmpBackend final : public joblib::ParallelBackendBase {
@@ -86,19 +82,11 @@ class OpenmpBackend final : public joblib::ParallelBackendBase {
 
   std::string name() const override { return "openmp"; }
 
-  joblib::BackendCapabilities capabilities() const noexcept override {
-    joblib::BackendCapabilities c;
-    c.uses_threads = true;
-    c.supports_sharedmem = true;
-    c.supports_timeout = true;
-    c.supports_return_generator = true;
-    c.supports_inner_max_num_threads = true;
-    return c;
-  }
+  joblib::BackendCapabilities capabilities() const noexcept override { return joblib::thread_backend_capabilities(); }
 
   std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
     try {
-      team_ = &team_for(nesting_level(), s.n_jobs);
+      team_ = &teams().get(nesting_level(), s.n_jobs);
       team_->begin_call();
     } catch (...) {
       team_ = nullptr;

@@ -29,17 +29,15 @@ void ensure_parallelism(int n_jobs) {
                                           static_cast<std::size_t>(n_jobs) + 1));
 }
 
-tbb::task_arena& arena_for(int level, int n_jobs) {
-  static std::mutex m;
-  static auto* arenas = new std::map<std::pair<int, int>, std::unique_ptr<tbb::task_arena>>();
-  std::lock_guard lock(m);
-  auto& slot = (*arenas)[{level, n_jobs}];
-  if (!slot) {
-    // n_jobs slots, none reserved for a master thread.
-    slot = std::make_unique<tbb::task_arena>(n_jobs, 0);
-    slot->initialize();
-  }
-  return *slot;
+// n_jobs slots, none reserved for a master thread.
+struct Arena {
+  explicit Arena(int n_jobs) : arena(n_jobs, 0) { arena.initialize(); }
+  tbb::task_arena arena;
+};
+
+joblib::EngineCache<Arena>& arenas() {
+  static auto* cache = new joblib::EngineCache<Arena>();
+  return *cache;
 }
 
 class TbbBackend final : public joblib::ParallelBackendBase {
@@ -48,20 +46,12 @@ class TbbBackend final : public joblib::ParallelBackendBase {
 
   std::string name() const override { return "tbb"; }
 
-  joblib::BackendCapabilities capabilities() const noexcept override {
-    joblib::BackendCapabilities c;
-    c.uses_threads = true;
-    c.supports_sharedmem = true;
-    c.supports_timeout = true;
-    c.supports_return_generator = true;
-    c.supports_inner_max_num_threads = true;
-    return c;
-  }
+  joblib::BackendCapabilities capabilities() const noexcept override { return joblib::thread_backend_capabilities(); }
 
   std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
     try {
       ensure_parallelism(s.n_jobs);
-      arena_ = &arena_for(nesting_level(), s.n_jobs);
+      arena_ = &arenas().get(nesting_level(), s.n_jobs).arena;
     } catch (...) {
       return std::current_exception();
     }

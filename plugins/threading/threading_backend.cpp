@@ -22,7 +22,7 @@ class Pool {
     threads_.reserve(static_cast<std::size_t>(n));
     for (int i = 0; i < n; ++i) threads_.emplace_back([this] { work(); });
   }
-  // Pools live until the process exits (see pool_for): never joined.
+  // Pools live until the process exits (see pools()): never joined.
 
   void push(joblib::Batch& b) {
     bool wake = false;
@@ -79,28 +79,15 @@ class Pool {
   std::vector<std::thread> threads_;
 };
 
-// One pool per (nesting level, size), made on first use and never destroyed:
-// the threads are blocked on an empty queue at exit, which is harmless, while
-// joining them from a static destructor could wait on a task abandoned after
-// a timeout.
-using PoolMap = std::map<std::pair<int, int>, std::unique_ptr<Pool>>;
-std::mutex* g_pools_mutex = new std::mutex();
-PoolMap* g_pools = new PoolMap();
-
-// A forked child (the multiprocessing backend) has none of the pools'
-// threads: it starts with no pools (the parent's are leaked, not run).
-void forget_pools_in_child() {
-  g_pools_mutex = new std::mutex();
-  g_pools = new PoolMap();
-}
-
-Pool& pool_for(int level, int n) {
-  static std::once_flag atfork;
-  std::call_once(atfork, [] { ::pthread_atfork(nullptr, nullptr, forget_pools_in_child); });
-  std::lock_guard lock(*g_pools_mutex);
-  auto& slot = (*g_pools)[{level, n}];
-  if (!slot) slot = std::make_unique<Pool>(n);
-  return *slot;
+// One pool per (nesting level, size): see joblib::EngineCache.
+joblib::EngineCache<Pool>& pools() {
+  static auto* cache = [] {
+    auto* c = new joblib::EngineCache<Pool>();
+    // A forked child (the multiprocessing backend) has none of the pools' threads.
+    ::pthread_atfork(nullptr, nullptr, [] { pools().forget(); });
+    return c;
+  }();
+  return *cache;
 }
 
 class ThreadingBackend final : public joblib::ParallelBackendBase {
@@ -109,19 +96,11 @@ class ThreadingBackend final : public joblib::ParallelBackendBase {
 
   std::string name() const override { return "threading"; }
 
-  joblib::BackendCapabilities capabilities() const noexcept override {
-    joblib::BackendCapabilities c;
-    c.uses_threads = true;
-    c.supports_sharedmem = true;
-    c.supports_timeout = true;
-    c.supports_return_generator = true;
-    c.supports_inner_max_num_threads = true;
-    return c;
-  }
+  joblib::BackendCapabilities capabilities() const noexcept override { return joblib::thread_backend_capabilities(); }
 
   std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
     try {
-      pool_ = &pool_for(nesting_level(), s.n_jobs);
+      pool_ = &pools().get(nesting_level(), s.n_jobs);
     } catch (...) {
       return std::current_exception();
     }
