@@ -153,23 +153,27 @@ ProcessPool::~ProcessPool() {
   // Drivers finish the job they run (abort() first if that must not wait).
   for (auto& s : slots_)
     if (s->driver.joinable()) s->driver.join();
-  for (auto& s : slots_) {
-    if (s->pid <= 0) continue;
-    write_frame(s->fd, FrameKind::exit, {});
-    const auto until = std::chrono::steady_clock::now() + 1s;
-    int status = 0;
-    while (::waitpid(s->pid, &status, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > until) {
-        ::kill(s->pid, SIGKILL);
-        ::waitpid(s->pid, &status, 0);
-        break;
-      }
-      std::this_thread::sleep_for(1ms);
+  for (auto& s : slots_) stop_worker(s.get());
+}
+
+void ProcessPool::stop_worker(Slot* slot) {
+  if (slot->pid <= 0) return;
+  // Told to leave; killed if it has not left within a second; then reaped
+  // and its socket closed: no zombie, no orphan, no open fd.
+  write_frame(slot->fd, FrameKind::exit, {});
+  const auto until = std::chrono::steady_clock::now() + 1s;
+  for (;;) {
+    siginfo_t info{};
+    // Has it exited? (WNOWAIT: reap() collects it below.)
+    if (::waitid(P_PID, static_cast<id_t>(slot->pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != 0)
+      break;
+    if (std::chrono::steady_clock::now() > until) {
+      ::kill(slot->pid, SIGKILL);
+      break;
     }
-    std::lock_guard lock(g_fds_mutex);
-    parent_fds().erase(s->fd);
-    ::close(s->fd);
+    std::this_thread::sleep_for(1ms);
   }
+  reap(slot);
 }
 
 void ProcessPool::add_slots_locked(int n) {
@@ -469,21 +473,7 @@ void ProcessPool::drive(Slot* slot) {
       if (queue_.empty() || slot->retire) {
         if (slot->retire) {
           lock.unlock();
-          if (slot->pid > 0) {
-            // A retired worker is told to leave and reaped (killed if it
-            // does not leave within a second): no zombie, no open socket.
-            write_frame(slot->fd, FrameKind::exit, {});
-            const auto until = std::chrono::steady_clock::now() + 1s;
-            int status = 0;
-            while (::waitpid(slot->pid, &status, WNOHANG) == 0) {
-              if (std::chrono::steady_clock::now() > until) {
-                ::kill(slot->pid, SIGKILL);
-                break;
-              }
-              std::this_thread::sleep_for(1ms);
-            }
-            reap(slot);
-          }
+          stop_worker(slot);
           lock.lock();
           slot->exited = true;
           return;

@@ -88,6 +88,7 @@ class JOBLIB_EXPORT ProcessPool {
   void run_job(Slot* slot, const Job& job);
   bool ensure_worker(Slot* slot, std::string& why);
   int reap(Slot* slot);
+  void stop_worker(Slot* slot);
   void add_slots_locked(int n);
 
   PoolConfig cfg_;

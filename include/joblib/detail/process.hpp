@@ -116,6 +116,19 @@ void save_task(EncodeArchive& ar, const Delayed<F, Args...>& task) {
   ar(task.arguments());
 }
 
+/// Reads back one task that save_task() wrote.
+template <class TaskT>
+TaskT load_task(DecodeArchive& ar) {
+  using Args = std::remove_cvref_t<decltype(std::declval<TaskT&>().arguments())>;
+  using F = std::remove_cvref_t<decltype(std::declval<TaskT&>().function())>;
+  F f = load_callable<F>(ar);
+  Args args{};
+  ar(args);
+  return std::apply(
+      [&f](auto&&... a) { return TaskT(std::in_place, std::move(f), std::forward<decltype(a)>(a)...); },
+      std::move(args));
+}
+
 /// The entry point a worker runs for a batch of Delayed<F, Args...> tasks.
 template <class TaskT, class R>
 void batch_entry(WorkerCall& call) {
@@ -125,19 +138,12 @@ void batch_entry(WorkerCall& call) {
       InputStream in(call.input());
       DecodeArchive ar(in, call.source());
       const std::uint64_t n = ar.load_count();
-      using Args = std::remove_cvref_t<decltype(std::declval<TaskT&>().arguments())>;
-      using F = std::remove_cvref_t<decltype(std::declval<TaskT&>().function())>;
       std::conditional_t<std::is_void_v<R>, std::uint64_t,
                          std::conditional_t<std::is_same_v<R, bool>, std::deque<bool>, std::vector<R>>>
           results{};
       if constexpr (!std::is_void_v<R> && !std::is_same_v<R, bool>) results.reserve(static_cast<std::size_t>(n));
       for (; index < n; ++index) {
-        F f = load_callable<F>(ar);
-        Args args{};
-        ar(args);
-        auto task = std::apply(
-            [&f](auto&&... a) { return TaskT(std::in_place, std::move(f), std::forward<decltype(a)>(a)...); },
-            std::move(args));
+        TaskT task = load_task<TaskT>(ar);
         if constexpr (std::is_void_v<R>) {
           task();
           ++results;
@@ -159,15 +165,7 @@ void init_entry(WorkerCall& call) {
   try {
     InputStream in(call.input());
     DecodeArchive ar(in, call.source());
-    using Args = std::remove_cvref_t<decltype(std::declval<TaskT&>().arguments())>;
-    using F = std::remove_cvref_t<decltype(std::declval<TaskT&>().function())>;
-    F f = load_callable<F>(ar);
-    Args args{};
-    ar(args);
-    auto task = std::apply(
-        [&f](auto&&... a) { return TaskT(std::in_place, std::move(f), std::forward<decltype(a)>(a)...); },
-        std::move(args));
-    task();
+    load_task<TaskT>(ar)();
   } catch (...) {
     call.fail(0, std::current_exception());
   }
