@@ -692,6 +692,21 @@ void BatchBase::complete(std::span<const std::byte> reply, BufferSource* source)
 void BatchBase::fail(std::exception_ptr error) noexcept {
   CallImpl* call = call_;
   error_ = error ? error : std::make_exception_ptr(BackendError("a backend failed a batch without saying why"));
+  try {
+    std::rethrow_exception(error_);
+  } catch (const TerminatedWorkerError& e) {
+    // Say which tasks the dead worker was running (joblib users ask which
+    // input killed it).
+    const std::string tasks = size_ == 1 ? fmt::format("task {}", first_index_)
+                                         : fmt::format("tasks {} to {}", first_index_, first_index_ + size_ - 1);
+    try {
+      std::string text = fmt::format("{}\nIt was running {} of the call ({}).", e.what(), tasks,
+                                     size_ ? task_function(0) : std::string("?"));
+      error_ = std::make_exception_ptr(TerminatedWorkerError(text));
+    } catch (...) {
+    }
+  } catch (...) {
+  }
   from_backend_ = true;
   call->batch_done(*this);
 }

@@ -165,6 +165,8 @@ TEST_P(ProcessBackends, WorkerKilledBySignalIsTerminatedWorkerError) {
   } catch (const joblib::TerminatedWorkerError& e) {
     EXPECT_THAT(e.what(), HasSubstr("{SIGABRT(-6)}"));
     EXPECT_THAT(e.what(), HasSubstr("A worker process managed by the executor was unexpectedly terminated."));
+    EXPECT_THAT(e.what(), HasSubstr("It was running task 1 of the call ("));
+    EXPECT_THAT(e.what(), HasSubstr("abort_at_1"));
   }
   std::vector<int> r = Parallel(opts()).map(pid_of, std::views::iota(0, 4));  // the pool is rebuilt
   EXPECT_EQ(r.size(), 4u);
