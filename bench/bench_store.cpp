@@ -319,19 +319,24 @@ void BM_SmallObjects_Load(benchmark::State& state) {
 }
 
 // Baseline: a hand-written binary format of the same data ([len][chars][int]).
+std::string hand_written_bytes() {
+  std::string buf;
+  const std::uint64_t n = small_objects().size();
+  buf.append(reinterpret_cast<const char*>(&n), 8);
+  for (const auto& [s, i] : small_objects()) {
+    const std::uint64_t len = s.size();
+    buf.append(reinterpret_cast<const char*>(&len), 8);
+    buf.append(s);
+    buf.append(reinterpret_cast<const char*>(&i), 8);
+  }
+  return buf;
+}
+
 void BM_SmallObjects_HandWrittenDump(benchmark::State& state) {
   const fs::path p = bench_dir() / "small_hand.bin";
   for (auto _ : state) {
     remove_file(state, p);
-    std::string buf;
-    const std::uint64_t n = small_objects().size();
-    buf.append(reinterpret_cast<const char*>(&n), 8);
-    for (const auto& [s, i] : small_objects()) {
-      const std::uint64_t len = s.size();
-      buf.append(reinterpret_cast<const char*>(&len), 8);
-      buf.append(s);
-      buf.append(reinterpret_cast<const char*>(&i), 8);
-    }
+    const std::string buf = hand_written_bytes();
     plain_write(p, buf.data(), buf.size());
   }
   fs::remove(p);
@@ -340,15 +345,7 @@ void BM_SmallObjects_HandWrittenDump(benchmark::State& state) {
 void BM_SmallObjects_HandWrittenLoad(benchmark::State& state) {
   const fs::path p = bench_dir() / "small_hand_load.bin";
   {
-    std::string buf;
-    const std::uint64_t n = small_objects().size();
-    buf.append(reinterpret_cast<const char*>(&n), 8);
-    for (const auto& [s, i] : small_objects()) {
-      const std::uint64_t len = s.size();
-      buf.append(reinterpret_cast<const char*>(&len), 8);
-      buf.append(s);
-      buf.append(reinterpret_cast<const char*>(&i), 8);
-    }
+    const std::string buf = hand_written_bytes();
     plain_write(p, buf.data(), buf.size());
   }
   for (auto _ : state) {
