@@ -355,8 +355,10 @@ class Bz2Decompressor final : public StreamDecompressor {
 
 class LzmaDecompressor final : public StreamDecompressor {
  public:
-  // A dictionary larger than this is refused (xz -9 needs 64 MiB).
-  static constexpr std::uint64_t memory_limit = std::uint64_t{1} << 30;
+  // A dictionary larger than this is refused before it is allocated: xz -9
+  // (and every preset of Python's lzma module) needs 64 MiB, and a 100-byte
+  // file must not take gigabytes.
+  static constexpr std::uint64_t memory_limit = std::uint64_t{256} << 20;
   LzmaDecompressor(bool xz, ByteReader& in) : StreamDecompressor(xz ? "xz" : "lzma", in) {
     const lzma_ret r = xz ? lzma_stream_decoder(&s_, memory_limit, 0) : lzma_alone_decoder(&s_, memory_limit);
     if (r != LZMA_OK) throw std::bad_alloc();
@@ -376,9 +378,9 @@ class LzmaDecompressor final : public StreamDecompressor {
       case LZMA_BUF_ERROR:
         break;
       case LZMA_MEM_ERROR:
-        throw std::bad_alloc();
+        corrupted("the stream asks for more decoder memory than can be had");
       case LZMA_MEMLIMIT_ERROR:
-        corrupted("the stream asks for more than 1 GiB of decoder memory");
+        corrupted(fmt::format("the stream asks for more than {} MiB of decoder memory", memory_limit >> 20));
       default:
         corrupted(fmt::format("invalid data (error {})", static_cast<int>(r)));
     }

@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -18,6 +19,7 @@
 #include <mutex>
 #include <new>
 #include <set>
+#include <utility>
 
 namespace joblib::detail {
 
@@ -164,6 +166,104 @@ Meta parse_meta(const fs::path& file, std::span<const std::byte> bytes, const st
   return m;
 }
 
+// ---- memory for sizes a file claims ----------------------------------------------
+
+[[noreturn]] void out_of_memory(const fs::path& file, const std::string& what, std::uint64_t size) {
+  bad_file(file, fmt::format("{} needs {} bytes, more memory than can be had (a corrupted file?)", what, size));
+}
+
+// allocate_buffer() for a size read from `file`: StoreError, not bad_alloc.
+SharedBuffer allocate_claimed(const fs::path& file, const std::string& what, std::uint64_t size) {
+  try {
+    if (size > SIZE_MAX) throw std::bad_alloc();
+    return allocate_buffer(static_cast<std::size_t>(size), /*zero=*/false);
+  } catch (const std::bad_alloc&) {
+    out_of_memory(file, what, size);
+  }
+}
+
+// A size that a compressed stream claims is taken as its bytes arrive: at
+// most this much before the first of them, then twice what has arrived, so
+// that a lying size costs no more memory than the data really decompressed
+// (and is found out as a truncated file when the stream ends).
+constexpr std::size_t claim_step = std::size_t{64} << 20;
+
+// Anonymous memory that grows without copying what it holds (mremap).
+class GrowingBlock {
+ public:
+  explicit GrowingBlock(std::size_t capacity) : capacity_(capacity) {
+    void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    data_ = static_cast<std::byte*>(p);
+  }
+  GrowingBlock(const GrowingBlock&) = delete;
+  GrowingBlock& operator=(const GrowingBlock&) = delete;
+  ~GrowingBlock() {
+    if (data_ != nullptr) ::munmap(data_, capacity_);
+  }
+  std::byte* data() const noexcept { return data_; }
+  std::size_t capacity() const noexcept { return capacity_; }
+  void grow(std::size_t capacity) {
+#ifdef MREMAP_MAYMOVE
+    void* p = ::mremap(data_, capacity_, capacity, MREMAP_MAYMOVE);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    data_ = static_cast<std::byte*>(p);
+    capacity_ = capacity;
+#else
+    GrowingBlock next(capacity);
+    std::memcpy(next.data_, data_, capacity_);
+    std::swap(data_, next.data_);
+    std::swap(capacity_, next.capacity_);
+#endif
+  }
+  // The block as a buffer that an Array can adopt (page aligned).
+  SharedBuffer release() noexcept {
+    SharedBuffer b;
+    const std::size_t n = capacity_;
+    b.data = std::shared_ptr<std::byte>(std::exchange(data_, nullptr), [n](std::byte* q) { ::munmap(q, n); });
+    b.size = n;
+    return b;
+  }
+
+ private:
+  std::byte* data_ = nullptr;
+  std::size_t capacity_;
+};
+
+// Reads the next `size` bytes of the stream, of which `head` (already read)
+// are the first, into memory of their own, taken as they arrive. Throws
+// StoreError: "truncated file" when the stream ends first, "more memory
+// than can be had" when the bytes that did arrive exhaust memory.
+SharedBuffer read_claimed(Decompressor& in, std::span<const std::byte> head, std::uint64_t size, const fs::path& file,
+                          std::string_view method, const std::string& what) {
+  auto truncated = [&] {
+    bad_file(file, fmt::format("truncated file: the {} stream ends before the end of the dump", method));
+  };
+  if (size <= claim_step) {
+    SharedBuffer b = allocate_claimed(file, what, size);
+    if (!head.empty()) std::memcpy(b.data.get(), head.data(), head.size());
+    const std::span<std::byte> rest(b.data.get() + head.size(), b.size - head.size());
+    if (in.read(rest) != rest.size()) truncated();
+    return b;
+  }
+  if (size > SIZE_MAX) out_of_memory(file, what, size);
+  const auto n = static_cast<std::size_t>(size);
+  try {
+    GrowingBlock block(claim_step);
+    if (!head.empty()) std::memcpy(block.data(), head.data(), head.size());
+    std::size_t done = head.size();
+    while (true) {
+      const std::span<std::byte> room(block.data() + done, block.capacity() - done);
+      if (in.read(room) != room.size()) truncated();
+      done = block.capacity();
+      if (done == n) return block.release();
+      block.grow(n - done > done ? 2 * done : n);
+    }
+  } catch (const std::bad_alloc&) {
+    out_of_memory(file, what, size);
+  }
+}
+
 // ---- sources ----------------------------------------------------------------------
 
 const StoreTableEntry& entry_of(const std::vector<StoreTableEntry>& table, std::uint64_t index) {
@@ -180,7 +280,7 @@ class FileSource final : public BufferSource {
   std::size_t buffer_size(std::uint64_t index) const override { return entry_of(table_, index).size; }
   SharedBuffer get(std::uint64_t index) override {
     const auto& e = entry_of(table_, index);
-    SharedBuffer b = allocate_buffer(e.size, /*zero=*/false);
+    SharedBuffer b = allocate_claimed(file_, fmt::format("buffer {}", index), e.size);
     read(e, {b.data.get(), b.size});
     return b;
   }
@@ -282,15 +382,15 @@ std::unique_ptr<OpenedDump> open_plain(const fs::path& file, Fd fd, const struct
     return std::make_unique<LoadedDump>(std::move(mapping), structure, std::move(source));
   }
 
-  std::shared_ptr<std::byte[]> meta(new std::byte[static_cast<std::size_t>(meta_size)]);
-  const std::span<std::byte> bytes(meta.get(), static_cast<std::size_t>(meta_size));
+  const SharedBuffer meta = allocate_claimed(file, "the dump's structure", meta_size);
+  const std::span<std::byte> bytes(meta.data.get(), meta.size);
   if (pread_full(fd.get(), bytes, 0, file) != bytes.size())
     bad_file(file, "truncated file: it became shorter while it was read");
   Meta m = parse_meta(file, bytes, type);
   check_total(m);
   const auto structure = m.structure;
   auto source = std::make_unique<FileSource>(std::move(fd), std::move(m.table), file);
-  return std::make_unique<LoadedDump>(std::move(meta), structure, std::move(source));
+  return std::make_unique<LoadedDump>(meta.data, structure, std::move(source));
 }
 
 std::unique_ptr<OpenedDump> open_compressed(const fs::path& file, Fd fd, Method method, const std::type_info& type) {
@@ -298,9 +398,9 @@ std::unique_ptr<OpenedDump> open_compressed(const fs::path& file, Fd fd, Method 
   const std::unique_ptr<Decompressor> in = make_decompressor(method, reader);
   const std::string_view name = method_name(method);
   try {
-    auto meta = std::make_shared<std::vector<std::byte>>(store_header_size);
-    const std::size_t n = in->read(*meta);
-    const std::span<const std::byte> head(meta->data(), n);
+    std::array<std::byte, store_header_size> head_bytes;
+    const std::size_t n = in->read(head_bytes);
+    const std::span<const std::byte> head(head_bytes.data(), n);
     if (!has_magic(head) && !(n != 0 && is_magic_prefix(head))) {
       // Garbage at the start may be a corrupted stream whose check comes
       // later (bz2 checks a whole block at its end): read on a little so
@@ -317,48 +417,31 @@ std::unique_ptr<OpenedDump> open_compressed(const fs::path& file, Fd fd, Method 
       bad_file(file, fmt::format("truncated file: the {} stream holds {} bytes, a dump header needs {}", name, n,
                                  store_header_size));
     StoreHeader h;
-    std::memcpy(&h, meta->data(), sizeof h);
+    std::memcpy(&h, head.data(), sizeof h);
     const std::uint64_t meta_size = meta_size_of(file, h);
-    // Grow as the data arrives: a size read from a bad file allocates nothing.
-    while (meta->size() < meta_size) {
-      const std::size_t old = meta->size();
-      const std::size_t step = static_cast<std::size_t>(std::min<std::uint64_t>(meta_size - old, std::max<std::size_t>(old, 1 << 20)));
-      meta->resize(old + step);
-      if (in->read({meta->data() + old, step}) != step)
-        bad_file(file, fmt::format("truncated file: the {} stream ends before the end of the dump", name));
-    }
-    Meta m = parse_meta(file, *meta, type);
+    const SharedBuffer meta = read_claimed(*in, head, meta_size, file, name, "the dump's structure");
+    Meta m = parse_meta(file, {meta.data.get(), meta.size}, type);
     std::vector<SharedBuffer> buffers;
     buffers.reserve(m.table.size());
     std::uint64_t pos = meta_size;
     for (std::size_t i = 0; i < m.table.size(); ++i) {
       std::array<std::byte, 64> pad;
       const auto pad_size = static_cast<std::size_t>(m.table[i].offset - pos);
-      SharedBuffer b;
-      try {
-        b = allocate_buffer(static_cast<std::size_t>(m.table[i].size), /*zero=*/false);
-      } catch (const std::bad_alloc&) {
-        bad_file(file, fmt::format("buffer {} needs {} bytes, more memory than can be had (a corrupted file?)", i,
-                                   m.table[i].size));
-      }
-      if (in->read({pad.data(), pad_size}) != pad_size || in->read({b.data.get(), b.size}) != b.size)
+      if (in->read({pad.data(), pad_size}) != pad_size)
         bad_file(file, fmt::format("truncated file: the {} stream ends before the end of the dump", name));
+      buffers.push_back(read_claimed(*in, {}, m.table[i].size, file, name, fmt::format("buffer {}", i)));
       pos = m.table[i].offset + m.table[i].size;
-      buffers.push_back(std::move(b));
     }
     std::byte extra;
     if (in->read({&extra, 1}) != 0) throw_corrupted(file, fmt::format("unexpected data after the end of the dump"));
     const auto structure = m.structure;
-    return std::make_unique<LoadedDump>(std::move(meta), structure,
-                                        std::make_unique<SharedBufferSource>(std::move(buffers)));
+    return std::make_unique<LoadedDump>(meta.data, structure, std::make_unique<SharedBufferSource>(std::move(buffers)));
   } catch (const FormatError& e) {
     bad_file(file, e.what());
   }
 }
 
-}  // namespace
-
-std::unique_ptr<OpenedDump> open_dump(const fs::path& file, const LoadOptions& options, const std::type_info& type) {
+std::unique_ptr<OpenedDump> open_file(const fs::path& file, const LoadOptions& options, const std::type_info& type) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
   const int raw = ::open(file.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (raw < 0) throw_os_error("joblib::load: cannot open", file, errno);
@@ -388,6 +471,19 @@ std::unique_ptr<OpenedDump> open_dump(const fs::path& file, const LoadOptions& o
   StoreHeader h;
   std::memcpy(&h, head.data(), sizeof h);
   return open_plain(file, std::move(fd), st, h, options.mmap_mode, type);
+}
+
+}  // namespace
+
+std::unique_ptr<OpenedDump> open_dump(const fs::path& file, const LoadOptions& options, const std::type_info& type) {
+  try {
+    return open_file(file, options, type);
+  } catch (const std::bad_alloc&) {
+    // The sizes a file claims are met with StoreError where they are taken;
+    // what a decoder's state needs for it (a bz2 block, an lzma dictionary)
+    // is the file's claim too.
+    bad_file(file, "reading it needs more memory than can be had (a corrupted file?)");
+  }
 }
 
 std::vector<fs::path> write_dump(const fs::path& file, const Compress& compress, const std::type_info& type,

@@ -4,11 +4,16 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <pthread.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <csignal>
+#include <ctime>
+#include <optional>
 #include <random>
 #include <system_error>
 
@@ -32,13 +37,57 @@ Fd::~Fd() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+namespace {
+
+// SIGXFSZ blocked in the calling thread while it writes, so that a file size
+// limit (RLIMIT_FSIZE) makes write() fail with EFBIG instead of killing the
+// process. The process-wide disposition is left alone (the program's, or a
+// library's); the signal our own write raised is consumed before the mask is
+// restored, so that it is not delivered later.
+class FileSizeSignalBlock {
+ public:
+  FileSizeSignalBlock() noexcept {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGXFSZ);
+    blocked_ = ::pthread_sigmask(SIG_BLOCK, &set_, &old_) == 0;
+    sigset_t pending;
+    was_pending_ = ::sigpending(&pending) == 0 && sigismember(&pending, SIGXFSZ) == 1;
+  }
+  FileSizeSignalBlock(const FileSizeSignalBlock&) = delete;
+  FileSizeSignalBlock& operator=(const FileSizeSignalBlock&) = delete;
+  ~FileSizeSignalBlock() {
+    if (!blocked_) return;
+    const int saved_errno = errno;
+    sigset_t pending;
+    // Only a signal that this thread's failed write raised: one pending
+    // before (sent by someone else) is left for its handler.
+    if (hit_limit_ && !was_pending_ && ::sigpending(&pending) == 0 && sigismember(&pending, SIGXFSZ) == 1) {
+      const timespec zero{};
+      while (::sigtimedwait(&set_, nullptr, &zero) < 0 && errno == EINTR) {
+      }
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+    errno = saved_errno;
+  }
+  void hit_limit() noexcept { hit_limit_ = true; }
+
+ private:
+  sigset_t set_, old_;
+  bool blocked_ = false, was_pending_ = false, hit_limit_ = false;
+};
+
+}  // namespace
+
 void write_all(int fd, std::span<const std::byte> bytes, const fs::path& path) {
+  FileSizeSignalBlock block;
   while (!bytes.empty()) {
     // Linux moves at most 0x7ffff000 bytes per call.
     const ssize_t n = ::write(fd, bytes.data(), std::min<std::size_t>(bytes.size(), std::size_t{1} << 30));
     if (n < 0) {
-      if (errno == EINTR) continue;
-      throw_os_error("joblib::dump: cannot write", path, errno);
+      const int error = errno;
+      if (error == EINTR) continue;
+      if (error == EFBIG) block.hit_limit();
+      throw_os_error("joblib::dump: cannot write", path, error);
     }
     bytes = bytes.subspan(static_cast<std::size_t>(n));
   }
@@ -103,6 +152,14 @@ std::uint64_t temp_salt() {
   return salt;
 }
 std::atomic<std::uint64_t> temp_counter{0};
+
+// The regular file a dump replaces, if any.
+std::optional<struct stat> existing_file(const fs::path& target) {
+  struct stat st;
+  if (::stat(target.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+  return st;
+}
+
 }  // namespace
 
 TempFile::TempFile(const fs::path& target) : target_(target) {
@@ -116,9 +173,17 @@ TempFile::TempFile(const fs::path& target) : target_(target) {
     const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd >= 0) {
       fd_ = Fd(fd);
-      return;
+      break;
     }
     if (errno != EEXIST || attempt >= 100) throw_os_error("joblib::dump: cannot create a file in", dir.empty() ? fs::path(".") : dir, errno);
+  }
+  // The data of a file that others may not read must not be readable by
+  // them in the temporary file either, while it is written (best effort:
+  // commit() sets the final mode and fails if it cannot).
+  struct stat st;
+  if (const auto old = existing_file(target_); old && ::fstat(fd_.get(), &st) == 0) {
+    const mode_t both = st.st_mode & old->st_mode & 0777;
+    if (both != (st.st_mode & 0777)) ::fchmod(fd_.get(), both);
   }
 }
 
@@ -128,6 +193,23 @@ TempFile::~TempFile() {
 }
 
 void TempFile::commit() {
+  // The file replaced keeps its mode, owner and group, as joblib's dump,
+  // which truncates it in place, does. Writing (and chown) clears the set-ID
+  // bits, so the mode comes last. Only root (or a member of the group, for
+  // the group) may give a file away: otherwise the new file is ours.
+  if (const auto old = existing_file(target_)) {
+    struct stat st;
+    if (::fstat(fd_.get(), &st) != 0) throw_os_error("joblib::dump: cannot write", path_, errno);
+    if ((st.st_uid != old->st_uid || st.st_gid != old->st_gid) && ::fchown(fd_.get(), old->st_uid, old->st_gid) != 0) {
+      if (errno != EPERM) throw_os_error("joblib::dump: cannot set the owner of", path_, errno);
+      if (st.st_gid != old->st_gid && ::fchown(fd_.get(), static_cast<uid_t>(-1), old->st_gid) != 0 && errno != EPERM)
+        throw_os_error("joblib::dump: cannot set the group of", path_, errno);
+    }
+    // (A file system without modes fails any fchmod; it gives both files the same one.)
+    if (::fstat(fd_.get(), &st) != 0) throw_os_error("joblib::dump: cannot write", path_, errno);
+    if ((st.st_mode & 07777) != (old->st_mode & 07777) && ::fchmod(fd_.get(), old->st_mode & 07777) != 0)
+      throw_os_error("joblib::dump: cannot set the mode of", path_, errno);
+  }
   if (::close(fd_.release()) != 0) throw_os_error("joblib::dump: cannot write", path_, errno);
   if (::rename(path_.c_str(), target_.c_str()) != 0) throw_os_error("joblib::dump: cannot write", target_, errno);
   committed_ = true;

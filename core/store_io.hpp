@@ -37,7 +37,9 @@ class Fd {
 };
 
 /// Writes all of `bytes` at the current position (retrying short writes
-/// and EINTR). Throws filesystem_error.
+/// and EINTR). Throws filesystem_error; a file size limit (RLIMIT_FSIZE) is
+/// one (EFBIG), not a SIGXFSZ that kills the process: the signal is blocked
+/// in the calling thread meanwhile, the disposition left alone.
 void write_all(int fd, std::span<const std::byte> bytes, const std::filesystem::path& path);
 
 /// Reads at `offset` until `dest` is full or the file ends; returns the
@@ -84,7 +86,9 @@ struct Mapping {
 std::shared_ptr<Mapping> map_file(int fd, std::size_t size, MmapMode mode, const std::filesystem::path& path);
 
 /// A new file next to `target` (hidden, unique name) that is removed on
-/// destruction unless commit() renamed it onto the target.
+/// destruction unless commit() renamed it onto the target. When the target
+/// exists, the new file is never readable by more users than the target is
+/// while it is written, and it takes the target's mode, owner and group.
 class TempFile {
  public:
   /// Throws filesystem_error when the file cannot be created.
@@ -94,7 +98,10 @@ class TempFile {
   ~TempFile();
   int fd() const noexcept { return fd_.get(); }
   const std::filesystem::path& path() const noexcept { return path_; }
-  /// Closes the file and renames it onto the target. Throws filesystem_error.
+  /// Gives the file the mode (st_mode & 07777) of the target it replaces, if
+  /// any, and its owner and group as far as the process may (EPERM is not an
+  /// error), closes it and renames it onto the target. Throws
+  /// filesystem_error.
   void commit();
 
  private:

@@ -109,11 +109,14 @@ JOBLIB_EXPORT std::unique_ptr<OpenedDump> open_dump(const std::filesystem::path&
 /// Writes `value` to `file` (joblib.dump) and returns the paths written,
 /// {file}. The file is written under a temporary name in the same directory
 /// and renamed when complete: a failed dump leaves no file behind and the
-/// previous file, if any, untouched (arrays mapped from it stay valid).
+/// previous file, if any, untouched (arrays mapped from it stay valid). A
+/// file replaced keeps its mode, and its owner and group when the process
+/// may give them (as joblib, which truncates it in place).
 /// Compile-time error for a type the codec cannot encode.
 /// Throws std::invalid_argument for a bad `compress` (before anything is
 /// written), SerializationError when the value cannot be encoded,
-/// std::filesystem::filesystem_error when the file cannot be written.
+/// std::filesystem::filesystem_error when the file cannot be written (a file
+/// size limit, RLIMIT_FSIZE, is one with EFBIG, not a SIGXFSZ).
 /// Thread-safe (concurrent dumps to one file: the last rename wins).
 template <class T>
 std::vector<std::filesystem::path> dump(const T& value, const std::filesystem::path& file, DumpOptions options = {}) {
@@ -131,8 +134,11 @@ std::vector<std::filesystem::path> dump(const T& value, const std::filesystem::p
 /// Throws StoreError naming the file and what is wrong: "not a joblib-cpp
 /// file", "truncated file", "corrupted file", "holds a value of another
 /// type" (the stored type is named), "newer joblib-cpp file format"; never
-/// crashes, hangs or allocates more than the file can hold. Throws
-/// std::filesystem::filesystem_error when the file cannot be opened.
+/// crashes, hangs or allocates more than the file can hold (a size read
+/// from a compressed stream is taken as its data arrives), and a file that
+/// needs more memory than can be had (ulimit -v) is a StoreError too, never
+/// std::bad_alloc. Throws std::filesystem::filesystem_error when the file
+/// cannot be opened.
 /// Thread-safe.
 template <class T>
 T load(const std::filesystem::path& file, LoadOptions options = {}) {

@@ -447,6 +447,30 @@ TEST(CodecTest, LyingCountOfLargeElementsAllocatesOnlyWhatTheDataHolds) {
   EXPECT_LT(g_allocated.load() - before, std::size_t{64} << 20);
 }
 
+TEST(CodecTest, LyingLengthsOfSetsAndStringsAllocateOnlyWhatTheDataHolds) {
+  // 1 MiB of zeros after a count that passes the count check: a set must
+  // not reserve buckets for every claimed element (8 MiB), nor a string of
+  // 4-byte characters take 4 bytes per claimed character, before the data
+  // is there.
+  const std::size_t data = std::size_t{1} << 20;
+  std::vector<std::byte> bytes(8 + data);
+  const std::uint64_t count = data + 1000;
+  std::memcpy(bytes.data(), &count, 8);
+  std::size_t before = g_allocated.load();
+  EXPECT_THROW(d::decode<std::unordered_set<std::int64_t>>(bytes), SerializationError);
+  EXPECT_LT(g_allocated.load() - before, std::size_t{4} << 20);
+  EXPECT_THROW(d::decode<std::unordered_multiset<std::int64_t>>(bytes), SerializationError);
+  before = g_allocated.load();
+  EXPECT_THROW(d::decode<std::u32string>(bytes), SerializationError);
+  EXPECT_THROW(d::decode<std::string>(bytes), SerializationError);
+  EXPECT_LT(g_allocated.load() - before, data / 2);
+  // The same lengths with their data decode.
+  const std::u32string s(1000, U'x');
+  EXPECT_EQ(d::decode<std::u32string>(encoded(s)), s);
+  const std::unordered_set<std::int64_t> set{1, 2, 3};
+  EXPECT_EQ(d::decode<std::unordered_set<std::int64_t>>(encoded(set)), set);
+}
+
 TEST(CodecTest, HugeArrayShapeIsRefused) {
   d::MemoryOutput out;
   const std::uint32_t item = 8;

@@ -6,6 +6,8 @@
 #include "store.hpp"                // the header layout, to forge bad files
 
 #include <gtest/gtest.h>
+#define XXH_INLINE_ALL  // to recompute the checksum of a forged header
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cmath>
@@ -17,12 +19,15 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <optional>
 #include <string>
+#include <pthread.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <variant>
 #include <vector>
@@ -299,6 +304,8 @@ const std::vector<MethodCase>& method_cases() {
   return cases;
 }
 
+void PrintTo(const MethodCase& c, std::ostream* os) { *os << c.method; }
+
 class CompressionTest : public StoreTest, public ::testing::WithParamInterface<MethodCase> {};
 
 bool starts_with(const std::vector<unsigned char>& bytes, const std::vector<unsigned char>& magic) {
@@ -544,6 +551,252 @@ TEST_F(StoreTest, SizesBeyondTheFileAreRefusedBeforeAllocating) {
   EXPECT_TRUE(contains(load_error<Array<double>>(path("c")), "corrupted"));
 }
 
+// ---- claimed sizes: taken as the data arrives, StoreError whatever they say -------
+
+struct Claims {
+  std::string name;
+  std::vector<std::string> words;
+  Array<double> data;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(name, words, data);
+  }
+};
+
+using joblib::detail::StoreHeader;
+using joblib::detail::StoreTableEntry;
+
+StoreHeader header_of(const std::vector<unsigned char>& dump) {
+  StoreHeader h;
+  std::memcpy(&h, dump.data(), sizeof h);
+  return h;
+}
+
+std::size_t structure_offset(const StoreHeader& h) { return 64 + h.type_name_size; }
+std::size_t table_offset(const StoreHeader& h) { return structure_offset(h) + h.structure_size; }
+
+// Recomputes the checksum of the header, type name, structure and table, so
+// that a forged size passes it and reaches the code that takes it.
+void fix_checksum(std::vector<unsigned char>& dump) {
+  StoreHeader h = header_of(dump);
+  std::vector<unsigned char> covered(dump.begin(), dump.begin() + offsetof(StoreHeader, checksum));
+  covered.insert(covered.end(), dump.begin() + 64,
+                 dump.begin() + static_cast<long>(table_offset(h) + h.buffer_count * sizeof(StoreTableEntry)));
+  h.checksum = XXH3_64bits(covered.data(), covered.size());
+  std::memcpy(dump.data(), &h, sizeof h);
+}
+
+template <class Field>
+void patch(std::vector<unsigned char>& bytes, std::size_t offset, Field value) {
+  std::memcpy(bytes.data() + offset, &value, sizeof value);
+}
+
+// An uncompressed dump of a small Claims: name "claims", two words, buffer 0
+// (the array's data).
+std::vector<unsigned char> claims_dump(const fs::path& scratch) {
+  Claims c;
+  c.name = "claims";
+  c.words = {"alpha", "beta"};
+  c.data = ramp(100);
+  joblib::dump(c, scratch);
+  auto bytes = read_bytes(scratch);
+  fs::remove(scratch);
+  return bytes;
+}
+
+struct Lie {
+  std::string what;
+  std::vector<unsigned char> bytes;  // an uncompressed dump
+  std::string says;                  // what the StoreError must say
+};
+
+// Small valid dumps with one length patched to a huge value (the checksum
+// fixed when the length lies behind it).
+std::vector<Lie> lies(const std::vector<unsigned char>& dump) {
+  constexpr std::uint64_t two_gib = std::uint64_t{2} << 30;
+  const StoreHeader h = header_of(dump);
+  std::vector<Lie> v;
+  auto add = [&](std::string what, std::size_t offset, std::uint64_t value, std::string says) {
+    Lie lie{std::move(what), dump, std::move(says)};
+    patch(lie.bytes, offset, value);
+    if (offset >= 64) fix_checksum(lie.bytes);
+    v.push_back(std::move(lie));
+  };
+  add("a 2 GiB structure", offsetof(StoreHeader, structure_size), two_gib, "truncated");
+  add("a 2 GiB buffer", table_offset(h) + offsetof(StoreTableEntry, size), two_gib, "truncated");
+  add("a 1 TiB buffer", table_offset(h) + offsetof(StoreTableEntry, size), std::uint64_t{1} << 40, "truncated");
+  add("a 2 GiB string", structure_offset(h), two_gib, "corrupted");
+  add("2^40 strings", structure_offset(h) + 8 + 6, std::uint64_t{1} << 40, "corrupted");
+  return v;
+}
+
+TEST_F(StoreTest, LyingSizesInAnUncompressedFileAreStoreErrors) {
+  for (const Lie& lie : lies(claims_dump(path("d")))) {
+    write_bytes(path("lie"), lie.bytes);
+    for (MmapMode mode : {MmapMode::none, MmapMode::r}) {
+      const std::string err = load_error<Claims>(path("lie"), {.mmap_mode = mode});
+      EXPECT_TRUE(contains(err, lie.says)) << lie.what << ": " << err;
+      EXPECT_TRUE(contains(err, path("lie").string())) << lie.what << ": " << err;
+    }
+  }
+}
+
+// A lying length inside a compressed stream is found out when the stream
+// ends: the file is "truncated" (or "corrupted"), not too big for memory.
+TEST_P(CompressionTest, LyingSizesAreFoundOutWhenTheStreamEnds) {
+  const auto& c = GetParam();
+  const std::string tool = c.compress_command.substr(0, c.compress_command.find(' '));
+  if (!has_tool(tool)) GTEST_SKIP() << "no command-line tool for " << c.method;
+  for (const Lie& lie : lies(claims_dump(path("d")))) {
+    write_bytes(path("plain"), lie.bytes);
+    const std::string packed = path("lie" + c.extension).string();
+    ASSERT_EQ(std::system((c.compress_command + " '" + path("plain").string() + "' > '" + packed + "'").c_str()), 0);
+    const std::string err = load_error<Claims>(packed);
+    EXPECT_TRUE(contains(err, lie.says)) << lie.what << ": " << err;
+    EXPECT_TRUE(contains(err, packed)) << lie.what << ": " << err;
+  }
+}
+
+// A zstd frame of `bytes` (raw blocks) followed by `zeros` zero bytes (RLE
+// blocks: 4 bytes of file per 128 KiB): a 67 KB file that holds 2 GiB.
+std::vector<unsigned char> zstd_frame(const std::vector<unsigned char>& bytes, std::uint64_t zeros) {
+  constexpr std::uint32_t block = 128 << 10;
+  std::vector<unsigned char> out{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38};  // no size, no checksum; 128 KiB window
+  auto block_header = [&](bool last, unsigned type, std::uint32_t size) {
+    const std::uint32_t v = (last ? 1u : 0u) | (type << 1) | (size << 3);
+    out.insert(out.end(), {static_cast<unsigned char>(v), static_cast<unsigned char>(v >> 8),
+                           static_cast<unsigned char>(v >> 16)});
+  };
+  for (std::size_t at = 0; at < bytes.size(); at += block) {
+    const auto n = static_cast<std::uint32_t>(std::min<std::size_t>(block, bytes.size() - at));
+    block_header(zeros == 0 && at + n == bytes.size(), 0, n);
+    out.insert(out.end(), bytes.begin() + static_cast<long>(at), bytes.begin() + static_cast<long>(at + n));
+  }
+  for (std::uint64_t left = zeros; left != 0;) {
+    const auto n = static_cast<std::uint32_t>(std::min<std::uint64_t>(block, left));
+    left -= n;
+    block_header(left == 0, 1, n);
+    out.push_back(0);
+  }
+  return out;
+}
+
+// Runs `body` in a forked child; returns its exit code, or minus the signal
+// that killed it.
+int in_child(const std::function<int()>& body) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    int code = 99;
+    try {
+      code = body();
+    } catch (...) {
+      code = 98;
+    }
+    std::fflush(nullptr);
+    ::_exit(code);
+  }
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid) return -1000;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+// AddressSanitizer and ThreadSanitizer reserve terabytes of shadow memory:
+// no address-space limit there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define STORE_TEST_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define STORE_TEST_SANITIZER 1
+#endif
+#endif
+
+// Under an address-space limit (ulimit -v), a file whose sizes ask for more
+// memory than the limit allows is a StoreError: std::bad_alloc never escapes
+// load, and a lying size is found out as the file's fault, not memory's.
+TEST_F(StoreTest, ClaimedSizesAreStoreErrorsUnderAMemoryLimit) {
+#ifdef STORE_TEST_SANITIZER
+  GTEST_SKIP() << "RLIMIT_AS cannot be combined with a sanitizer's shadow memory";
+#else
+  constexpr std::uint64_t two_gib = std::uint64_t{2} << 30;
+  const auto dump = claims_dump(path("d"));
+  const StoreHeader h = header_of(dump);
+  struct Case {
+    std::string what;
+    fs::path file;
+    std::string says;  // "" for any StoreError
+  };
+  std::vector<Case> cases;
+
+  // The tester's bomb: a 67 KB zstd file whose header claims a 2 GiB
+  // structure, followed by 2 GiB of zeros.
+  auto bomb = dump;
+  patch(bomb, offsetof(StoreHeader, structure_size), two_gib);
+  bomb.resize(structure_offset(h));
+  write_bytes(path("bomb.zst"), zstd_frame(bomb, two_gib + h.buffer_count * sizeof(StoreTableEntry)));
+  cases.push_back({"a zstd bomb claiming a 2 GiB structure", path("bomb.zst"), ""});
+
+  // A 2 GiB buffer claimed by a 2 KB stream.
+  for (const Lie& lie : lies(dump)) {
+    if (lie.what != "a 2 GiB buffer") continue;
+    write_bytes(path("buffer.zst"), zstd_frame(lie.bytes, 0));
+    cases.push_back({"a zstd stream claiming a 2 GiB buffer", path("buffer.zst"), "truncated"});
+  }
+
+  // An lzma stream whose header asks for a dictionary of 1 GiB - 1 MiB.
+  std::vector<unsigned char> lzma{0x5d, 0x00, 0x00, 0xf0, 0x3f};
+  lzma.insert(lzma.end(), 8, 0xff);  // unknown uncompressed size
+  lzma.insert(lzma.end(), 64, 0x00);
+  write_bytes(path("dict.lzma"), lzma);
+  cases.push_back({"an lzma stream asking for a 1 GiB dictionary", path("dict.lzma"), ""});
+
+  // An uncompressed (sparse) file that really is 1.5 GiB long, its structure
+  // claiming all of it.
+  auto sparse = dump;
+  const std::uint64_t big = std::uint64_t{3} << 29;
+  patch(sparse, offsetof(StoreHeader, structure_size), big);
+  write_bytes(path("sparse"), sparse);
+  fs::resize_file(path("sparse"), structure_offset(h) + big + h.buffer_count * sizeof(StoreTableEntry));
+  cases.push_back({"a 1.5 GiB uncompressed structure", path("sparse"), ""});
+
+  const int code = in_child([&] {
+    // Room for 768 MiB more than the process has now.
+    std::ifstream statm("/proc/self/statm");
+    std::uint64_t pages = 0;
+    statm >> pages;
+    struct rlimit limit;
+    ::getrlimit(RLIMIT_AS, &limit);
+    limit.rlim_cur = pages * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)) + (std::uint64_t{768} << 20);
+    if (::setrlimit(RLIMIT_AS, &limit) != 0) return 97;
+    int first_failure = 0;
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+      int failure = 0;
+      std::string outcome = "loaded";
+      try {
+        (void)joblib::load<Claims>(cases[i].file);
+        failure = 3;
+      } catch (const StoreError& e) {
+        if (!contains(e.what(), cases[i].says) || !contains(e.what(), cases[i].file.string())) failure = 4;
+        outcome = e.what();
+      } catch (const std::bad_alloc&) {
+        failure = 1;
+        outcome = "std::bad_alloc";
+      } catch (const std::exception& e) {
+        failure = 2;
+        outcome = e.what();
+      }
+      if (failure == 0) continue;
+      std::fprintf(stderr, "%s: %s\n", cases[i].what.c_str(), outcome.c_str());
+      if (first_failure == 0) first_failure = 10 * static_cast<int>(i + 1) + failure;
+    }
+    return first_failure;
+  });
+  // 10 * (case + 1) + 1: bad_alloc escaped, 2: another exception, 3: it
+  // loaded, 4: a StoreError that does not say why (each case is on stderr).
+  EXPECT_EQ(code, 0);
+#endif
+}
+
 // ---- failed dumps leave nothing behind ----------------------------------------------
 
 TEST_F(StoreTest, FailedSerializeLeavesNoFile) {
@@ -578,6 +831,82 @@ TEST_F(StoreTest, WriteErrorLeavesNoTemporaryFileAndKeepsThePreviousOne) {
   }
   ::setrlimit(RLIMIT_FSIZE, &old_limit);
   std::signal(SIGXFSZ, old_handler);
+  EXPECT_EQ(entries(), std::vector<std::string>{"a.joblib"});
+  EXPECT_EQ(joblib::load<Array<double>>(path("a.joblib")), ramp(10));
+}
+
+// Python's joblib truncates the file in place, which keeps its mode; the
+// temporary file that replaces it must take the same mode.
+TEST_F(StoreTest, DumpOverAFileKeepsItsMode) {
+  for (const mode_t mode : {0600, 0640, 0755, 0444}) {
+    for (const char* method : {"", "zstd"}) {
+      joblib::dump(ramp(10), path("a.joblib"));
+      ASSERT_EQ(::chmod(path("a.joblib").c_str(), mode), 0);
+      joblib::DumpOptions options;
+      if (*method) options.compress = {method, 1};
+      joblib::dump(ramp(20), path("a.joblib"), options);
+      struct stat st;
+      ASSERT_EQ(::stat(path("a.joblib").c_str(), &st), 0);
+      EXPECT_EQ(st.st_mode & 07777, mode) << std::oct << mode << " " << method;
+      EXPECT_EQ(st.st_uid, ::getuid());
+      EXPECT_EQ(joblib::load<Array<double>>(path("a.joblib")), ramp(20));
+      fs::remove(path("a.joblib"));
+    }
+  }
+  // A new file gets the usual mode.
+  const mode_t mask = ::umask(022);
+  joblib::dump(1, path("new"));
+  ::umask(mask);
+  struct stat st;
+  ASSERT_EQ(::stat(path("new").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0644u);
+  EXPECT_EQ(entries(), std::vector<std::string>{"new"});
+}
+
+// A file size limit (ulimit -f) is a filesystem_error (EFBIG) that leaves no
+// temporary file, not a SIGXFSZ that kills the process, and the signal's
+// process-wide disposition, the thread's mask and its pending set are as
+// they were.
+TEST_F(StoreTest, AFileSizeLimitIsAFilesystemErrorNotADeadlySignal) {
+  joblib::dump(ramp(10), path("a.joblib"));
+  Array<std::uint8_t> noise({4u << 20});  // incompressible
+  std::uint64_t x = 88172645463325252u;
+  for (auto& b : noise.span()) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    b = static_cast<std::uint8_t>(x >> 56);
+  }
+  const int code = in_child([&] {
+    std::signal(SIGXFSZ, SIG_DFL);
+    struct rlimit small;
+    ::getrlimit(RLIMIT_FSIZE, &small);
+    small.rlim_cur = 1 << 20;
+    if (::setrlimit(RLIMIT_FSIZE, &small) != 0) return 97;
+    for (const char* method : {"", "zstd"}) {
+      joblib::DumpOptions options;
+      if (*method) options.compress = {method, 1};
+      try {
+        joblib::dump(noise, path("a.joblib"), options);
+        return 3;
+      } catch (const fs::filesystem_error& e) {
+        if (e.code() != std::errc::file_too_large) {
+          std::fprintf(stderr, "%s\n", e.what());
+          return 4;
+        }
+      }
+    }
+    struct sigaction action;
+    ::sigaction(SIGXFSZ, nullptr, &action);
+    if (action.sa_handler != SIG_DFL) return 5;
+    sigset_t set;
+    ::pthread_sigmask(SIG_BLOCK, nullptr, &set);
+    if (::sigismember(&set, SIGXFSZ)) return 6;
+    ::sigpending(&set);
+    if (::sigismember(&set, SIGXFSZ)) return 7;
+    return 0;
+  });
+  // -25: killed by SIGXFSZ; 3: no error; 4: another error; 5-7: the signal
+  // state changed.
+  EXPECT_EQ(code, 0);
   EXPECT_EQ(entries(), std::vector<std::string>{"a.joblib"});
   EXPECT_EQ(joblib::load<Array<double>>(path("a.joblib")), ramp(10));
 }

@@ -22,6 +22,7 @@
 #include <map>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
@@ -265,6 +266,44 @@ void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::multiset<K, Cmp, A>& s) {
     ar(key);
     c.emplace_hint(c.end(), std::move(key));
   });
+}
+
+// ---- strings, unordered sets: nothing taken before the data is there ----------
+// (cereal resizes a string to its stored length, sizeof(CharT) bytes per
+// character, and reserves buckets for every element an unordered set claims:
+// a lying length would take several times the bytes the data holds.)
+
+template <class C, class Tr, class A>
+void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::basic_string<C, Tr, A>& s) {
+  const std::uint64_t n = ar.load_u64();
+  if (n > ar.remaining() / sizeof(C))
+    throw_decode_error("a string claims " + std::to_string(n) + " characters of " + std::to_string(sizeof(C)) +
+                       " bytes but only " + std::to_string(ar.remaining()) + " bytes are left");
+  s.resize(static_cast<std::size_t>(n));
+  ar.loadBinary(s.data(), static_cast<std::size_t>(n) * sizeof(C));
+}
+
+template <class C>
+void load_unordered_set(DecodeArchive& ar, C& c) {
+  cereal::size_type n;
+  ar(cereal::make_size_tag(n));
+  c.clear();
+  // At most 1 MiB of buckets up front; the set grows as its elements arrive.
+  c.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(n, (std::uint64_t{1} << 20) / sizeof(void*))));
+  for (cereal::size_type i = 0; i < n; ++i) {
+    typename C::key_type key{};
+    ar(key);
+    c.emplace(std::move(key));
+  }
+}
+
+template <class K, class H, class E, class A>
+void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::unordered_set<K, H, E, A>& s) {
+  load_unordered_set(ar, s);
+}
+template <class K, class H, class E, class A>
+void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::unordered_multiset<K, H, E, A>& s) {
+  load_unordered_set(ar, s);
 }
 
 /// Upper bound on the number of dimensions an encoded Array may claim.
