@@ -142,7 +142,10 @@ Resolved resolve(const ParallelOptions& o) {
   } else {
     name = default_backend();
   }
-  if (!backend_known(name)) throw_unknown_backend(name);
+  if (!backend_known(name)) {
+    if (explicit_backend || f.backend) throw_unknown_backend(name);
+    throw_default_backend_unavailable(name);  // nobody named a backend: say so
+  }
 
   if (require == Require::sharedmem && !backend_serves(name, Hint::sharedmem)) {
     if (explicit_backend) throw std::invalid_argument(fmt::format("Backend {} does not support shared memory", name));

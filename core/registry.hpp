@@ -20,6 +20,11 @@ bool backend_known(const std::string& name);
 /// Throws BackendError naming `name` and listing the available backends.
 [[noreturn]] void throw_unknown_backend(const std::string& name);
 
+/// Throws BackendError saying that the default backend `name` (nobody named
+/// one) is not available, and why (no plugin list found, with where it was
+/// looked for).
+[[noreturn]] void throw_default_backend_unavailable(const std::string& name);
+
 /// Does backend `name` serve `hint`? Plugins answer from plugins.toml without
 /// being loaded; registered factories are asked once.
 bool backend_serves(const std::string& name, Hint hint);
