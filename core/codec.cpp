@@ -55,16 +55,6 @@ SharedBuffer allocate_buffer(std::size_t bytes, bool zero) {
   return b;
 }
 
-void throw_read_only(const std::string* file) {
-  if (file != nullptr)
-    throw std::logic_error(fmt::format(
-        "joblib::Array: the array maps '{}' read-only (mmap_mode r): it cannot be written through; read it through "
-        "a const Array (std::as_const(a)[i], cspan(), cdata()), or load with mmap_mode r+ (writes reach the file) "
-        "or c (copy on write)",
-        *file));
-  throw std::logic_error("joblib::Array: the array is read-only: it cannot be written through");
-}
-
 void throw_bad_shape(const std::string& what) { throw std::invalid_argument(what); }
 
 std::size_t shape_size(std::span<const std::size_t> shape, std::size_t item_size) {

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cmath>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -50,6 +51,14 @@ void spin_until_changed(const std::atomic<std::uint64_t>& value, std::uint64_t s
 }
 
 std::string task_count(std::size_t n) { return fmt::format("{} task{}", n, n == 1 ? "" : "s"); }
+
+// The longest a caller sleeps between two looks at the clock; and the
+// timeout in nanoseconds, saturated (1e10 s would overflow an int64).
+constexpr std::int64_t kMaxWaitNs = std::int64_t{3600} * 1'000'000'000;
+std::int64_t timeout_ns(double seconds) {
+  const double ns = seconds * 1e9;
+  return ns >= 9e18 ? std::numeric_limits<std::int64_t>::max() / 2 : static_cast<std::int64_t>(ns);
+}
 
 }  // namespace
 
@@ -168,6 +177,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   std::exception_ptr error_;
   std::size_t error_seq_ = kNoError;
 
+  std::int64_t last_completion_ns_ = 0;  // when a batch of this call last completed
   std::size_t dispatched_tasks_ = 0, dispatched_batches_ = 0, completed_tasks_ = 0;
   std::size_t running_tasks_ = 0, done_tasks_ = 0, held_tasks_ = 0;
   std::size_t effective_batch_size_ = 1;
@@ -177,6 +187,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
 // ---------------------------------------------------------------------------
 
 void CallImpl::start() {
+  if (cfg_.timeout && std::isinf(*cfg_.timeout)) cfg_.timeout.reset();  // infinity: no timeout
   if (sequential_) {
     if (cfg_.timeout) {
       static std::once_flag warned;
@@ -387,7 +398,8 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
     ++in_callback_;
     auto node = running_.extract(b.seq_);
     running_tasks_ -= b.size_;
-    const double duration = double(now_ns() - b.dispatched_ns_) * 1e-9;
+    last_completion_ns_ = now_ns();
+    const double duration = double(last_completion_ns_ - b.dispatched_ns_) * 1e-9;
     completed_tasks_ += b.completed_;
     if (b.error_ && b.from_backend_ && stop_.load()) {
       // A batch the backend dropped or killed because the call was already
@@ -442,11 +454,15 @@ void CallImpl::raise_locked(Lock& lk) {
     // Structured concurrency: tasks already running on threads are waited for.
     cv_.wait(lk, [this] { return running_.empty() && in_callback_ == 0; });
   }
+  bool abandoned = false;
   if (timed_out_) {
     // Tasks that ran over cannot be stopped, but no worker may still be about
     // to submit when the backend stops: wait for those in the callback.
     cv_.wait(lk, [this] { return in_callback_ == 0; });
-    if (!running_.empty()) self_ = shared_from_this();
+    if (!running_.empty()) {
+      self_ = shared_from_this();
+      abandoned = true;
+    }
   }
   exhausted_ = true;
   done_.clear();
@@ -456,6 +472,8 @@ void CallImpl::raise_locked(Lock& lk) {
   std::exception_ptr e = error_;
   const std::string timeout_message = timeout_message_;
   lk.unlock();
+  // Later calls must not wait for the workers the abandoned tasks hold.
+  if (abandoned) cfg_.backend->abandon();
   finish_backend();
   // After a timeout this call may be destroyed by a worker thread while the
   // caller still handles the error: give the caller an object of its own.
@@ -483,18 +501,28 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
       cv_.wait(lk);
       continue;
     }
-    const auto limit = static_cast<std::int64_t>(*cfg_.timeout * 1e9);
+    const std::int64_t limit = timeout_ns(*cfg_.timeout);
     const std::int64_t now = now_ns();
-    std::int64_t deadline = now + limit;
+    std::int64_t deadline = now + std::min(limit, kMaxWaitNs);
     for (auto& [seq, b] : running_) {
-      const std::int64_t s = b->started_ns_.load(std::memory_order_relaxed);
-      if (s == 0) continue;
+      std::int64_t s = b->started_ns_.load(std::memory_order_relaxed);
+      const bool waiting = s == 0;
+      // A batch still waiting for a worker is on the clock too, from when it
+      // was dispatched or, if later, from the call's last completed batch: a
+      // worker that is busy with tasks that end frees up within the timeout;
+      // one held by a stuck task never does (joblib 1.5: TimeoutError when
+      // no batch completes within the timeout).
+      if (waiting) s = std::max(b->dispatched_ns_, last_completion_ns_);
       if (now - s > limit) {
         timed_out_ = true;
-        timeout_message_ = fmt::format("a task ran longer than the timeout of {} s ({} batch of {} starting at task {})",
-                                       *cfg_.timeout,
-                                       b->clock_each_task_ && !cfg_.caps.needs_encoded_tasks ? "in a" : "timed as a",
-                                       task_count(b->size_), b->first_index_);
+        timeout_message_ =
+            waiting ? fmt::format("a batch of {} starting at task {} waited longer than the timeout of {} s for a "
+                                  "worker, and no batch of the call completed meanwhile",
+                                  task_count(b->size_), b->first_index_, *cfg_.timeout)
+                    : fmt::format("a task ran longer than the timeout of {} s ({} batch of {} starting at task {})",
+                                  *cfg_.timeout,
+                                  b->clock_each_task_ && !cfg_.caps.needs_encoded_tasks ? "in a" : "timed as a",
+                                  task_count(b->size_), b->first_index_);
         record_error_locked(0, std::make_exception_ptr(TimeoutError(timeout_message_)));
         error_seq_ = 0;
         lk.unlock();
@@ -502,7 +530,7 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
         lk.lock();
         raise_locked(lk);
       }
-      deadline = std::min(deadline, s + limit + 1);
+      if (limit < kMaxWaitNs) deadline = std::min(deadline, s + limit + 1);
     }
     cv_.wait_for(lk, std::chrono::nanoseconds(std::max<std::int64_t>(deadline - now, 1000)));
   }

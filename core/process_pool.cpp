@@ -10,6 +10,7 @@
 #include <joblib/errors.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <fmt/format.h>
 #include <signal.h>
 #include <spawn.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -32,6 +34,9 @@ namespace joblib::detail {
 namespace {
 
 using namespace std::chrono_literals;
+
+// Longest idle_worker_timeout accepted: a poll() of it in milliseconds fits an int.
+constexpr double kMaxIdleTimeout = 2e6;
 
 // ---- every pool, for Ctrl-C and for forked children ----------------------------
 
@@ -297,7 +302,7 @@ void ProcessPool::start_all() {
   }
   for (Slot* s : fresh) {
     std::optional<WireFrame> pong;
-    if (write_frame(s->fd, FrameKind::ping, {})) pong = read_frame(s->fd);
+    if (write_frame(channel(s), FrameKind::ping, {})) pong = read_frame(channel(s)).frame;
     if (!pong || pong->kind != FrameKind::reply) throw BackendError("a worker died at start");
   }
 }
@@ -310,18 +315,40 @@ std::vector<pid_t> ProcessPool::worker_pids() const {
   return out;
 }
 
-int ProcessPool::reap(Slot* slot) {
+int ProcessPool::reap(Slot* slot, bool* was_alive, std::chrono::milliseconds grace) {
   int status = 0;
-  if (slot->pid > 0) ::waitpid(slot->pid, &status, 0);
+  if (slot->pid > 0) {
+    // A worker whose socket just closed may not have finished exiting yet.
+    const auto until = std::chrono::steady_clock::now() + grace;
+    while (!process_exited(slot->pid) && std::chrono::steady_clock::now() < until) {
+      if (slot->pidfd >= 0) {
+        pollfd p{slot->pidfd, POLLIN, 0};
+        ::poll(&p, 1, static_cast<int>(grace.count()));
+      } else {
+        std::this_thread::sleep_for(1ms);
+      }
+    }
+    const bool alive = !process_exited(slot->pid);
+    if (alive) ::kill(slot->pid, SIGKILL);  // never wait for a live child
+    if (was_alive) *was_alive = alive;
+    while (::waitpid(slot->pid, &status, 0) < 0 && errno == EINTR) {
+    }
+  }
+  std::lock_guard lock(m_);
+  forget_worker_locked(slot);
+  return status;
+}
+
+void ProcessPool::forget_worker_locked(Slot* slot) {
   {
     std::lock_guard lock(g_fds_mutex);
     parent_fds().erase(slot->fd);
   }
   if (slot->fd >= 0) ::close(slot->fd);
-  std::lock_guard lock(m_);
+  if (slot->pidfd >= 0) ::close(slot->pidfd);
   slot->pid = 0;
   slot->fd = -1;
-  return status;
+  slot->pidfd = -1;
 }
 
 bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
@@ -338,14 +365,8 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
     int status = 0;
     if (::waitpid(slot->pid, &status, WNOHANG) == 0) return true;  // alive
     // It died while idle (killed, or left): start a fresh one.
-    {
-      std::lock_guard lock(g_fds_mutex);
-      parent_fds().erase(slot->fd);
-    }
-    ::close(slot->fd);
     std::lock_guard lock(m_);
-    slot->pid = 0;
-    slot->fd = -1;
+    forget_worker_locked(slot);
   }
   std::unique_lock spawn_lock(g_spawn_mutex);
   int sv[2];
@@ -354,6 +375,7 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
     return false;
   }
   pid_t pid = -1;
+  const std::string token = cfg_.start == StartMethod::spawn ? make_worker_token() : std::string();
   if (cfg_.start == StartMethod::spawn) {
     constexpr int kChildFd = 3;
     int child_end = sv[1];
@@ -372,6 +394,7 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
     env_store.push_back(fmt::format("JOBLIB_WORKER_FD={}", kChildFd));
     env_store.push_back(fmt::format("JOBLIB_WORKER_IDLE={}", cfg_.idle_timeout));
     env_store.push_back(fmt::format("JOBLIB_WORKER_PARENT={}", ::getpid()));
+    env_store.push_back(fmt::format("JOBLIB_WORKER_TOKEN={}", token));
     std::vector<char*> envp;
     for (auto& s : env_store) envp.push_back(s.data());
     envp.push_back(nullptr);
@@ -404,7 +427,11 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
       for (int fd : to_close) ::close(fd);
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       ::signal(SIGINT, SIG_IGN);
-      run_worker(sv[1], 0);
+      // The spawn lock is held by this (copied) thread, and other threads of
+      // the parent may have held the pools' locks: a task that makes a
+      // process call of its own needs them free.
+      reset_pools_in_fork_child();
+      run_worker(move_channel_out_of_reach(sv[1]), 0);
     }
     ::close(sv[1]);
     if (pid < 0) {
@@ -422,14 +449,23 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
     std::lock_guard lock(m_);
     slot->pid = pid;
     slot->fd = sv[0];
+    slot->pidfd = open_pidfd(pid);
+  }
+  // The spawned worker takes over only after this handshake (a program
+  // merely started with JOBLIB_WORKER_FD in its environment does not).
+  if (!token.empty() && !write_frame_raw(channel(slot), token)) {
+    reap(slot);
+    why = "a worker process died at start";
+    return false;
   }
   if (!cfg_.initializer.empty()) {
     // joblib's initializer: run once in every new worker, before any task.
-    if (!write_frame(sv[0], FrameKind::init, cfg_.initializer)) {
+    if (!write_frame(channel(slot), FrameKind::init, cfg_.initializer)) {
+      reap(slot);
       why = "the worker died before its initializer ran";
       return false;
     }
-    std::optional<WireFrame> reply = read_frame(sv[0]);
+    std::optional<WireFrame> reply = read_frame(channel(slot)).frame;
     if (!reply || reply->kind != FrameKind::reply || reply->payload.empty() ||
         reply->payload[0] != std::byte{static_cast<std::uint8_t>(ReplyStatus::ok)}) {
       if (reply && reply->kind == FrameKind::reply && !reply->payload.empty()) {
@@ -459,15 +495,7 @@ void ProcessPool::drive(Slot* slot) {
           // Reap a worker that left idle (or was killed) while nothing ran on
           // it, so that no zombie stays behind.
           int status = 0;
-          if (::waitpid(slot->pid, &status, WNOHANG) == slot->pid) {
-            {
-              std::lock_guard plock(g_fds_mutex);
-              parent_fds().erase(slot->fd);
-            }
-            ::close(slot->fd);
-            slot->pid = 0;
-            slot->fd = -1;
-          }
+          if (::waitpid(slot->pid, &status, WNOHANG) == slot->pid) forget_worker_locked(slot);
         }
       }
       if (queue_.empty() || slot->retire) {
@@ -527,23 +555,38 @@ void ProcessPool::run_job(Slot* slot, const Job& job) {
         return;
       }
     }
-    std::optional<WireFrame> reply;
     batch.started();
-    if (write_frame(slot->fd, FrameKind::run, request)) reply = read_frame(slot->fd);
-    if (reply && reply->kind == FrameKind::idle_exit && attempt < 3) {
-      reap(slot);  // it left idle without reading our request: send it again
-      continue;
+    // Read even when the write failed: a worker that left idle just before
+    // has said so in a frame waiting in our socket.
+    write_frame(channel(slot), FrameKind::run, request);
+    FrameResult reply = read_frame(channel(slot));
+    if (reply.frame && reply.frame->kind == FrameKind::idle_exit) {
+      // It left idle without reading our request: not a crash. Send the
+      // request again, to a fresh worker.
+      reap(slot);
+      if (attempt < 100) continue;
+      batch.fail(std::make_exception_ptr(BackendError(
+          fmt::format("worker processes kept leaving idle before taking a batch (idle_worker_timeout={} s)",
+                      cfg_.idle_timeout))));
+      return;
     }
-    if (!reply || reply->kind != FrameKind::reply) {
+    if (!reply.frame || reply.frame->kind != FrameKind::reply) {
       bool killed = false;
       {
         std::lock_guard lock(m_);
         killed = slot->killed_for == job.tag || slot->killed_all;
       }
-      const int status = reap(slot);
+      bool was_alive = false;
+      const int status = reap(slot, &was_alive, reply.garbled ? 0ms : 1000ms);
       if (killed || g_interrupted)
         batch.fail(std::make_exception_ptr(g_interrupted ? Error("Parallel call interrupted (SIGINT)")
                                                          : Error("cancelled")));
+      else if (was_alive)
+        batch.fail(std::make_exception_ptr(TerminatedWorkerError(fmt::format(
+            "The worker process (pid {}) sent {} instead of a reply (did a task write to the worker's channel, "
+            "or close it?); it was stopped.\nThe worker was running a batch of {} task{}.",
+            pid, reply.garbled ? "bytes that are not a joblib frame" : "nothing", batch.size(),
+            batch.size() == 1 ? "" : "s"))));
       else
         batch.fail(std::make_exception_ptr(TerminatedWorkerError(
             terminated_message(describe_exit(status), batch) +
@@ -551,7 +594,7 @@ void ProcessPool::run_job(Slot* slot, const Job& job) {
                         batch.size() == 1 ? "" : "s"))));
       return;
     }
-    batch.complete(reply->payload, nullptr);
+    batch.complete(reply.frame->payload, nullptr);
     return;
   }
 }
@@ -586,6 +629,20 @@ std::shared_ptr<ProcessPool> reusable_pool(const PoolConfig& cfg) {
   old = std::move(slot);
   slot = std::make_shared<ProcessPool>(cfg);
   return slot;  // `old` is stopped when its last call lets go of it
+}
+
+void reset_pools_in_fork_child() noexcept {
+  // Only this thread exists in the child: re-make the locks (some were held
+  // by threads that are gone) and forget the parent's pools without
+  // destroying them (their driver threads do not exist here).
+  new (&g_spawn_mutex) std::mutex();
+  new (&g_fds_mutex) std::mutex();
+  new (&g_pools_mutex) std::mutex();
+  new (&g_reusable_mutex) std::mutex();
+  parent_fds().clear();
+  all_pools().clear();
+  new (&reusable_slot()) std::shared_ptr<ProcessPool>();  // the parent's pool is left alone, not released
+  reset_memmap_state_in_fork_child();
 }
 
 std::vector<pid_t> loky_worker_pids() {
@@ -629,8 +686,11 @@ std::exception_ptr ProcessBackend::start_call(const CallSettings& s) noexcept {
     if (auto it = init().settings.find("idle_worker_timeout"); it != init().settings.end()) {
       char* end = nullptr;
       cfg.idle_timeout = std::strtod(it->second.c_str(), &end);
-      if (!end || *end || cfg.idle_timeout < 0)
-        throw std::invalid_argument("idle_worker_timeout must be a number of seconds, got '" + it->second + "'");
+      if (it->second.empty() || !end || *end || !std::isfinite(cfg.idle_timeout) || cfg.idle_timeout < 0 ||
+          cfg.idle_timeout > kMaxIdleTimeout)
+        throw std::invalid_argument(fmt::format(
+            "idle_worker_timeout must be a finite number of seconds from 0 to {:g} (0: workers never leave), got '{}'",
+            kMaxIdleTimeout, it->second));
     }
     if (start_ == StartMethod::spawn) {
       // joblib's per-worker thread caps for BLAS/OpenMP/TBB inside tasks.

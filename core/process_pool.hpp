@@ -9,6 +9,7 @@
 #include <joblib/backend.hpp>
 #include <joblib/export.hpp>
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -77,6 +78,7 @@ class JOBLIB_EXPORT ProcessPool {
   struct Slot {
     pid_t pid = 0;
     int fd = -1;
+    int pidfd = -1;                    // watches the worker's exit (not its socket, which grandchildren may hold)
     const void* running_tag = nullptr;
     bool retire = false;
     const void* killed_for = nullptr;  // abort(tag) killed it: a batch of that call is not a crash
@@ -87,7 +89,12 @@ class JOBLIB_EXPORT ProcessPool {
   void drive(Slot* slot);
   void run_job(Slot* slot, const Job& job);
   bool ensure_worker(Slot* slot, std::string& why);
-  int reap(Slot* slot);
+  /// Reaps the slot's worker (killing it first if it still runs: never
+  /// blocks on a live child) and closes its descriptors. Returns the wait
+  /// status; `was_alive` says whether it had to be killed.
+  int reap(Slot* slot, bool* was_alive = nullptr, std::chrono::milliseconds grace = std::chrono::milliseconds(0));
+  void forget_worker_locked(Slot* slot);
+  WatchedChannel channel(const Slot* slot) const { return {slot->fd, slot->pid, slot->pidfd}; }
   void stop_worker(Slot* slot);
   void add_slots_locked(int n);
 
@@ -125,6 +132,11 @@ class JOBLIB_EXPORT ProcessBackend : public ParallelBackendBase {
   std::shared_ptr<ProcessPool> pool_;
   std::unique_ptr<MemmapContext> memmap_;
 };
+
+/// In a child forked by the multiprocessing pool: forget the parent's pools
+/// and reset the locks their threads may have held at the fork, so that a
+/// process call made by a task in the child works.
+void reset_pools_in_fork_child() noexcept;
 
 /// Worker pids of the loky backend's reusable pool (empty if none).
 JOBLIB_EXPORT std::vector<pid_t> loky_worker_pids();

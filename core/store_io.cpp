@@ -122,24 +122,20 @@ Mapping::~Mapping() {
 }
 
 std::shared_ptr<Mapping> map_file(int fd, std::size_t size, MmapMode mode, const fs::path& path) {
-  int prot = PROT_READ;
-  int flags = MAP_SHARED;
-  if (mode == MmapMode::r_plus || mode == MmapMode::w_plus) prot |= PROT_WRITE;
-  if (mode == MmapMode::c) {
-    prot |= PROT_WRITE;
-    flags = MAP_PRIVATE;
-  }
-  void* p = ::mmap(nullptr, size, prot, flags, fd, 0);
+  // r: a private mapping, so that every accessor reads in place and a write
+  // stays in this process's pages, never the file's; c: the same, writable
+  // by intent; r+ / w+: shared, writes reach the file.
+  const bool shared = mode == MmapMode::r_plus || mode == MmapMode::w_plus;
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, shared ? MAP_SHARED : MAP_PRIVATE, fd, 0);
   if (p == MAP_FAILED) throw_os_error("joblib::load: cannot map", path, errno);
   auto mapping = std::make_shared<Mapping>(static_cast<std::byte*>(p), size);
   // A mapped array passed to a process backend travels as a reference to
-  // this file (joblib's memmap forwarding). Only shared mappings qualify: a
-  // copy-on-write map's changes are private to this process.
-  if (flags == MAP_SHARED) {
-    std::error_code ec;
-    const fs::path abs = fs::absolute(path, ec);
-    register_mapping({(ec ? path : abs).string(), 0, static_cast<const std::byte*>(p), size, (prot & PROT_WRITE) != 0});
-  }
+  // this file, in its own mode (joblib's memmap forwarding); one whose
+  // private pages were written travels as its bytes instead.
+  std::error_code ec;
+  const fs::path abs = fs::absolute(path, ec);
+  register_mapping({(ec ? path : abs).string(), 0, static_cast<const std::byte*>(p), size,
+                    mode == MmapMode::w_plus ? MmapMode::r_plus : mode});
   return mapping;
 }
 

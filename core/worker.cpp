@@ -16,16 +16,21 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -92,9 +97,117 @@ std::optional<WireFrame> read_frame(int fd) {
   if (!recv_all(fd, &h, sizeof h) || h.magic != kMagic) return std::nullopt;
   WireFrame f;
   f.kind = static_cast<FrameKind>(h.kind);
-  f.payload.resize(static_cast<std::size_t>(h.size));
+  try {
+    f.payload.resize(static_cast<std::size_t>(h.size));
+  } catch (const std::exception&) {
+    return std::nullopt;  // a size no frame of ours has
+  }
   if (h.size && !recv_all(fd, f.payload.data(), f.payload.size())) return std::nullopt;
   return f;
+}
+
+// ---- frames to and from a watched worker --------------------------------------
+
+int open_pidfd(pid_t pid) noexcept {
+#ifdef SYS_pidfd_open
+  const long fd = ::syscall(SYS_pidfd_open, pid, 0);
+  if (fd >= 0) {
+    ::fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC);
+    return static_cast<int>(fd);
+  }
+#endif
+  (void)pid;
+  return -1;
+}
+
+bool process_exited(pid_t pid) noexcept {
+  siginfo_t info{};
+  return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != 0;
+}
+
+namespace {
+// Waits until `fd` is ready for `events`; false once the worker has exited
+// and the socket is not ready (a grandchild that inherited the worker's end
+// keeps it open: the worker's death must not wait for the grandchild's).
+bool wait_ready(const WatchedChannel& ch, short events) {
+  for (;;) {
+    pollfd p[2] = {{ch.fd, events, 0}, {ch.pidfd, POLLIN, 0}};
+    const int n = ::poll(p, ch.pidfd >= 0 ? 2 : 1, ch.pidfd >= 0 ? -1 : 100);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (p[0].revents & (events | POLLHUP | POLLERR)) return true;
+    if (ch.pidfd >= 0 ? (p[1].revents != 0) : process_exited(ch.pid)) {
+      // Exited: whatever it wrote before is readable now, or never.
+      pollfd last{ch.fd, events, 0};
+      return ::poll(&last, 1, 0) > 0 && (last.revents & events);
+    }
+  }
+}
+
+bool send_watched(const WatchedChannel& ch, const void* p, std::size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    if (!wait_ready(ch, POLLOUT)) return false;
+    const ssize_t w = ::send(ch.fd, c, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+      return false;
+    }
+    c += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+bool recv_watched(const WatchedChannel& ch, void* p, std::size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n > 0) {
+    if (!wait_ready(ch, POLLIN)) return false;
+    const ssize_t r = ::recv(ch.fd, c, n, MSG_DONTWAIT);
+    if (r < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+      return false;
+    }
+    if (r == 0) return false;
+    c += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+}  // namespace
+
+bool write_frame(const WatchedChannel& ch, FrameKind kind, std::span<const std::byte> a,
+                 std::span<const std::byte> b) {
+  FrameHeader h{kMagic, static_cast<std::uint32_t>(kind), a.size() + b.size()};
+  return send_watched(ch, &h, sizeof h) && send_watched(ch, a.data(), a.size()) &&
+         send_watched(ch, b.data(), b.size());
+}
+
+bool write_frame_raw(const WatchedChannel& ch, std::string_view bytes) {
+  return send_watched(ch, bytes.data(), bytes.size());
+}
+
+FrameResult read_frame(const WatchedChannel& ch) {
+  FrameResult out;
+  FrameHeader h{};
+  if (!recv_watched(ch, &h, sizeof h)) return out;
+  if (h.magic != kMagic) {
+    out.garbled = true;
+    return out;
+  }
+  WireFrame f;
+  f.kind = static_cast<FrameKind>(h.kind);
+  try {
+    f.payload.resize(static_cast<std::size_t>(h.size));
+  } catch (const std::exception&) {
+    out.garbled = true;
+    return out;
+  }
+  if (h.size && !recv_watched(ch, f.payload.data(), f.payload.size())) return out;
+  out.frame = std::move(f);
+  return out;
 }
 
 // ---- mapped regions -------------------------------------------------------------
@@ -144,6 +257,7 @@ namespace {
 constexpr const char* kFolderPrefix = "joblib_memmapping_folder_";
 
 std::mutex g_folders_mutex;
+std::mutex g_sweep_mutex;  // one sweep of stale folders per temp root
 std::set<std::string>& live_folders() {
   static auto* s = new std::set<std::string>();
   return *s;
@@ -162,19 +276,29 @@ void remove_memmap_folders() noexcept {
 }
 
 namespace {
-// Removes folders whose creating process is gone (a crash, a kill -9).
+constexpr const char* kLockName = ".lock";
+
+// Removes folders whose owner is gone (a crash, a kill -9). The owner holds
+// an flock on the folder's lock file for as long as the folder lives; a lock
+// that can be taken means no process holds it any more. This holds across
+// PID namespaces sharing the folder (/dev/shm), where a pid says nothing.
 void remove_stale_folders(const fs::path& root) {
+  std::set<std::string> mine;
+  {
+    std::lock_guard lock(g_folders_mutex);
+    mine = live_folders();
+  }
   std::error_code ec;
   for (auto it = fs::directory_iterator(root, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    if (name.rfind(kFolderPrefix, 0) != 0) continue;
-    const std::string rest = name.substr(std::strlen(kFolderPrefix));
-    const long pid = std::strtol(rest.c_str(), nullptr, 10);
-    if (pid <= 0 || pid == getpid()) continue;
-    if (kill(static_cast<pid_t>(pid), 0) == -1 && errno == ESRCH) {
+    if (name.rfind(kFolderPrefix, 0) != 0 || mine.count(it->path().string())) continue;
+    const int fd = ::open((it->path() / kLockName).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) continue;  // no lock file: not a folder we can judge
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
       std::error_code rm;
       fs::remove_all(it->path(), rm);
     }
+    ::close(fd);
   }
 }
 
@@ -185,7 +309,44 @@ std::string random_hex(std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) s += hex[rng() & 15];
   return s;
 }
+
+// Pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+constexpr std::uint64_t kPagePresent = std::uint64_t{1} << 63;
+constexpr std::uint64_t kPageSwapped = std::uint64_t{1} << 62;
+constexpr std::uint64_t kPageFileOrShared = std::uint64_t{1} << 61;
 }  // namespace
+
+bool private_pages_written(const void* p, std::size_t n) noexcept {
+  if (n == 0) return false;
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p) / page;
+  const std::uintptr_t last = (reinterpret_cast<std::uintptr_t>(p) + n - 1) / page;
+  const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;
+  std::uint64_t entries[512];
+  bool written = false;
+  for (std::uintptr_t pg = first; pg <= last && !written;) {
+    const std::size_t count = std::min<std::uintptr_t>(std::size(entries), last - pg + 1);
+    const ssize_t r = ::pread(fd, entries, count * sizeof(std::uint64_t), static_cast<off_t>(pg * sizeof(std::uint64_t)));
+    if (r != static_cast<ssize_t>(count * sizeof(std::uint64_t))) {
+      written = true;  // cannot tell: assume the worst
+      break;
+    }
+    for (std::size_t i = 0; i < count; ++i) {
+      const std::uint64_t e = entries[i];
+      // A written page of a private file mapping is an anonymous copy: present
+      // but not a file page, or swapped out. An untouched page is absent or
+      // the file's own page.
+      if ((e & kPageSwapped) || ((e & kPagePresent) && !(e & kPageFileOrShared))) {
+        written = true;
+        break;
+      }
+    }
+    pg += count;
+  }
+  ::close(fd);
+  return written;
+}
 
 fs::path resolve_temp_root(const std::string& temp_folder) {
   fs::path root;
@@ -203,11 +364,15 @@ fs::path resolve_temp_root(const std::string& temp_folder) {
   }
   std::error_code ec;
   root = fs::absolute(root, ec);
-  static std::mutex m;
   static std::set<std::string> cleaned;
-  std::lock_guard lock(m);
+  std::lock_guard lock(g_sweep_mutex);
   if (cleaned.insert(root.string()).second) remove_stale_folders(root);
   return root;
+}
+
+void reset_memmap_state_in_fork_child() noexcept {
+  new (&g_sweep_mutex) std::mutex();
+  new (&g_folders_mutex) std::mutex();
 }
 
 MemmapContext::~MemmapContext() { cleanup(); }
@@ -218,62 +383,61 @@ std::optional<fs::path> MemmapContext::folder() const {
 }
 
 std::optional<BufferDesc> MemmapContext::describe(std::span<const std::byte> bytes) {
-  if (!max_nbytes_ || bytes.size() <= *max_nbytes_) return std::nullopt;
+  return describe(bytes, nullptr);
+}
+
+std::optional<BufferDesc> MemmapContext::describe(std::span<const std::byte> bytes,
+                                                  const std::shared_ptr<const void>& owner) {
+  if (!max_nbytes_) return std::nullopt;  // memmapping is off
   const MmapMode mode = mode_ == MmapMode::w_plus ? MmapMode::r_plus : mode_;
   if (auto region = find_mapping(bytes.data(), bytes.size())) {
-    // Already a memory map: send a reference to its file, in its own mode.
-    BufferDesc d;
-    d.where = 1;
-    d.path = region->path;
-    d.offset = region->file_offset;
-    d.size = bytes.size();
-    d.mode = static_cast<std::uint8_t>(region->writable ? MmapMode::r_plus : MmapMode::r);
-    return d;
+    // Already a memory map, whatever its size (as joblib forwards memmaps):
+    // send a reference to its file, in its own mode, unless this process
+    // wrote into its private pages (r, c), which the file does not hold:
+    // those bytes travel as themselves.
+    const bool is_private = region->mode == MmapMode::r || region->mode == MmapMode::c;
+    if (!is_private || !private_pages_written(bytes.data(), bytes.size())) {
+      BufferDesc d;
+      d.where = 1;
+      d.path = region->path;
+      d.offset = region->file_offset;
+      d.size = bytes.size();
+      d.mode = static_cast<std::uint8_t>(region->mode == MmapMode::w_plus ? MmapMode::r_plus : region->mode);
+      return d;
+    }
   }
-  // Written once per call and content: the key is a hash of the bytes, not
-  // their address, which a later argument may reuse once this one is freed.
-  const auto key = std::make_pair(static_cast<std::uint64_t>(XXH3_64bits(bytes.data(), bytes.size())), bytes.size());
+  if (bytes.size() <= *max_nbytes_) return std::nullopt;
   std::lock_guard lock(m_);
   std::string path;
-  if (auto it = written_.find(key); it != written_.end()) {
-    path = it->second;  // written once per call
+  if (mode == MmapMode::r || mode == MmapMode::c) {
+    // Workers cannot change these files: one per content, written once per
+    // call. The key is a hash of the bytes, not their address, which a later
+    // argument may reuse once this one is freed.
+    const auto key = std::make_pair(static_cast<std::uint64_t>(XXH3_64bits(bytes.data(), bytes.size())), bytes.size());
+    if (auto it = written_.find(key); it != written_.end()) {
+      path = it->second;
+    } else {
+      path = write_file_locked(bytes);
+      written_.emplace(key, path);
+    }
   } else {
-    if (!folder_) {
-      const fs::path root = resolve_temp_root(temp_folder_);
-      for (int attempt = 0;; ++attempt) {
-        fs::path candidate = root / fmt::format("{}{}_{}", kFolderPrefix, getpid(), random_hex(16));
-        if (::mkdir(candidate.c_str(), 0700) == 0) {
-          folder_ = candidate;
+    // Workers write into these: equal contents must not share a file. Copies
+    // of one live Array do (a task sees another task's writes, as threads do).
+    if (owner) {
+      for (const OwnedFile& f : owned_)
+        if (f.data == bytes.data() && f.size == bytes.size() && !f.owner.expired() &&
+            !f.owner.owner_before(owner) && !owner.owner_before(f.owner)) {
+          path = f.path;
           break;
         }
-        if (errno != EEXIST || attempt > 16)
-          throw SerializationError(fmt::format("cannot create the memmapping folder in '{}': {}", root.string(),
-                                               std::strerror(errno)));
-      }
-      static std::once_flag at_exit;
-      std::call_once(at_exit, [] { std::atexit(remove_live_folders_at_exit); });
-      std::lock_guard flock(g_folders_mutex);
-      live_folders().insert(folder_->string());
     }
-    path = (*folder_ / fmt::format("{}-{}.bin", getpid(), counter_++)).string();
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-      throw SerializationError(fmt::format("cannot write memmapped argument '{}': {}", path, std::strerror(errno)));
-    const char* p = reinterpret_cast<const char*>(bytes.data());
-    std::size_t left = bytes.size();
-    while (left > 0) {
-      ssize_t w = ::write(fd, p, left);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        const int err = errno;
-        ::close(fd);
-        throw SerializationError(fmt::format("cannot write memmapped argument '{}': {}", path, std::strerror(err)));
+    if (path.empty()) {
+      path = write_file_locked(bytes);
+      if (owner) {
+        std::erase_if(owned_, [](const OwnedFile& f) { return f.owner.expired(); });
+        owned_.push_back({owner, bytes.data(), bytes.size(), path});
       }
-      p += w;
-      left -= static_cast<std::size_t>(w);
     }
-    ::close(fd);
-    written_.emplace(key, path);
   }
   BufferDesc d;
   d.where = 1;
@@ -282,6 +446,59 @@ std::optional<BufferDesc> MemmapContext::describe(std::span<const std::byte> byt
   d.size = bytes.size();
   d.mode = static_cast<std::uint8_t>(mode);
   return d;
+}
+
+std::string MemmapContext::write_file_locked(std::span<const std::byte> bytes) {
+  if (!folder_) {
+    const fs::path root = resolve_temp_root(temp_folder_);
+    // Made under a name the sweep ignores, locked, then renamed into place:
+    // a folder with the sweep's prefix always has its owner's lock held.
+    fs::path building, candidate;
+    for (int attempt = 0;; ++attempt) {
+      const std::string tag = fmt::format("{}_{}", getpid(), random_hex(16));
+      building = root / fmt::format(".joblib_creating_{}", tag);
+      candidate = root / fmt::format("{}{}", kFolderPrefix, tag);
+      if (::mkdir(building.c_str(), 0700) == 0) break;
+      if (errno != EEXIST || attempt > 16)
+        throw SerializationError(fmt::format("cannot create the memmapping folder in '{}': {}", root.string(),
+                                             std::strerror(errno)));
+    }
+    const int lock_fd = ::open((building / kLockName).c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX | LOCK_NB) != 0 || ::rename(building.c_str(), candidate.c_str()) != 0) {
+      const int err = errno;
+      if (lock_fd >= 0) ::close(lock_fd);
+      std::error_code rm;
+      fs::remove_all(building, rm);
+      throw SerializationError(fmt::format("cannot create the memmapping folder in '{}': {}", root.string(),
+                                           std::strerror(err)));
+    }
+    lock_fd_ = lock_fd;
+    folder_ = candidate;
+    static std::once_flag at_exit;
+    std::call_once(at_exit, [] { std::atexit(remove_live_folders_at_exit); });
+    std::lock_guard flock(g_folders_mutex);
+    live_folders().insert(folder_->string());
+  }
+  std::string path = (*folder_ / fmt::format("{}-{}.bin", getpid(), counter_++)).string();
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0)
+    throw SerializationError(fmt::format("cannot write memmapped argument '{}': {}", path, std::strerror(errno)));
+  const char* p = reinterpret_cast<const char*>(bytes.data());
+  std::size_t left = bytes.size();
+  while (left > 0) {
+    ssize_t w = ::write(fd, p, left);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      ::unlink(path.c_str());
+      throw SerializationError(fmt::format("cannot write memmapped argument '{}': {}", path, std::strerror(err)));
+    }
+    p += w;
+    left -= static_cast<std::size_t>(w);
+  }
+  ::close(fd);
+  return path;
 }
 
 void MemmapContext::cleanup() noexcept {
@@ -293,13 +510,25 @@ void MemmapContext::cleanup() noexcept {
     std::lock_guard flock(g_folders_mutex);
     live_folders().erase(folder_->string());
   }
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  lock_fd_ = -1;
   folder_.reset();
   written_.clear();
+  owned_.clear();
 }
 
 std::optional<std::uint64_t> RequestSink::put(std::span<const std::byte> bytes, BufferKind) {
   if (!memmap_) return std::nullopt;
   std::optional<BufferDesc> d = memmap_->describe(bytes);
+  if (!d) return std::nullopt;
+  buffers_.push_back(std::move(*d));
+  return buffers_.size() - 1;
+}
+
+std::optional<std::uint64_t> RequestSink::put_array(std::span<const std::byte> bytes,
+                                                    const std::shared_ptr<const void>& owner) {
+  if (!memmap_) return std::nullopt;
+  std::optional<BufferDesc> d = memmap_->describe(bytes, owner);
   if (!d) return std::nullopt;
   buffers_.push_back(std::move(*d));
   return buffers_.size() - 1;
@@ -456,17 +685,19 @@ class RequestSource final : public BufferSource {
     return descs_[static_cast<std::size_t>(i)];
   }
   static SharedBuffer map_file(const BufferDesc& d) {
-    const auto mode = static_cast<MmapMode>(d.mode);
-    const bool writable = mode == MmapMode::r_plus || mode == MmapMode::w_plus || mode == MmapMode::c;
-    const bool shared = mode != MmapMode::c;
-    int fd = ::open(d.path.c_str(), (mode == MmapMode::r_plus || mode == MmapMode::w_plus) ? O_RDWR : O_RDONLY);
+    auto mode = static_cast<MmapMode>(d.mode);
+    if (mode == MmapMode::w_plus) mode = MmapMode::r_plus;  // never truncate what the parent wrote
+    // r: a private mapping, read in place through every accessor, whose
+    // writes stay in this worker; c: the same, writable by intent; r+: shared.
+    const bool shared = mode == MmapMode::r_plus;
+    int fd = ::open(d.path.c_str(), (shared ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0) throw SerializationError(fmt::format("cannot open memmapped argument '{}': {}", d.path, strerror(errno)));
     const long page = sysconf(_SC_PAGESIZE);
     const std::uint64_t aligned = d.offset - d.offset % static_cast<std::uint64_t>(page);
     const std::size_t delta = static_cast<std::size_t>(d.offset - aligned);
     const std::size_t length = static_cast<std::size_t>(d.size) + delta;
-    void* base = ::mmap(nullptr, length, PROT_READ | (writable ? PROT_WRITE : 0), shared ? MAP_SHARED : MAP_PRIVATE,
-                        fd, static_cast<off_t>(aligned));
+    void* base = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, shared ? MAP_SHARED : MAP_PRIVATE, fd,
+                        static_cast<off_t>(aligned));
     ::close(fd);
     if (base == MAP_FAILED)
       throw SerializationError(fmt::format("cannot map memmapped argument '{}': {}", d.path, strerror(errno)));
@@ -477,10 +708,10 @@ class RequestSource final : public BufferSource {
     SharedBuffer b;
     b.data = std::shared_ptr<std::byte>(mapping, static_cast<std::byte*>(base) + delta);
     b.size = static_cast<std::size_t>(d.size);
-    b.writable = writable;
+    b.writable = mode != MmapMode::r;
     b.mapped = true;
     b.file = std::make_shared<const std::string>(d.path);
-    register_mapping({d.path, aligned, static_cast<const std::byte*>(base), length, writable && shared});
+    register_mapping({d.path, aligned, static_cast<const std::byte*>(base), length, mode});
     return b;
   }
   std::vector<BufferDesc>& descs_;
@@ -542,9 +773,14 @@ void run_worker(int fd, double idle_timeout_seconds) {
   capture_throw_traces(true);
   ::signal(SIGINT, SIG_IGN);  // Ctrl-C is the parent's to handle: it stops us
   MemoryOutput out;
+  // Idle time counts from the end of the last request: a worker never leaves
+  // before it has served once (its first request is already on its way).
+  bool served = false;
   for (;;) {
     pollfd p{fd, POLLIN, 0};
-    const int ms = idle_timeout_seconds > 0 ? static_cast<int>(idle_timeout_seconds * 1000) : -1;
+    const int ms = idle_timeout_seconds > 0 && served
+                       ? static_cast<int>(std::clamp(std::ceil(idle_timeout_seconds * 1000), 1.0, 2147483647.0))
+                       : -1;
     const int r = ::poll(&p, 1, ms);
     if (r < 0 && errno == EINTR) continue;
     if (r == 0) {
@@ -561,7 +797,27 @@ void run_worker(int fd, double idle_timeout_seconds) {
     }
     if (frame->kind == FrameKind::run || frame->kind == FrameKind::init) handle_request(fd, *frame, out);
     if (frame->kind == FrameKind::ping) write_frame(fd, FrameKind::reply, {});
+    served = true;
   }
+}
+
+int move_channel_out_of_reach(int fd) noexcept {
+  // A task should not stumble on the channel (a guessable fd 3, inherited by
+  // the programs it starts): move it to a random high descriptor, closed on exec.
+  struct rlimit lim {};
+  long top = 1024;
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY)
+    top = static_cast<long>(std::min<rlim_t>(lim.rlim_cur, 65536));
+  const long low = std::min(256L, top / 2);
+  std::random_device rd;
+  const long want = top - 1 > low ? low + static_cast<long>(rd() % static_cast<unsigned>(top - 1 - low)) : low;
+  const int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(want));
+  if (moved < 0) {
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return fd;
+  }
+  ::close(fd);
+  return moved;
 }
 
 bool main_guard_ran() noexcept { return g_guard_ran.load(); }
@@ -585,6 +841,57 @@ namespace joblib::detail {
 const std::type_info* abi_current_exception_type() noexcept { return abi::__cxa_current_exception_type(); }
 }  // namespace joblib::detail
 
+namespace joblib::detail {
+
+namespace {
+// Why the environment's worker settings do not come from a joblib parent
+// that spawned this process (empty: they do). The channel must be a Unix
+// socket whose peer is our parent, the parent named in the environment, and
+// the first bytes on it must be the token the environment holds.
+std::string worker_handshake_problem(const char* fdv, const char* parent, const char* token, int& fd) {
+  char* end = nullptr;
+  errno = 0;
+  const long v = std::strtol(fdv, &end, 10);
+  if (errno != 0 || end == fdv || *end != '\0' || v < 3 || v > 1 << 20)
+    return fmt::format("JOBLIB_WORKER_FD='{}' is not a descriptor number", fdv);
+  fd = static_cast<int>(v);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return fmt::format("descriptor {} is not a socket", fd);
+  const long parent_pid = parent ? std::strtol(parent, nullptr, 10) : 0;
+  if (parent_pid <= 0 || ::getppid() != static_cast<pid_t>(parent_pid))
+    return "the parent process is not the one JOBLIB_WORKER_PARENT names";
+  struct ucred cred {};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid != static_cast<pid_t>(parent_pid))
+    return fmt::format("descriptor {} is not connected to the parent process", fd);
+  if (!token || std::strlen(token) != 32) return "JOBLIB_WORKER_TOKEN is missing";
+  char got[32];
+  std::size_t have = 0;
+  while (have < sizeof got) {
+    pollfd p{fd, POLLIN, 0};
+    const int r = ::poll(&p, 1, 10000);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return "the parent sent no handshake";
+    const ssize_t n = ::recv(fd, got + have, sizeof got - have, MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return "the parent closed the channel before the handshake";
+    have += static_cast<std::size_t>(n);
+  }
+  if (std::memcmp(got, token, sizeof got) != 0) return "the handshake does not match";
+  return {};
+}
+}  // namespace
+
+std::string make_worker_token() {
+  std::random_device rd;
+  std::string t;
+  static const char* hex = "0123456789abcdef";
+  for (int i = 0; i < 32; ++i) t += hex[rd() & 15];
+  return t;
+}
+
+}  // namespace joblib::detail
+
 namespace joblib {
 
 void worker_main_guard(int argc, char** argv) {
@@ -595,18 +902,29 @@ void worker_main_guard(int argc, char** argv) {
   }
   const char* fdv = std::getenv("JOBLIB_WORKER_FD");
   if (!fdv || !*fdv) return;
-  const int fd = std::atoi(fdv);
+  const std::string fd_text = fdv;
   const char* idle = std::getenv("JOBLIB_WORKER_IDLE");
   const double idle_s = idle ? std::atof(idle) : 0.0;
   const char* parent = std::getenv("JOBLIB_WORKER_PARENT");
-  const pid_t parent_pid = parent ? static_cast<pid_t>(std::atol(parent)) : 0;
-  // Grandchildren started by tasks are ordinary processes again.
+  const char* token_env = std::getenv("JOBLIB_WORKER_TOKEN");
+  const std::string token = token_env ? token_env : "";
+  // Grandchildren started by tasks are ordinary processes again, and so is
+  // this one if the handshake fails.
   ::unsetenv("JOBLIB_WORKER_FD");
   ::unsetenv("JOBLIB_WORKER_IDLE");
   ::unsetenv("JOBLIB_WORKER_PARENT");
+  ::unsetenv("JOBLIB_WORKER_TOKEN");
+  int fd = -1;
+  const std::string problem =
+      worker_handshake_problem(fd_text.c_str(), parent, token.empty() ? nullptr : token.c_str(), fd);
+  if (!problem.empty()) {
+    // Only a worker this library spawned takes over; anything else runs main.
+    std::fprintf(stderr, "joblib: ignoring JOBLIB_WORKER_FD: %s; running the program normally\n", problem.c_str());
+    return;
+  }
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a worker whose parent dies ends too
-  if (parent_pid && ::getppid() != parent_pid) ::_exit(0);
-  run_worker(fd, idle_s);
+  if (::getppid() != static_cast<pid_t>(std::strtol(parent, nullptr, 10))) ::_exit(0);
+  run_worker(move_channel_out_of_reach(fd), idle_s);
 }
 
 }  // namespace joblib

@@ -8,15 +8,14 @@
 //   joblib::Array<double> b = a;          // b shares a's buffer (a numpy reference)
 //   joblib::Array<double> c = a.copy();   // c owns a copy
 //
-// Read-only arrays. An array loaded with mmap_mode r views a mapping opened
-// PROT_READ, so no write can reach the file. Writing through it is refused
-// before it happens: every non-const accessor (data(), span(), begin(),
-// end(), operator[], at()) of an array whose is_writable() is false throws
-// std::logic_error naming the mapped file, the C++ form of numpy's
-// "assignment destination is read-only". There is no silent copy and no
-// SIGSEGV. Read through the const accessors (a const Array&, cspan(),
-// cdata(), std::as_const(a)[i]), or load with mmap_mode r+ (writes reach
-// the file) or c (copy on write, the file is untouched).
+// Read-only arrays. An array loaded with mmap_mode r (or received by a
+// process task with mmap_mode r) views a private copy-on-write mapping of
+// its file: every accessor reads it in place, const or not (a[i], range-for,
+// data(), span()), with no copy and no exception, exactly as an owned array
+// reads; a write through it stays in this process's private pages and never
+// reaches the file (is_writable() says false: writes do not reach the file).
+// Load with mmap_mode r+ for writes that reach the file, or c for a mapping
+// whose writes are meant to stay private.
 //
 // Copies share the buffer and its writability, as numpy arrays that view the
 // same memory do; constness of an Array object is shallow (it selects the
@@ -49,7 +48,7 @@ namespace detail {
 struct SharedBuffer {
   std::shared_ptr<std::byte> data;          // aliasing pointer: keeps the allocation or the mapping alive
   std::size_t size = 0;                     // in bytes
-  bool writable = true;                     // false for a mapping opened read-only
+  bool writable = true;                     // false for a read-only (mmap_mode r) mapping: writes stay private
   bool mapped = false;                      // true when data lies in a file mapping
   std::shared_ptr<const std::string> file;  // the mapped file (null when owned)
 };
@@ -65,10 +64,6 @@ inline constexpr std::size_t buffer_alignment = 64;
 /// when `zero` is true.
 /// Throws std::bad_alloc when the memory cannot be had. Thread-safe.
 JOBLIB_EXPORT SharedBuffer allocate_buffer(std::size_t bytes, bool zero);
-
-/// Throws std::logic_error saying that an array of `file` (or a read-only
-/// buffer when file is null) cannot be written through.
-[[noreturn]] JOBLIB_EXPORT void throw_read_only(const std::string* file);
 
 /// Throws std::invalid_argument: `what` describes a shape that does not fit.
 [[noreturn]] JOBLIB_EXPORT void throw_bad_shape(const std::string& what);
@@ -165,44 +160,42 @@ class Array {
   /// Pointer to the first element (null when empty). Never throws.
   const T* data() const noexcept { return ptr(); }
   const T* cdata() const noexcept { return ptr(); }
-  /// Writable pointer; throws std::logic_error when the array is read-only.
-  T* data() { return writable_ptr(); }
+  /// Pointer to the first element (null when empty). Never throws.
+  T* data() noexcept { return ptr(); }
 
   /// The elements as a span.
   std::span<const T> span() const noexcept { return {ptr(), size_}; }
   std::span<const T> cspan() const noexcept { return {ptr(), size_}; }
-  /// Writable span; throws std::logic_error when the array is read-only.
-  std::span<T> span() { return {writable_ptr(), size_}; }
+  /// The elements as a mutable span. Never throws.
+  std::span<T> span() noexcept { return {ptr(), size_}; }
 
   /// Element at flat index i (C order), unchecked.
   const T& operator[](std::size_t i) const noexcept { return ptr()[i]; }
-  /// Writable element at flat index i, unchecked; throws std::logic_error
-  /// when the array is read-only.
-  T& operator[](std::size_t i) { return writable_ptr()[i]; }
+  /// Element at flat index i, unchecked.
+  T& operator[](std::size_t i) noexcept { return ptr()[i]; }
 
   /// Element at flat index i; throws std::out_of_range when i >= size().
   const T& at(std::size_t i) const {
     check_index(i);
     return ptr()[i];
   }
-  /// Writable element at flat index i; throws std::out_of_range when
-  /// i >= size(), std::logic_error when the array is read-only.
+  /// Element at flat index i; throws std::out_of_range when i >= size().
   T& at(std::size_t i) {
     check_index(i);
-    return writable_ptr()[i];
+    return ptr()[i];
   }
 
   const T* begin() const noexcept { return ptr(); }
   const T* end() const noexcept { return ptr() + size_; }
   const T* cbegin() const noexcept { return ptr(); }
   const T* cend() const noexcept { return ptr() + size_; }
-  /// Writable iterators; throw std::logic_error when the array is read-only.
-  T* begin() { return writable_ptr(); }
-  T* end() { return writable_ptr() + size_; }
+  T* begin() noexcept { return ptr(); }
+  T* end() noexcept { return ptr() + size_; }
 
   /// True when the data lies in a file mapping (load with an mmap_mode).
   bool is_mapped() const noexcept { return buffer_.mapped; }
-  /// False for a mapping opened read-only (mmap_mode r); true otherwise.
+  /// False for a read-only mapping (mmap_mode r), whose writes never reach
+  /// the file; true otherwise.
   bool is_writable() const noexcept { return buffer_.writable; }
   /// The mapped file, or an empty path when the array owns its memory.
   std::filesystem::path filename() const { return buffer_.file ? std::filesystem::path(*buffer_.file) : std::filesystem::path(); }
@@ -240,10 +233,6 @@ class Array {
   }
 
   T* ptr() const noexcept { return reinterpret_cast<T*>(buffer_.data.get()); }
-  T* writable_ptr() const {
-    if (!buffer_.writable) detail::throw_read_only(buffer_.file.get());
-    return ptr();
-  }
   void check_index(std::size_t i) const {
     if (i >= size_)
       throw std::out_of_range("joblib::Array::at: index " + std::to_string(i) + " out of range for size " +

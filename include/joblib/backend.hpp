@@ -34,7 +34,7 @@ class OutputStream;
 
 /// Bumped whenever the layout or the virtual interface below changes. A plugin
 /// built against another version is refused with BackendError.
-inline constexpr int plugin_abi_version = 2;
+inline constexpr int plugin_abi_version = 3;
 
 /// What a backend can do; the resolver and the dispatcher ask, never check names.
 struct BackendCapabilities {
@@ -136,6 +136,12 @@ class JOBLIB_EXPORT ParallelBackendBase {
   /// error, a timeout or an abandoned generator. Batches already handed out
   /// must still be completed (run() returns early for a stopped call).
   virtual void abort() noexcept {}
+  /// The call ended with batches still running that cannot be stopped (they
+  /// ran over the call's timeout on threads): they finish in the background
+  /// and their results are dropped. Later calls must not wait for them: a
+  /// backend that reuses engines gives later calls fresh ones
+  /// (EngineCache::retire). Called before stop_call().
+  virtual void abandon() noexcept {}
   /// Backend that tasks see as active: by default threading at nesting
   /// level 1 and sequential beyond, as joblib.
   virtual NestedBackend nested_backend() const;
@@ -162,7 +168,8 @@ constexpr BackendCapabilities thread_backend_capabilities() noexcept {
 
 /// A process-wide cache of execution engines (thread pools, arenas, teams)
 /// for a plugin, one per (nesting level, n_jobs): made on first use with
-/// Engine(n_jobs), reused by every later call, never destroyed (joining
+/// Engine(n_jobs), reused by every later call until retired (Engine has a
+/// `void retire() noexcept`), never destroyed (joining
 /// threads from a static destructor could wait on a task abandoned after a
 /// timeout). Nested calls get engines of their own, so a task waiting for
 /// its nested call never starves the engine it runs on. Thread-safe.
@@ -175,6 +182,18 @@ class EngineCache {
     auto& slot = (*engines_)[{level, n_jobs}];
     if (!slot) slot = std::make_unique<Engine>(n_jobs);
     return *slot;
+  }
+  /// Takes `engine` out of the cache, if it is the one cached for (level,
+  /// n_jobs), and calls its retire(): later get() calls make a fresh engine
+  /// while the retired one finishes what it runs (a task abandoned after a
+  /// timeout) and then lets its threads go. The engine object itself is
+  /// never destroyed (calls still running may use it).
+  void retire(int level, int n_jobs, Engine* engine) noexcept {
+    std::lock_guard lock(*mutex_);
+    auto it = engines_->find({level, n_jobs});
+    if (it == engines_->end() || it->second.get() != engine) return;
+    it->second.release()->retire();
+    engines_->erase(it);
   }
   /// For a pthread_atfork child handler: the child has none of the parent's
   /// threads, so it starts with no engines (the parent's are leaked).

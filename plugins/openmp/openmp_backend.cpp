@@ -30,6 +30,14 @@ class Team {
     --active_calls_;
     cv_.notify_all();
   }
+  /// No later call uses this team (a task of an abandoned call still runs
+  /// on it, and its other threads wait for it at the region's end): the
+  /// driver leaves once the region is over and no call is left.
+  void retire() noexcept {
+    std::lock_guard lock(m_);
+    retired_ = true;
+    cv_.notify_all();
+  }
   void push(joblib::Batch& b) {
     std::lock_guard lock(m_);
     queue_.push_back(&b);
@@ -51,7 +59,8 @@ class Team {
     for (;;) {
       {
         std::unique_lock lock(m_);
-        cv_.wait(lock, [this] { return active_calls_ > 0 || !queue_.empty(); });
+        cv_.wait(lock, [this] { return active_calls_ > 0 || !queue_.empty() || retired_; });
+        if (retired_ && active_calls_ == 0 && queue_.empty()) return;
       }
 #pragma omp parallel num_threads(n_)
       {
@@ -65,6 +74,7 @@ class Team {
   std::condition_variable cv_;
   std::deque<joblib::Batch*> queue_;
   int active_calls_ = 0;
+  bool retired_ = false;
   std::thread driver_;
 };
 
@@ -86,6 +96,7 @@ class OpenmpBackend final : public joblib::ParallelBackendBase {
 
   std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
     try {
+      n_jobs_ = s.n_jobs;
       team_ = &teams().get(nesting_level(), s.n_jobs);
       team_->begin_call();
     } catch (...) {
@@ -103,6 +114,10 @@ class OpenmpBackend final : public joblib::ParallelBackendBase {
     }
   }
 
+  void abandon() noexcept override {
+    if (team_) teams().retire(nesting_level(), n_jobs_, team_);
+  }
+
   void stop_call() noexcept override {
     if (team_) team_->end_call();
     team_ = nullptr;
@@ -110,6 +125,7 @@ class OpenmpBackend final : public joblib::ParallelBackendBase {
 
  private:
   Team* team_ = nullptr;
+  int n_jobs_ = 0;
 };
 
 }  // namespace

@@ -14,24 +14,44 @@
 
 namespace {
 
-// oneTBB gives an arena at most (max_allowed_parallelism - 1) worker threads,
-// hardware concurrency by default. Nobody joins our arenas as a master (the
-// caller waits in the dispatcher), so raise the limit to n_jobs + 1 when a
-// call asks for more. global_control objects are kept, never destroyed.
-void ensure_parallelism(int n_jobs) {
-  static std::mutex m;
-  static std::vector<tbb::global_control*>* keep = new std::vector<tbb::global_control*>();
-  std::lock_guard lock(m);
+// oneTBB gives its arenas at most (max_allowed_parallelism - 1) worker
+// threads in all, hardware concurrency by default. Nobody joins our arenas as
+// a master (the caller waits in the dispatcher), and a worker running a task
+// that waits for a nested call (its own arena, one level down) or a task
+// abandoned after a timeout is lost to every other arena: the limit must
+// cover every slot of every arena made, or a nested arena can get no thread
+// at all. It is raised (never lowered) to that sum + 1. oneTBB takes the
+// smallest value of all live global_control objects, so the one we hold is
+// replaced, not added to.
+std::mutex& parallelism_mutex() {
+  static auto* m = new std::mutex();
+  return *m;
+}
+std::size_t g_total_slots = 0;  // slots of every arena made (under parallelism_mutex)
+
+void ensure_parallelism_locked() {
+  static tbb::global_control* ours = nullptr;
   // What oneTBB allows now (it follows the CPU affinity mask, not the CPUs online).
   const auto allowed = tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism);
-  if (static_cast<std::size_t>(n_jobs) + 1 <= allowed) return;
-  keep->push_back(new tbb::global_control(tbb::global_control::max_allowed_parallelism,
-                                          static_cast<std::size_t>(n_jobs) + 1));
+  if (g_total_slots + 1 <= allowed) return;
+  auto* raised = new tbb::global_control(tbb::global_control::max_allowed_parallelism, g_total_slots + 1);
+  delete ours;
+  ours = raised;
 }
 
 // n_jobs slots, none reserved for a master thread.
 struct Arena {
-  explicit Arena(int n_jobs) : arena(n_jobs, 0) { arena.initialize(); }
+  explicit Arena(int n_jobs) : arena(n_jobs, 0) {
+    {
+      std::lock_guard lock(parallelism_mutex());
+      g_total_slots += static_cast<std::size_t>(n_jobs);
+      ensure_parallelism_locked();
+    }
+    arena.initialize();
+  }
+  // A retired arena keeps its slots counted: its threads may still be held
+  // by an abandoned task. oneTBB lends them to other arenas once it ends.
+  void retire() noexcept {}
   tbb::task_arena arena;
 };
 
@@ -50,8 +70,8 @@ class TbbBackend final : public joblib::ParallelBackendBase {
 
   std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
     try {
-      ensure_parallelism(s.n_jobs);
-      arena_ = &arenas().get(nesting_level(), s.n_jobs).arena;
+      n_jobs_ = s.n_jobs;
+      arena_ = &arenas().get(nesting_level(), s.n_jobs);
     } catch (...) {
       return std::current_exception();
     }
@@ -60,14 +80,19 @@ class TbbBackend final : public joblib::ParallelBackendBase {
 
   void submit(joblib::Batch& batch) noexcept override {
     try {
-      arena_->enqueue([&batch] { batch.run(); });
+      arena_->arena.enqueue([&batch] { batch.run(); });
     } catch (...) {
       batch.fail(std::current_exception());
     }
   }
 
+  void abandon() noexcept override {
+    if (arena_) arenas().retire(nesting_level(), n_jobs_, arena_);
+  }
+
  private:
-  tbb::task_arena* arena_ = nullptr;
+  Arena* arena_ = nullptr;
+  int n_jobs_ = 0;
 };
 
 }  // namespace

@@ -19,10 +19,20 @@ namespace {
 class Pool {
  public:
   explicit Pool(int n) {
-    threads_.reserve(static_cast<std::size_t>(n));
-    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { work(); });
+    for (int i = 0; i < n; ++i) std::thread([this] { work(); }).detach();
   }
-  // Pools live until the process exits (see pools()): never joined.
+  // Pools are never destroyed (see pools()); a retired pool's threads leave
+  // once its queue is empty.
+
+  /// No later call uses this pool (a task of an abandoned call still runs on
+  /// it): its threads finish what is queued, then end.
+  void retire() noexcept {
+    {
+      std::lock_guard lock(m_);
+      retired_ = true;
+    }
+    cv_.notify_all();
+  }
 
   void push(joblib::Batch& b) {
     bool wake = false;
@@ -59,8 +69,9 @@ class Pool {
     }
     std::unique_lock lock(m_);
     ++sleepers_;
-    cv_.wait(lock, [this] { return !queue_.empty(); });
+    cv_.wait(lock, [this] { return !queue_.empty() || retired_; });
     --sleepers_;
+    if (queue_.empty()) return nullptr;  // retired
     joblib::Batch* b = queue_.front();
     queue_.pop_front();
     pending_.fetch_sub(1, std::memory_order_relaxed);
@@ -68,7 +79,7 @@ class Pool {
   }
 
   void work() {
-    for (;;) pop()->run();
+    while (joblib::Batch* b = pop()) b->run();
   }
 
   std::mutex m_;
@@ -76,7 +87,7 @@ class Pool {
   std::deque<joblib::Batch*> queue_;
   std::atomic<int> pending_{0};
   int sleepers_ = 0;
-  std::vector<std::thread> threads_;
+  bool retired_ = false;
 };
 
 // One pool per (nesting level, size): see joblib::EngineCache.
@@ -100,6 +111,7 @@ class ThreadingBackend final : public joblib::ParallelBackendBase {
 
   std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
     try {
+      n_jobs_ = s.n_jobs;
       pool_ = &pools().get(nesting_level(), s.n_jobs);
     } catch (...) {
       return std::current_exception();
@@ -115,8 +127,13 @@ class ThreadingBackend final : public joblib::ParallelBackendBase {
     }
   }
 
+  void abandon() noexcept override {
+    if (pool_) pools().retire(nesting_level(), n_jobs_, pool_);
+  }
+
  private:
   Pool* pool_ = nullptr;
+  int n_jobs_ = 0;
 };
 
 }  // namespace

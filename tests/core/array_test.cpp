@@ -163,28 +163,24 @@ TEST(ArrayTest, EqualityComparesShapeAndElements) {
   EXPECT_NE(a, b);
 }
 
-TEST(ArrayTest, ReadOnlyBufferRefusesEveryWritableAccess) {
+TEST(ArrayTest, ReadOnlyBufferReadsThroughEveryAccessor) {
   Array<double> a({4}, read_only_buffer(4 * sizeof(double), "/data/big.joblib"));
   EXPECT_FALSE(a.is_writable());
   EXPECT_TRUE(a.is_mapped());
   EXPECT_EQ(a.filename(), "/data/big.joblib");
-  try {
-    a[0] = 1.0;
-    FAIL() << "a write through a read-only array must throw";
-  } catch (const std::logic_error& e) {
-    EXPECT_NE(std::string(e.what()).find("/data/big.joblib"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("read-only"), std::string::npos) << e.what();
-  }
-  EXPECT_THROW(a.data(), std::logic_error);
-  EXPECT_THROW(a.span(), std::logic_error);
-  EXPECT_THROW(a.begin(), std::logic_error);
-  EXPECT_THROW(a.at(1), std::logic_error);
-  // Reading is fine through the const accessors, and copies stay read-only.
-  EXPECT_EQ(std::as_const(a)[0], 0.0);
-  EXPECT_EQ(a.cspan().size(), 4u);
+  // Code that only reads behaves as it does on an owned array: no throw.
+  EXPECT_EQ(a[0], 0.0);
+  EXPECT_EQ(a.at(1), 0.0);
+  EXPECT_EQ(a.data(), std::as_const(a).data());
+  EXPECT_EQ(a.span().size(), 4u);
+  double sum = 0;
+  for (double& x : a) sum += x;
+  EXPECT_EQ(sum, 0.0);
+  EXPECT_THROW(a.at(4), std::out_of_range);
   Array<double> b = a;
-  EXPECT_THROW(b[1] = 2.0, std::logic_error);
+  EXPECT_FALSE(b.is_writable());
   Array<double> c = a.copy();
+  EXPECT_TRUE(c.is_writable());
   c[1] = 2.0;
   EXPECT_EQ(c[1], 2.0);
 }

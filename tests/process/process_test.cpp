@@ -12,6 +12,8 @@
 
 #include <signal.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -276,13 +278,24 @@ INSTANTIATE_TEST_SUITE_P(Backends, ProcessBackends, ::testing::Values("loky", "m
 
 TEST(MemmapTest, FoldersOfDeadProcessesAreRemovedAtTheNextStart) {
   const fs::path root = fresh_dir("stale");
-  const fs::path stale = root / "joblib_memmapping_folder_4194305_deadbeef";  // above pid_max: no such process
+  // A folder whose lock nobody holds (its owner died) goes; one whose lock is
+  // held stays, whatever pid its name shows (the owner may live in another
+  // PID namespace sharing the folder, where our pids mean nothing).
+  const fs::path stale = root / "joblib_memmapping_folder_4194305_deadbeef";
   fs::create_directories(stale);
   std::ofstream(stale / "x.bin") << "left by a crash";
+  std::ofstream(stale / ".lock");
+  const fs::path live = root / "joblib_memmapping_folder_4194306_feedbeef";  // no such pid here
+  fs::create_directories(live);
+  std::ofstream(live / ".lock");
+  const int held = ::open((live / ".lock").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_EQ(::flock(held, LOCK_EX), 0);
   joblib::Array<double> big({300000});
   std::vector<std::string> r = Parallel({.n_jobs = 2, .backend = "loky", .temp_folder = root.string()})(
       std::views::iota(0, 2) | std::views::transform([&](int) { return delayed(describe_array)(big); }));
   EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(live / ".lock"));
+  ::close(held);
   fs::remove_all(root);
 }
 

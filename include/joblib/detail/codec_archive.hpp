@@ -46,6 +46,15 @@ class JOBLIB_EXPORT BufferSink {
   /// valid and unchanged only while that value does, so a sink that must
   /// outlive it copies. May throw; the encode call then fails with it.
   virtual std::optional<std::uint64_t> put(std::span<const std::byte> bytes, BufferKind kind) = 0;
+  /// put() for an Array's data, told which buffer holds it: copies of one
+  /// Array share `owner`, distinct live Arrays never do. A sink that lets
+  /// workers write (memmapping with r+ or w+) gives distinct Arrays distinct
+  /// files even when their bytes are equal. The default ignores the owner.
+  virtual std::optional<std::uint64_t> put_array(std::span<const std::byte> bytes,
+                                                 const std::shared_ptr<const void>& owner) {
+    (void)owner;
+    return put(bytes, BufferKind::array);
+  }
 };
 
 /// Gives back, while decoding, the buffers a BufferSink took.
@@ -164,11 +173,13 @@ class EncodeArchive : public cereal::OutputArchive<EncodeArchive, cereal::AllowE
 
   /// Writes a reference to a contiguous buffer: out of band when the sink
   /// takes it ([1][index][size]), else inline ([0][size][bytes]).
-  void save_buffer(std::span<const std::byte> bytes, BufferKind kind) {
+  /// `owner` (an Array's buffer) tells the sink which object the bytes belong to.
+  void save_buffer(std::span<const std::byte> bytes, BufferKind kind,
+                   const std::shared_ptr<const void>* owner = nullptr) {
     std::optional<std::uint64_t> index;
     if (sink_ != nullptr && !bytes.empty() &&
         (kind == BufferKind::array || bytes.size() >= min_offered_vector_bytes))
-      index = sink_->put(bytes, kind);
+      index = owner ? sink_->put_array(bytes, *owner) : sink_->put(bytes, kind);
     if (index) {
       const std::uint8_t tag = 1;
       out_.write(&tag, 1);

@@ -321,7 +321,8 @@ void CEREAL_SAVE_FUNCTION_NAME(detail::EncodeArchive& ar, const Array<T>& a) {
   ar.saveBinary(&item, sizeof item);
   ar.save_u64(a.ndim());
   for (std::size_t d : a.shape()) ar.save_u64(d);
-  ar.save_buffer(std::as_bytes(a.cspan()), BufferKind::array);
+  const std::shared_ptr<const void> owner = a.buffer().data;
+  ar.save_buffer(std::as_bytes(a.cspan()), BufferKind::array, &owner);
 }
 
 template <class T>

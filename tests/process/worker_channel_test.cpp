@@ -1,0 +1,175 @@
+// The channel between the caller and its worker processes: a worker's death
+// is seen at once, whatever its children hold; a task cannot take the
+// channel over by accident; idle workers leaving are not crashes; only a
+// worker this library spawned takes over a program; and a process call made
+// inside a process task works.
+#include <joblib/joblib.hpp>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <ranges>
+#include <string>
+#include <vector>
+
+namespace {
+namespace fs = std::filesystem;
+using joblib::delayed;
+using joblib::Parallel;
+using ::testing::HasSubstr;
+
+int square(int x) { return x * x; }
+
+// A process call made by a task running in a worker process.
+int inner_sum(std::string backend) {
+  std::vector<int> r = Parallel({.n_jobs = 2, .backend = backend}).map(square, std::views::iota(0, 4));
+  return r[0] + r[1] + r[2] + r[3];
+}
+
+class NestedProcessCalls : public ::testing::TestWithParam<std::pair<const char*, const char*>> {};
+
+TEST_P(NestedProcessCalls, AProcessCallInsideAProcessTaskRuns) {
+  const auto [outer, inner] = GetParam();
+  std::vector<int> r = Parallel({.n_jobs = 2, .backend = outer, .batch_size = 1})(
+      std::views::iota(0, 3) | std::views::transform([&](int) { return delayed(inner_sum)(std::string(inner)); }));
+  EXPECT_EQ(r, (std::vector{14, 14, 14}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, NestedProcessCalls,
+                         ::testing::Values(std::pair{"multiprocessing", "loky"},
+                                           std::pair{"multiprocessing", "multiprocessing"},
+                                           std::pair{"loky", "loky"}, std::pair{"loky", "multiprocessing"}));
+
+// Starts a child that inherits everything (no exec) and waits forever, then
+// dies: its worker is dead while the child still holds the worker's socket.
+int die_leaving_a_child(std::string pid_file) {
+  const pid_t child = ::fork();
+  if (child == 0) {
+    for (;;) ::pause();
+  }
+  std::ofstream(pid_file) << child;
+  std::abort();
+}
+
+// The same with a program started by exec (it would inherit a descriptor
+// without close-on-exec).
+int die_leaving_a_program(std::string pid_file) {
+  const std::string cmd = "sleep 600 & echo $! > " + pid_file;
+  if (std::system(cmd.c_str()) != 0) return -1;
+  std::abort();
+}
+
+void kill_pid_in(const fs::path& file) {
+  std::ifstream in(file);
+  long pid = 0;
+  if (in >> pid && pid > 0) ::kill(static_cast<pid_t>(pid), SIGKILL);
+  fs::remove(file);
+}
+
+class ChannelBackends : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ChannelBackends, AWorkersDeathIsSeenWhileItsChildLives) {
+  for (auto task : {die_leaving_a_child, die_leaving_a_program}) {
+    const fs::path pid_file = fs::temp_directory_path() / ("joblib_grandchild_" + std::to_string(::getpid()));
+    try {
+      Parallel({.n_jobs = 2, .backend = GetParam()})(std::views::iota(0, 1) | std::views::transform([&](int) {
+                                                       return delayed(task)(pid_file.string());
+                                                     }))
+          .to_vector();
+      ADD_FAILURE() << "no error";
+    } catch (const joblib::TerminatedWorkerError& e) {
+      EXPECT_THAT(e.what(), HasSubstr("SIGABRT(-6)"));
+    }
+    kill_pid_in(pid_file);
+  }
+  // And the backend still works.
+  EXPECT_EQ(Parallel({.n_jobs = 2, .backend = GetParam()}).map(square, std::vector{3}).to_vector(), std::vector{9});
+}
+
+// Writes garbage to every socket this process has: the worker's channel
+// among them, wherever it is.
+int write_to_every_socket(int) {
+  std::vector<int> fds;
+  for (const auto& e : fs::directory_iterator("/proc/self/fd")) fds.push_back(std::stoi(e.path().filename().string()));
+  for (int fd : fds) {
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) (void)!::write(fd, "garbage!garbage!garbage!", 24);
+  }
+  return 0;
+}
+
+// Writes to descriptor 3, where a worker's channel used to be.
+int write_to_fd_3(int) {
+  (void)!::write(3, "garbage!garbage!garbage!", 24);
+  return 7;
+}
+
+TEST_P(ChannelBackends, ATaskWritingToTheChannelFailsTheCallClearly) {
+  try {
+    Parallel({.n_jobs = 2, .backend = GetParam()}).map(write_to_every_socket, std::vector{0}).to_vector();
+    ADD_FAILURE() << "no error";
+  } catch (const joblib::TerminatedWorkerError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("instead of a reply"));
+  }
+  // The channel is not on a descriptor a task would guess.
+  EXPECT_EQ(Parallel({.n_jobs = 2, .backend = GetParam()}).map(write_to_fd_3, std::vector{0, 1}).to_vector(),
+            (std::vector{7, 7}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, ChannelBackends, ::testing::Values("loky", "multiprocessing"));
+
+TEST(LokyIdleTest, WorkersLeavingIdleAreNeverCrashes) {
+  joblib::parallel_config scope({.backend = "loky", .settings = {{"idle_worker_timeout", "0.0001"}}});
+  for (int call = 0; call < 20; ++call) {
+    std::vector<int> r = Parallel({.n_jobs = 2, .backend = "loky", .batch_size = 1}).map(square, std::views::iota(0, 6));
+    EXPECT_EQ(r, (std::vector{0, 1, 4, 9, 16, 25})) << "call " << call;
+  }
+}
+
+TEST(LokyIdleTest, AnIdleTimeoutThatIsNotAFiniteDurationIsRejected) {
+  for (const char* bad : {"nan", "inf", "-inf", "1e300", "-1", "", "abc"}) {
+    joblib::parallel_config scope({.backend = "loky", .settings = {{"idle_worker_timeout", bad}}});
+    try {
+      Parallel({.n_jobs = 2, .backend = "loky"}).map(square, std::vector{1}).to_vector();
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_THAT(e.what(), HasSubstr("idle_worker_timeout must be a finite number of seconds")) << bad;
+    }
+  }
+}
+
+// A program linked with joblib, run with a worker's environment by someone
+// else, runs its own main (it prints "OK 2 4 6" and exits 0).
+std::string run_with_env(const std::string& env) {
+  const std::string cmd = "timeout 60 env " + env + " " + JOBLIB_TEST_GUARD_CHILD + " < /dev/null 2>&1";
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  const int status = ::pclose(p);
+  return out + "|status=" + std::to_string(status);
+}
+
+TEST(WorkerGuardTest, OnlyAWorkerThisLibrarySpawnedTakesOver) {
+  for (const char* env : {"JOBLIB_WORKER_FD=abc", "JOBLIB_WORKER_FD=1", "JOBLIB_WORKER_FD=0", "JOBLIB_WORKER_FD=3",
+                          "JOBLIB_WORKER_FD=2 JOBLIB_WORKER_PARENT=1 JOBLIB_WORKER_TOKEN=0123456789abcdef0123456789abcdef"}) {
+    const std::string out = run_with_env(env);
+    EXPECT_THAT(out, HasSubstr("OK 2 4 6")) << env;
+    EXPECT_THAT(out, HasSubstr("joblib: ignoring JOBLIB_WORKER_FD")) << env;
+    EXPECT_THAT(out, HasSubstr("|status=0")) << env;
+  }
+}
+
+}  // namespace
