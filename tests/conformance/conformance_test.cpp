@@ -2,13 +2,21 @@
 // built. Tasks here are plain functions and captureless lambdas, so the same
 // suite runs on the process backends. A new backend joins by adding its name
 // to kBackends below.
+#include "process_pool.hpp"
 #include "test_backends.hpp"
+#include "test_sync.hpp"
 
 #include <joblib/joblib.hpp>
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <ranges>
 #include <set>
 #include <stdexcept>
@@ -53,6 +61,29 @@ int out_of_range_at_0(int x) {
   return x;
 }
 std::string label(int x) { return "item-" + std::to_string(x); }
+
+// A task that leaves marks in `dir` (tasks may run in other processes):
+// "start_<x>_<pid>" when it starts, "end_<x>" when it ends. Every task but
+// the first runs until its call asks it to stop (10 s at most), so that
+// some are still running when their call is dropped.
+int marked_task(std::string dir, int x) {
+  std::ofstream(dir + "/start_" + std::to_string(x) + "_" + std::to_string(::getpid()));
+  if (x > 0) joblib_test::wait_until([] { return joblib::stop_requested(); }, std::chrono::seconds(10));
+  std::ofstream(dir + "/end_" + std::to_string(x));
+  return x;
+}
+
+// The marks in `dir`: task index -> pid of the process that started it.
+std::map<int, pid_t> started_tasks(const std::filesystem::path& dir) {
+  std::map<int, pid_t> out;
+  for (auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("start_", 0) != 0) continue;
+    const auto sep = name.find('_', 6);
+    out[std::stoi(name.substr(6, sep - 6))] = static_cast<pid_t>(std::stol(name.substr(sep + 1)));
+  }
+  return out;
+}
 
 class Conformance : public ::testing::TestWithParam<std::string> {
  protected:
@@ -148,9 +179,41 @@ TEST_P(Conformance, GeneratorThrowsWhileIterating) {
 }
 
 TEST_P(Conformance, DroppedGeneratorEndsCleanly) {
-  auto r = Parallel(opts(ReturnAs::generator)).map(slow_identity, std::views::iota(0, 1000));
-  auto it = r.begin();
-  EXPECT_EQ(*it, 0);
+  namespace fs = std::filesystem;
+  const fs::path marks =
+      fs::temp_directory_path() / ("joblib_test_dropped_" + GetParam() + "_" + std::to_string(::getpid()));
+  fs::remove_all(marks);
+  fs::create_directories(marks);
+  {
+    auto r = Parallel(opts(ReturnAs::generator))(std::views::iota(0, 1000) | std::views::transform([&](int i) {
+                                                   return delayed(marked_task)(marks.string(), i);
+                                                 }));
+    auto it = r.begin();
+    EXPECT_EQ(*it, 0);
+  }  // dropped after its first element: the destructor returns, and nothing of the call runs any more
+  const std::map<int, pid_t> started = started_tasks(marks);
+  EXPECT_LT(started.size(), 1000u) << "the rest of the input is not run";
+  for (const auto& [task, pid] : started) {
+    // A task that started has ended, or the worker process running it is gone (killed).
+    if (fs::exists(marks / ("end_" + std::to_string(task)))) continue;
+    EXPECT_TRUE(pid != ::getpid() && joblib_test::process_gone(pid)) << "task " << task << " still runs";
+  }
+  // No worker process of the call is left, but the idle ones a reusable pool keeps (loky).
+  std::set<pid_t> workers;
+  for (const auto& entry : started)
+    if (entry.second != ::getpid()) workers.insert(entry.second);
+  for (pid_t worker : workers) {
+    const auto gone_or_kept = [worker] {
+      const auto pool = joblib::detail::loky_worker_pids();
+      return joblib_test::process_gone(worker) || std::find(pool.begin(), pool.end(), worker) != pool.end();
+    };
+    EXPECT_TRUE(joblib_test::wait_until(gone_or_kept)) << "worker " << worker << " of the dropped call is left running";
+  }
+  // A later call on the same backend works, and no task of the dropped call starts meanwhile.
+  std::vector<double> later = Parallel(opts()).map(root, std::vector{0, 1, 4, 9});
+  EXPECT_EQ(later, (std::vector<double>{0, 1, 2, 3}));
+  EXPECT_EQ(started_tasks(marks).size(), started.size()) << "a task of the dropped call started after the drop";
+  fs::remove_all(marks);
 }
 
 TEST_P(Conformance, BackToBackCallsReuseTheBackend) {

@@ -1,6 +1,8 @@
 // The dispatcher: order, return modes, errors, abort, nesting, laziness,
 // back-pressure, timeout and progress. Backend-independent behaviour is in
 // conformance/; this file covers what needs threads to observe.
+#include "test_sync.hpp"
+
 #include <joblib/joblib.hpp>
 
 #include <gmock/gmock.h>
@@ -9,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <ranges>
@@ -21,16 +24,17 @@ namespace {
 using joblib::delayed;
 using joblib::Parallel;
 using joblib::ReturnAs;
+using joblib_test::wait_until;
 using namespace std::chrono_literals;
 
 double root(int x) { return std::sqrt(x); }
 int square(int x) { return x * x; }
 
 // Waits until `flag` is set (at most 10 s, so a broken test fails instead of hanging).
-void wait_for(const std::atomic<bool>& flag) {
-  auto until = std::chrono::steady_clock::now() + 10s;
-  while (!flag.load() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
-}
+bool wait_for(const std::atomic<bool>& flag) { return wait_until([&] { return flag.load(); }, 10s); }
+
+// Waits until the running task's call asks it to stop (at most 10 s).
+bool wait_for_stop_request() { return wait_until([] { return joblib::stop_requested(); }, 10s); }
 
 TEST(ParallelTest, JoblibSqrtExample) {
   std::vector<double> r = Parallel({.n_jobs = 2})(
@@ -98,6 +102,8 @@ TEST(ParallelTest, EmptyInputGivesEmptyResult) {
 }
 
 TEST(ParallelTest, KeepsOrderOnUnevenTasks) {
+  // The sleeps are the workload (later tasks tend to finish first); the
+  // order asserted holds however long they take.
   auto slow_first = [](int i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(i % 3 == 0 ? 5 : 0));
     return i;
@@ -155,8 +161,7 @@ TEST(ErrorTest, FirstFailureInSubmissionOrderWins) {
   auto f = [&zero_started](int i) -> int {
     if (i == 0) {
       zero_started = true;
-      auto until = std::chrono::steady_clock::now() + 10s;
-      while (!joblib::stop_requested() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+      wait_for_stop_request();
       throw std::invalid_argument("task 0");
     }
     wait_for(zero_started);
@@ -171,11 +176,16 @@ TEST(ErrorTest, FirstFailureInSubmissionOrderWins) {
 }
 
 TEST(ErrorTest, TasksNotYetStartedAreNotStarted) {
+  // Task 0 fails; every other task is still running when it does (each
+  // waits until the call asks it to stop; one 10 s bound for them all, so a
+  // build that runs the whole input fails instead of hanging).
   std::atomic<int> ran{0};
-  auto f = [&ran](int i) {
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  auto f = [&ran, until](int i) {
     if (i == 0) throw std::runtime_error("boom");
     ++ran;
-    std::this_thread::sleep_for(1ms);
+    wait_until([] { return joblib::stop_requested(); },
+               std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()));
     return i;
   };
   EXPECT_THROW(Parallel({.n_jobs = 2, .batch_size = 1}).map(f, std::views::iota(0, 1000)).to_vector(),
@@ -322,15 +332,21 @@ TEST(DispatchTest, AllPreDispatchPullsTheWholeInputFirst) {
 
 TEST(DispatchTest, GeneratorAppliesBackPressure) {
   std::atomic<int> produced{0};
+  std::atomic<int> finished{0};
   auto producer = std::views::iota(0, 1000) | std::views::transform([&](int i) {
                     ++produced;
-                    return delayed(square)(i);
+                    return delayed([&finished](int x) {
+                      ++finished;
+                      return x * x;
+                    })(i);
                   });
   auto r = Parallel({.n_jobs = 2, .pre_dispatch = "2 * n_jobs", .batch_size = 1,
                      .return_as = ReturnAs::generator})(producer);
   auto it = r.begin();
   EXPECT_EQ(*it, 0);
-  std::this_thread::sleep_for(50ms);  // a slow consumer: nothing more may be produced meanwhile
+  // A slow consumer: it holds on while every task produced so far finishes.
+  // The workers are then idle, and only the window keeps the producer back.
+  EXPECT_TRUE(wait_until([&] { return finished.load() == produced.load(); }, 10s));
   EXPECT_LE(produced.load(), 4 + 1);
   int count = 0;
   for (; it != r.end(); ++it) ++count;
@@ -338,22 +354,32 @@ TEST(DispatchTest, GeneratorAppliesBackPressure) {
 }
 
 TEST(DispatchTest, DroppingAGeneratorStopsTheRest) {
-  std::atomic<int> ran{0};
+  // Task 0 returns at once; the others are still running when the generator
+  // is dropped (each waits until the call asks it to stop, 10 s at most).
+  std::atomic<int> started{0};
+  std::atomic<int> running{0};
   {
     auto r = Parallel({.n_jobs = 2, .batch_size = 1, .return_as = ReturnAs::generator})(
         std::views::iota(0, 1000) | std::views::transform([&](int i) {
-          return delayed([&ran](int x) {
-            ++ran;
+          return delayed([&started, &running](int x) {
+            ++started;
+            ++running;
+            if (x > 0) wait_for_stop_request();
+            --running;
             return x;
           })(i);
         }));
     auto it = r.begin();
     EXPECT_EQ(*it, 0);
   }  // destroyed part way: returns only once nothing runs any more
-  const int after = ran.load();
-  EXPECT_LT(after, 100);
-  std::this_thread::sleep_for(20ms);
-  EXPECT_EQ(ran.load(), after);  // nothing left running
+  EXPECT_EQ(running.load(), 0) << "a task still ran after the generator was destroyed";
+  const int after = started.load();
+  EXPECT_LT(after, 100);  // the rest of the input is not run
+  // Nothing of the dropped call starts later, not even once the pool has
+  // served another call.
+  std::vector<int> later = Parallel({.n_jobs = 2}).map(square, std::views::iota(0, 4));
+  EXPECT_EQ(later, (std::vector<int>{0, 1, 4, 9}));
+  EXPECT_EQ(started.load(), after);
 }
 
 TEST(DispatchTest, FixedBatchSizeGroupsTasks) {
@@ -370,29 +396,39 @@ TEST(DispatchTest, FixedBatchSizeGroupsTasks) {
 // ---- timeout -----------------------------------------------------------------
 
 TEST(TimeoutTest, ListModeRaisesPromptly) {
-  auto f = [](int i) {
+  // Task 1 is stuck: it ignores stop requests and ends only when the test
+  // lets it go (or after 30 s, so that a build which waits for it fails
+  // instead of hanging). The state is shared, not on this stack: an
+  // abandoned task may outlive the test.
+  struct Stuck {
+    std::atomic<bool> running{false}, released{false}, ended{false}, told_to_stop{false};
+  };
+  auto stuck = std::make_shared<Stuck>();
+  auto f = [stuck](int i) {
     if (i == 1) {
-      auto until = std::chrono::steady_clock::now() + 5s;
-      while (!joblib::stop_requested() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+      stuck->running = true;
+      wait_until([&] { return stuck->released.load(); }, 30s);
+      stuck->told_to_stop = joblib::stop_requested();
+      stuck->ended = true;
     }
     return i;
   };
-  const auto t0 = std::chrono::steady_clock::now();
   try {
     Parallel({.n_jobs = 2, .timeout = 0.2, .batch_size = 1}).map(f, std::views::iota(0, 4)).to_vector();
-    FAIL();
+    ADD_FAILURE() << "expected a TimeoutError";
   } catch (const joblib::TimeoutError& e) {
     EXPECT_THAT(e.what(), ::testing::HasSubstr("timeout of 0.2 s"));
+    EXPECT_TRUE(stuck->running.load());
+    EXPECT_FALSE(stuck->ended.load()) << "the call waited for the stuck task";
   }
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s);  // not the 5 s of the task
+  stuck->released = true;
+  EXPECT_TRUE(wait_until([&] { return stuck->ended.load(); }, 30s));
+  EXPECT_TRUE(stuck->told_to_stop.load()) << "the task that ran over was not asked to stop";
 }
 
 TEST(TimeoutTest, GeneratorRaisesWhileIterating) {
   auto f = [](int i) {
-    if (i == 2) {
-      auto until = std::chrono::steady_clock::now() + 5s;
-      while (!joblib::stop_requested() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
-    }
+    if (i == 2) wait_until([] { return joblib::stop_requested(); }, 5s);  // stuck until the call gives up on it
     return i;
   };
   auto r = Parallel({.n_jobs = 2, .timeout = 0.2, .batch_size = 1, .return_as = ReturnAs::generator})
@@ -482,7 +518,8 @@ TEST(ParallelTest, BoolResultsIterate) {
 
 TEST(TimeoutTest, IsPerTaskNotPerBatch) {
   // 3000 tasks of 1 ms, timeout 0.15 s: auto batching must not turn this into
-  // a timeout (batches of several tasks each under the limit).
+  // a timeout (batches of several tasks each under the limit). The sleeps are
+  // the workload, each 150 times shorter than the limit.
   auto one_ms = [](int i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
     return i;

@@ -1,8 +1,12 @@
 // The threading plugin: persistent pools, thread reuse, per-level pools.
+#include "test_sync.hpp"
+
 #include <joblib/joblib.hpp>
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <ranges>
 #include <set>
 #include <thread>
@@ -11,6 +15,7 @@ namespace {
 
 using joblib::delayed;
 using joblib::Parallel;
+using namespace std::chrono_literals;
 
 std::thread::id thread_id() { return std::this_thread::get_id(); }
 
@@ -20,7 +25,28 @@ std::set<std::thread::id> ids_of_a_call(int n_jobs) {
   return {ids.begin(), ids.end()};
 }
 
-TEST(ThreadingBackendTest, RunsOnWorkerThreadsNotTheCaller) {
+struct Meeting {
+  bool saw_the_other = false;
+  std::thread::id thread;
+};
+
+TEST(ThreadingBackendTest, RunsOnNJobsWorkerThreadsAtOnceNotTheCaller) {
+  // Two tasks that each wait (10 s at most) until both have started: both
+  // meet only if two threads run them at the same time.
+  std::atomic<int> arrived{0};
+  auto meet = [&arrived] {
+    ++arrived;
+    const bool met = joblib_test::wait_until([&] { return arrived.load() == 2; }, 10s);
+    return Meeting{met, std::this_thread::get_id()};
+  };
+  std::vector<Meeting> m = Parallel({.n_jobs = 2, .backend = "threading", .batch_size = 1})(
+      std::views::iota(0, 2) | std::views::transform([&](int) { return delayed(meet)(); }));
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_TRUE(m[0].saw_the_other) << "the two tasks did not run at the same time";
+  EXPECT_TRUE(m[1].saw_the_other) << "the two tasks did not run at the same time";
+  EXPECT_NE(m[0].thread, m[1].thread);
+  for (const Meeting& one : m) EXPECT_NE(one.thread, std::this_thread::get_id());
+  // And never more threads than n_jobs, none of them the caller.
   auto ids = ids_of_a_call(2);
   EXPECT_EQ(ids.count(std::this_thread::get_id()), 0u);
   EXPECT_LE(ids.size(), 2u);

@@ -3,6 +3,7 @@
 // thread caps, fault injection, and nothing left behind. Tasks are plain
 // functions: they run in other processes.
 #include "process_pool.hpp"
+#include "test_sync.hpp"
 
 #include <joblib/joblib.hpp>
 #include <joblib/worker.hpp>
@@ -16,10 +17,12 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <ranges>
@@ -32,6 +35,9 @@ namespace fs = std::filesystem;
 using joblib::delayed;
 using joblib::Parallel;
 using ::testing::HasSubstr;
+using joblib_test::kHangGuard;
+using joblib_test::process_gone;
+using joblib_test::wait_until;
 using namespace std::chrono_literals;
 
 struct MyError : std::runtime_error {
@@ -55,14 +61,45 @@ int exit_at_1(int x) {
   return x;
 }
 int pid_of(int) { return static_cast<int>(::getpid()); }
-int sleep_ms(int ms) {
+int sleep_ms(int ms) {  // a task that takes some time: a workload, never a synchronisation
   std::this_thread::sleep_for(std::chrono::milliseconds(ms));
   return ms;
 }
+// The pid written to `path` (0 while there is none): a whole number, since
+// the writer renames it into place.
+pid_t read_pid(const std::string& path) {
+  pid_t pid = 0;
+  std::ifstream(path) >> pid;
+  return pid;
+}
+// A stuck task: says which worker runs it, then hangs (30 s, so that a
+// worker nobody kills ends after all); `path`.ended says it ran to its end.
 int write_pid_then_hang(std::string path) {
-  std::ofstream(path) << ::getpid();
+  std::ofstream(path + ".tmp") << ::getpid();
+  fs::rename(path + ".tmp", path);
   std::this_thread::sleep_for(30s);
+  std::ofstream(path + ".ended");
   return 0;
+}
+// One task of a long run: sleeps `ms`, but the task at index `stuck` hangs
+// in write_pid_then_hang(pidfile) instead.
+int sleep_or_hang(int i, int stuck, std::string pidfile, int ms) {
+  return i == stuck ? write_pid_then_hang(pidfile) : sleep_ms(ms);
+}
+// Marks its arrival in `dir`, then waits (30 s at most) until `n` tasks have
+// arrived: they all meet only if they run at the same time, each in a worker
+// of its own. Returns the worker's pid.
+int meet_in(std::string dir, int i, int n) {
+  std::ofstream(dir + "/" + std::to_string(i));
+  wait_until([&] {
+    const auto entries = fs::directory_iterator(dir);
+    return std::distance(fs::begin(entries), fs::end(entries)) >= n;
+  });
+  return static_cast<int>(::getpid());
+}
+int pid_using_array(joblib::Array<double> a) {
+  (void)std::as_const(a)[a.size() - 1];
+  return static_cast<int>(::getpid());
 }
 std::string env_of(std::string name) {
   const char* v = std::getenv(name.c_str());
@@ -78,21 +115,21 @@ int g_initialized = 0;
 void init_worker(int value) { g_initialized = value; }
 int initialized_value(int) { return g_initialized; }
 
-bool process_gone(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  if (!stat) return true;
-  std::string s;
-  std::getline(stat, s);
-  const auto close = s.rfind(')');
-  return close != std::string::npos && close + 2 < s.size() && s[close + 2] == 'Z';  // a zombie is dead too
-}
+// Waits until `pid` has ended; the bound is only a hang guard.
+bool wait_gone(pid_t pid) { return wait_until([pid] { return process_gone(pid); }); }
 
-bool wait_gone(pid_t pid, std::chrono::milliseconds limit = 5000ms) {
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (!process_gone(pid))
-    if (std::chrono::steady_clock::now() > until) return false;
-    else std::this_thread::sleep_for(10ms);
-  return true;
+// Whether `pid` is a child of this process, running or a zombie (not yet reaped).
+bool is_our_child(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string s;
+  if (!std::getline(stat, s)) return false;
+  const auto close = s.rfind(')');
+  if (close == std::string::npos) return false;
+  char state = 0;
+  long ppid = 0;
+  std::istringstream rest(s.substr(close + 2));
+  rest >> state >> ppid;
+  return ppid == ::getpid();
 }
 
 std::vector<pid_t> zombie_children() {
@@ -204,16 +241,17 @@ TEST_P(ProcessBackends, TaskThatCannotTravelIsRefusedBeforeAnyTaskRuns) {
 TEST_P(ProcessBackends, TimeoutKillsTheStuckWorker) {
   const fs::path dir = fresh_dir("timeout");
   const std::string pidfile = (dir / "pid").string();
-  const auto t0 = std::chrono::steady_clock::now();
+  // Workers already running (loky keeps them): the 0.5 s clock times the task, not a worker's start.
+  std::vector<int> warm = Parallel(opts()).map(pid_of, std::views::iota(0, 2));
   EXPECT_THROW(Parallel({.n_jobs = 2, .backend = GetParam(), .timeout = 0.5})
                    .map(write_pid_then_hang, std::vector<std::string>{pidfile})
                    .to_vector(),
                joblib::TimeoutError);
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
-  pid_t pid = 0;
-  std::ifstream(pidfile) >> pid;
+  EXPECT_FALSE(fs::exists(pidfile + ".ended")) << "the call waited for the stuck task";
+  const pid_t pid = read_pid(pidfile);
   ASSERT_GT(pid, 0);
   EXPECT_TRUE(wait_gone(pid));
+  EXPECT_FALSE(fs::exists(pidfile + ".ended")) << "the stuck worker was not killed";
   fs::remove_all(dir);
   std::vector<int> r = Parallel(opts()).map(pid_of, std::views::iota(0, 2));
   EXPECT_EQ(r.size(), 2u);
@@ -302,6 +340,7 @@ TEST(MemmapTest, FoldersOfDeadProcessesAreRemovedAtTheNextStart) {
 // ---- the loky pool ------------------------------------------------------------------
 
 TEST(LokyTest, WorkersAreReusedAcrossCalls) {
+  // sleep_ms spreads work over both workers; the pids asserted do not depend on its timing.
   std::set<int> pids;
   for (int call = 0; call < 3; ++call) {
     std::vector<int> r = Parallel({.n_jobs = 2, .backend = "loky", .batch_size = 1}).map(sleep_ms, std::vector{20, 20, 20, 20});
@@ -331,10 +370,11 @@ TEST(LokyTest, InitializerRunsInEveryWorkerAndKeysReuse) {
 TEST(LokyTest, IdleWorkersLeaveAndAreRestarted) {
   joblib::parallel_backend scope("loky", {.n_jobs = 2, .settings = {{"idle_worker_timeout", "0.3"}}});
   std::vector<int> pids = Parallel().map(pid_of, std::views::iota(0, 4));
-  std::this_thread::sleep_for(1500ms);
-  for (int p : std::set<int>(pids.begin(), pids.end())) EXPECT_TRUE(process_gone(p)) << p;
+  const std::set<int> first(pids.begin(), pids.end());
+  for (int p : first) EXPECT_TRUE(wait_gone(p)) << p << " did not leave idle";
   std::vector<int> again = Parallel().map(pid_of, std::views::iota(0, 4));
-  EXPECT_EQ(again.size(), 4u);
+  ASSERT_EQ(again.size(), 4u);
+  for (int p : again) EXPECT_EQ(first.count(p), 0u) << "the call ran on fresh workers";
 }
 
 TEST(LokyTest, WorkersGetThreadCaps) {
@@ -348,21 +388,28 @@ TEST(LokyTest, WorkersGetThreadCaps) {
 }
 
 TEST(LokyTest, FaultInjectionKillsARandomWorkerDuringALongRun) {
+  const fs::path dir = fresh_dir("fault");
+  const std::string pidfile = (dir / "pid").string();
   std::vector<int> warm = Parallel({.n_jobs = 2, .backend = "loky"}).map(pid_of, std::views::iota(0, 4));
-  std::thread killer([] {
-    std::this_thread::sleep_for(300ms);
-    auto pids = joblib::detail::loky_worker_pids();
-    if (pids.empty()) return;
-    std::mt19937 rng(std::random_device{}());
-    ::kill(pids[rng() % pids.size()], SIGKILL);
+  // The worker killed is the one that reaches a random task of the run: that
+  // task waits to be killed, so the kill lands while the worker is busy.
+  std::mt19937 rng(std::random_device{}());
+  const int victim = std::uniform_int_distribution<int>(0, 199)(rng);
+  std::thread killer([&] {
+    pid_t pid = 0;
+    if (wait_until([&] { return (pid = read_pid(pidfile)) > 0; }) && pid != ::getpid()) ::kill(pid, SIGKILL);
   });
   try {
-    Parallel({.n_jobs = 2, .backend = "loky", .batch_size = 1}).map(sleep_ms, std::vector<int>(200, 20)).to_vector();
+    auto run = std::views::iota(0, 200) | std::views::transform([&](int i) {
+                 return delayed(sleep_or_hang)(i, victim, pidfile, 20);
+               });
+    Parallel({.n_jobs = 2, .backend = "loky", .batch_size = 1})(run).to_vector();
     ADD_FAILURE() << "the call should have failed";
   } catch (const joblib::TerminatedWorkerError& e) {
     EXPECT_THAT(e.what(), HasSubstr("{SIGKILL(-9)}"));
   }
   killer.join();
+  fs::remove_all(dir);
   std::vector<int> next = Parallel({.n_jobs = 2, .backend = "loky"}).map(sleep_ms, std::vector<int>(10, 1));
   EXPECT_EQ(next, std::vector<int>(10, 1));
 }
@@ -387,10 +434,15 @@ TEST(MultiprocessingTest, ForkedWorkersCanUseThreadPoolsTheParentAlreadyHad) {
 
 TEST(ProcessCleanupTest, NoZombieAndNoMemmapFolderLeft) {
   joblib::Array<double> big({300000});
-  std::vector<std::string> r = Parallel({.n_jobs = 2, .backend = "multiprocessing"})(
-      std::views::iota(0, 2) | std::views::transform([&](int) { return delayed(describe_array)(big); }));
-  std::this_thread::sleep_for(500ms);  // drivers reap on their next tick
+  std::vector<int> workers = Parallel({.n_jobs = 2, .backend = "multiprocessing"})(
+      std::views::iota(0, 2) | std::views::transform([&](int) { return delayed(pid_using_array)(big); }));
+  // The call's workers are reaped; so is any other worker that left (drivers
+  // reap those on their next tick: waited for, within a hang guard).
+  EXPECT_TRUE(wait_until([&] {
+    return zombie_children().empty() && std::none_of(workers.begin(), workers.end(), is_our_child);
+  }));
   EXPECT_TRUE(zombie_children().empty());
+  for (int w : workers) EXPECT_FALSE(is_our_child(w)) << w;
   const std::string mine = "joblib_memmapping_folder_" + std::to_string(::getpid()) + "_";
   for (const fs::path& root : {fs::path("/dev/shm"), fs::temp_directory_path()}) {
     if (!fs::exists(root)) continue;
@@ -438,18 +490,14 @@ std::vector<pid_t> read_ready(Child& c) {
   return pids;
 }
 
-int wait_child(pid_t pid, std::chrono::seconds limit) {
-  const auto until = std::chrono::steady_clock::now() + limit;
+// The child's wait status once it has ended; nothing if it still ran after
+// the hang guard (it is then killed and reaped).
+std::optional<int> wait_child(pid_t pid) {
   int status = 0;
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > until) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(10ms);
-  }
-  return status;
+  if (wait_until([&] { return ::waitpid(pid, &status, WNOHANG) == pid; })) return status;
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, &status, 0);
+  return std::nullopt;
 }
 
 }  // namespace
@@ -459,13 +507,13 @@ TEST(InterruptTest, CtrlCStopsWorkersRemovesTheFolderAndEndsAsSigint) {
   Child c = start_child("sigint", root);
   std::vector<pid_t> workers = read_ready(c);
   ASSERT_EQ(workers.size(), 2u);
-  const auto t0 = std::chrono::steady_clock::now();
   ::kill(c.pid, SIGINT);
-  const int status = wait_child(c.pid, 10s);
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);  // "within a second", with slack for a loaded CI
-  ASSERT_TRUE(WIFSIGNALED(status)) << status;
-  EXPECT_EQ(WTERMSIG(status), SIGINT);
-  for (pid_t w : workers) EXPECT_TRUE(wait_gone(w, 2000ms)) << w;
+  // Its tasks would run 60 s: the program ends because of Ctrl-C, not because they finished.
+  const std::optional<int> status = wait_child(c.pid);
+  ASSERT_TRUE(status.has_value()) << "still running " << kHangGuard.count() << " s after Ctrl-C";
+  ASSERT_TRUE(WIFSIGNALED(*status)) << *status;
+  EXPECT_EQ(WTERMSIG(*status), SIGINT);
+  for (pid_t w : workers) EXPECT_TRUE(wait_gone(w)) << w;
   EXPECT_TRUE(memmap_folders(root).empty());
   std::fclose(c.out);
   fs::remove_all(root);
@@ -480,10 +528,11 @@ TEST(InterruptTest, CtrlCWithTheProgramsOwnHandlerFailsTheCall) {
   char line[512] = {};
   ASSERT_TRUE(std::fgets(line, sizeof line, c.out));
   EXPECT_THAT(std::string(line), HasSubstr("INTERRUPTED: Parallel call interrupted (SIGINT) (handler ran: 1)"));
-  const int status = wait_child(c.pid, 10s);
-  ASSERT_TRUE(WIFEXITED(status)) << status;
-  EXPECT_EQ(WEXITSTATUS(status), 0);
-  for (pid_t w : workers) EXPECT_TRUE(wait_gone(w, 2000ms)) << w;
+  const std::optional<int> status = wait_child(c.pid);
+  ASSERT_TRUE(status.has_value()) << "still running " << kHangGuard.count() << " s after Ctrl-C";
+  ASSERT_TRUE(WIFEXITED(*status)) << *status;
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
+  for (pid_t w : workers) EXPECT_TRUE(wait_gone(w)) << w;
   EXPECT_TRUE(memmap_folders(root).empty());
   std::fclose(c.out);
   fs::remove_all(root);
@@ -495,8 +544,8 @@ TEST(InterruptTest, WorkersEndWhenTheirParentDies) {
   std::vector<pid_t> workers = read_ready(c);
   ASSERT_EQ(workers.size(), 2u);
   ::kill(c.pid, SIGKILL);
-  wait_child(c.pid, 10s);
-  for (pid_t w : workers) EXPECT_TRUE(wait_gone(w, 3000ms)) << w;
+  EXPECT_TRUE(wait_child(c.pid).has_value());
+  for (pid_t w : workers) EXPECT_TRUE(wait_gone(w)) << w;
   std::fclose(c.out);
   fs::remove_all(root);  // a folder left by a SIGKILLed parent goes at the next start
 }
@@ -525,12 +574,22 @@ TEST(MemmapTest, AMappedArrayTravelsAsAReferenceToItsFile) {
 }
 
 TEST(LokyTest, PoolIsResizedOnDemand) {
-  std::vector<int> two = Parallel({.n_jobs = 2, .backend = "loky", .batch_size = 1}).map(sleep_ms, std::vector<int>(8, 30));
+  const fs::path dir = fresh_dir("resize");
+  // n tasks that meet (each waits until all n run): n workers at once.
+  auto meeting_of = [&](int n) {
+    const fs::path room = dir / std::to_string(n);
+    fs::create_directories(room);
+    std::vector<int> pids = Parallel({.n_jobs = n, .backend = "loky", .batch_size = 1})(
+        std::views::iota(0, n) | std::views::transform([&](int i) { return delayed(meet_in)(room.string(), i, n); }));
+    return std::set<int>(pids.begin(), pids.end());
+  };
+  EXPECT_EQ(meeting_of(2).size(), 2u);
   auto before = joblib::detail::loky_worker_pids();
-  std::vector<int> three = Parallel({.n_jobs = 3, .backend = "loky", .batch_size = 1}).map(sleep_ms, std::vector<int>(9, 30));
+  EXPECT_EQ(meeting_of(3).size(), 3u) << "three workers did not run at once";
   auto after = joblib::detail::loky_worker_pids();
   EXPECT_EQ(after.size(), 3u);
   for (pid_t p : before) EXPECT_NE(std::find(after.begin(), after.end(), p), after.end()) << "workers are kept";
+  fs::remove_all(dir);
 }
 
 namespace {
@@ -550,11 +609,23 @@ TEST(MemmapTest, FreshArraysAtAReusedAddressAreNotConfused) {
 }
 
 TEST(LokyTest, ShrinkingThePoolLeavesNoZombie) {
+  std::set<pid_t> seen;  // every worker the pool had after a call
   for (int n : {2, 3, 2, 3, 2}) {
     std::vector<int> r = Parallel({.n_jobs = n, .backend = "loky"}).map(pid_of, std::views::iota(0, 6));
     EXPECT_EQ(r.size(), 6u);
+    for (pid_t p : joblib::detail::loky_worker_pids()) seen.insert(p);
   }
-  std::this_thread::sleep_for(300ms);
+  // A retired worker leaves on its own (exit frame, then SIGKILL) and is
+  // reaped: wait for that (within a hang guard), then nothing else is left.
+  auto retired_are_reaped = [&] {
+    const auto pool = joblib::detail::loky_worker_pids();
+    return std::none_of(seen.begin(), seen.end(), [&](pid_t p) {
+      return std::find(pool.begin(), pool.end(), p) == pool.end() && is_our_child(p);
+    });
+  };
+  EXPECT_TRUE(wait_until([&] {
+    return retired_are_reaped() && zombie_children().empty() && joblib::detail::loky_worker_pids().size() == 2u;
+  }));
   EXPECT_TRUE(zombie_children().empty());
   EXPECT_EQ(joblib::detail::loky_worker_pids().size(), 2u);
 }
