@@ -419,6 +419,7 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
       to_close.assign(parent_fds().begin(), parent_fds().end());
     }
     std::fflush(nullptr);  // else the child would print the parent's unflushed output again
+    const pid_t parent = ::getpid();
     pid = ::fork();
     if (pid == 0) {
       // The child: only this thread exists. Close the other workers'
@@ -426,6 +427,7 @@ bool ProcessPool::ensure_worker(Slot* slot, std::string& why) {
       ::close(sv[0]);
       for (int fd : to_close) ::close(fd);
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(0);  // the parent died before the line above
       ::signal(SIGINT, SIG_IGN);
       // The spawn lock is held by this (copied) thread, and other threads of
       // the parent may have held the pools' locks: a task that makes a

@@ -848,7 +848,7 @@ namespace {
 // that spawned this process (empty: they do). The channel must be a Unix
 // socket whose peer is our parent, the parent named in the environment, and
 // the first bytes on it must be the token the environment holds.
-std::string worker_handshake_problem(const char* fdv, const char* parent, const char* token, int& fd) {
+std::string worker_channel_problem(const char* fdv, const char* parent, const char* token, int& fd) {
   char* end = nullptr;
   errno = 0;
   const long v = std::strtol(fdv, &end, 10);
@@ -858,13 +858,20 @@ std::string worker_handshake_problem(const char* fdv, const char* parent, const 
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return fmt::format("descriptor {} is not a socket", fd);
   const long parent_pid = parent ? std::strtol(parent, nullptr, 10) : 0;
-  if (parent_pid <= 0 || ::getppid() != static_cast<pid_t>(parent_pid))
-    return "the parent process is not the one JOBLIB_WORKER_PARENT names";
+  if (parent_pid <= 0) return "JOBLIB_WORKER_PARENT names no process";
   struct ucred cred {};
   socklen_t len = sizeof cred;
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid != static_cast<pid_t>(parent_pid))
-    return fmt::format("descriptor {} is not connected to the parent process", fd);
+    return fmt::format("descriptor {} is not connected to the process JOBLIB_WORKER_PARENT names", fd);
+  // The channel was made by the named process: a worker it spawned. If it is
+  // no longer our parent, it died before we started: end quietly.
+  if (::getppid() != static_cast<pid_t>(parent_pid)) ::_exit(0);
   if (!token || std::strlen(token) != 32) return "JOBLIB_WORKER_TOKEN is missing";
+  return {};
+}
+
+// Reads the token the spawning parent writes first on the channel.
+std::string worker_token_problem(int fd, const char* token) {
   char got[32];
   std::size_t have = 0;
   while (have < sizeof got) {
@@ -874,7 +881,7 @@ std::string worker_handshake_problem(const char* fdv, const char* parent, const 
     if (r <= 0) return "the parent sent no handshake";
     const ssize_t n = ::recv(fd, got + have, sizeof got - have, MSG_DONTWAIT);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n <= 0) return "the parent closed the channel before the handshake";
+    if (n <= 0) ::_exit(0);  // our spawning parent went away (or gave up) before the handshake: end quietly
     have += static_cast<std::size_t>(n);
   }
   if (std::memcmp(got, token, sizeof got) != 0) return "the handshake does not match";
@@ -915,15 +922,21 @@ void worker_main_guard(int argc, char** argv) {
   ::unsetenv("JOBLIB_WORKER_PARENT");
   ::unsetenv("JOBLIB_WORKER_TOKEN");
   int fd = -1;
-  const std::string problem =
-      worker_handshake_problem(fd_text.c_str(), parent, token.empty() ? nullptr : token.c_str(), fd);
+  const char* tok = token.empty() ? nullptr : token.c_str();
+  std::string problem = worker_channel_problem(fd_text.c_str(), parent, tok, fd);
+  if (problem.empty()) {
+    // The channel comes from our parent: a worker whose parent dies ends too,
+    // from now on (it may die during the handshake).
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != static_cast<pid_t>(std::strtol(parent, nullptr, 10))) ::_exit(0);
+    problem = worker_token_problem(fd, tok);
+    if (!problem.empty()) ::prctl(PR_SET_PDEATHSIG, 0);
+  }
   if (!problem.empty()) {
     // Only a worker this library spawned takes over; anything else runs main.
     std::fprintf(stderr, "joblib: ignoring JOBLIB_WORKER_FD: %s; running the program normally\n", problem.c_str());
     return;
   }
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a worker whose parent dies ends too
-  if (::getppid() != static_cast<pid_t>(std::strtol(parent, nullptr, 10))) ::_exit(0);
   run_worker(move_channel_out_of_reach(fd), idle_s);
 }
 

@@ -192,7 +192,8 @@ class EngineCache {
     std::lock_guard lock(*mutex_);
     auto it = engines_->find({level, n_jobs});
     if (it == engines_->end() || it->second.get() != engine) return;
-    it->second.release()->retire();
+    it->second->retire();
+    retired_->push_back(std::move(it->second));  // kept: a retired engine is never destroyed
     engines_->erase(it);
   }
   /// For a pthread_atfork child handler: the child has none of the parent's
@@ -200,12 +201,14 @@ class EngineCache {
   void forget() noexcept {
     mutex_ = new std::mutex();
     engines_ = new Map();
+    retired_ = new std::vector<std::unique_ptr<Engine>>();
   }
 
  private:
   using Map = std::map<std::pair<int, int>, std::unique_ptr<Engine>>;
   std::mutex* mutex_ = new std::mutex();
   Map* engines_ = new Map();
+  std::vector<std::unique_ptr<Engine>>* retired_ = new std::vector<std::unique_ptr<Engine>>();
 };
 
 /// Signature of a plugin's factory.

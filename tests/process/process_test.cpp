@@ -315,7 +315,9 @@ TEST_P(ProcessBackends, FolderIsRemovedWhenATaskFails) {
 INSTANTIATE_TEST_SUITE_P(Backends, ProcessBackends, ::testing::Values("loky", "multiprocessing"));
 
 TEST(MemmapTest, FoldersOfDeadProcessesAreRemovedAtTheNextStart) {
-  const fs::path root = fresh_dir("stale");
+  // A root of its own per run: a program sweeps each root once.
+  static int run = 0;
+  const fs::path root = fresh_dir("stale" + std::to_string(run++));
   // A folder whose lock nobody holds (its owner died) goes; one whose lock is
   // held stays, whatever pid its name shows (the owner may live in another
   // PID namespace sharing the folder, where our pids mean nothing).

@@ -42,6 +42,10 @@ class NestedProcessCalls : public ::testing::TestWithParam<std::pair<const char*
 
 TEST_P(NestedProcessCalls, AProcessCallInsideAProcessTaskRuns) {
   const auto [outer, inner] = GetParam();
+#if defined(__SANITIZE_ADDRESS__)
+  if (std::string(outer) == "multiprocessing")
+    GTEST_SKIP() << "ASan's allocator (GCC 12) is not fork-safe: a forked worker that starts threads can deadlock in it";
+#endif
   std::vector<int> r = Parallel({.n_jobs = 2, .backend = outer, .batch_size = 1})(
       std::views::iota(0, 3) | std::views::transform([&](int) { return delayed(inner_sum)(std::string(inner)); }));
   EXPECT_EQ(r, (std::vector{14, 14, 14}));
