@@ -115,9 +115,10 @@ TaskScope::~TaskScope() {
 Resolved resolve(const ParallelOptions& o) {
   const Frame& f = current_frame();
   Resolved r;
-  const Prefer prefer = o.prefer != Prefer::none ? o.prefer : f.prefer.value_or(Prefer::none);
-  const Require require = o.require != Require::none ? o.require : f.require.value_or(Require::none);
-  r.verbose = o.verbose != 0 ? o.verbose : f.verbose.value_or(0);
+  // An explicit value always wins; an unset one takes the scope's, then the default.
+  const Prefer prefer = o.prefer ? *o.prefer : f.prefer.value_or(Prefer::none);
+  const Require require = o.require ? *o.require : f.require.value_or(Require::none);
+  r.verbose = o.verbose ? *o.verbose : f.verbose.value_or(0);
   if (prefer == Prefer::processes && require == Require::sharedmem)
     throw std::invalid_argument("prefer == 'processes' and require == 'sharedmem' are inconsistent settings");
 
@@ -170,11 +171,10 @@ Resolved resolve(const ParallelOptions& o) {
   r.timeout = o.timeout;
   r.pre_dispatch = o.pre_dispatch;
   r.batch_size = o.batch_size;
-  r.temp_folder = !o.temp_folder.empty() ? o.temp_folder : f.temp_folder.value_or("");
-  const bool max_default = o.max_nbytes && *o.max_nbytes == "1M";
-  if (!max_default) r.max_nbytes = o.max_nbytes ? parse_bytes(*o.max_nbytes, "max_nbytes") : std::nullopt;
+  r.temp_folder = o.temp_folder && !o.temp_folder->empty() ? *o.temp_folder : f.temp_folder.value_or("");
+  if (o.max_nbytes) r.max_nbytes = *o.max_nbytes ? parse_bytes(**o.max_nbytes, "max_nbytes") : std::nullopt;
   else r.max_nbytes = parse_bytes(f.max_nbytes.value_or("1M"), "max_nbytes");
-  r.mmap_mode = o.mmap_mode != MmapMode::r ? o.mmap_mode : f.mmap_mode.value_or(MmapMode::r);
+  r.mmap_mode = o.mmap_mode ? *o.mmap_mode : f.mmap_mode.value_or(MmapMode::r);
   r.return_as = o.return_as;
   r.on_progress = o.on_progress;
   r.initializer = o.initializer ? o.initializer.request : f.initializer.request;

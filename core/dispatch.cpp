@@ -746,12 +746,12 @@ void validate(const ParallelOptions& o) {
         fmt::format("batch_size must be 'auto' or a positive integer, got: {}", *o.batch_size));
   if (o.timeout && !(*o.timeout > 0))
     throw std::invalid_argument(fmt::format("timeout must be a positive number of seconds, got: {}", *o.timeout));
-  if (o.verbose < 0) throw std::invalid_argument(fmt::format("verbose must be >= 0, got: {}", o.verbose));
+  if (o.verbose && *o.verbose < 0) throw std::invalid_argument(fmt::format("verbose must be >= 0, got: {}", *o.verbose));
   if (o.pre_dispatch != "all") {
     long amount = eval_pre_dispatch(o.pre_dispatch, 1);  // syntax check with any n_jobs
     (void)amount;
   }
-  if (o.max_nbytes) (void)parse_bytes(*o.max_nbytes, "max_nbytes");
+  if (o.max_nbytes && *o.max_nbytes) (void)parse_bytes(**o.max_nbytes, "max_nbytes");
 }
 
 std::shared_ptr<Call> start_call(const ParallelOptions& options, std::unique_ptr<Source> source) {

@@ -6,6 +6,8 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace joblib {
@@ -31,21 +33,38 @@ struct Initializer {
 /// Progress callback: tasks done so far, and the total once it is known.
 using ProgressCallback = std::function<void(std::size_t done, std::optional<std::size_t> total)>;
 
+/// A setting that may be left unset, so that "not written" and "written
+/// with the default value" differ: an unset field of ParallelOptions takes
+/// the innermost scope's value, a written one always wins. Converts from
+/// anything T is constructible from (`.verbose = 0`, `.max_nbytes = "1M"`,
+/// `.max_nbytes = std::nullopt` for a Setting<std::optional<std::string>>),
+/// and reads as a std::optional<T>.
+template <class T>
+class Setting : public std::optional<T> {
+ public:
+  Setting() = default;
+  template <class U>
+    requires(std::is_constructible_v<T, U &&> && !std::is_same_v<std::remove_cvref_t<U>, Setting>)
+  Setting(U&& value) : std::optional<T>(std::in_place, std::forward<U>(value)) {}  // NOLINT: implicit on purpose
+};
+
 /// Parameters of Parallel, in the order of joblib's Parallel parameters.
-/// A field left at its default counts as unset: it takes the innermost
-/// scope's value if one is set, else the default shown.
+/// A field not written is unset: it takes the innermost scope's value if
+/// one is set, else the default shown. A value written always wins over a
+/// scope, even when it equals the default (`.verbose = 0` silences a
+/// parallel_config({.verbose = 10}) scope).
 struct ParallelOptions {
   std::optional<int> n_jobs{};              // unset: 1 unless a scope sets it; -1 all CPUs; -2 all but one; 0 is an error
   std::string backend{};                    // "" = scope / hints / default; else a backend name
-  int verbose = 0;                          // joblib's progress messages: stderr below 50, stdout from 50
+  Setting<int> verbose{};                   // 0 unset; joblib's progress messages: stderr below 50, stdout from 50
   std::optional<double> timeout{};          // seconds, per task
   std::string pre_dispatch = "2 * n_jobs";  // "all", an integer, or an expression in n_jobs
   std::optional<int> batch_size{};          // unset = "auto"
-  std::string temp_folder{};                // "" = JOBLIB_TEMP_FOLDER, /dev/shm, then the system temp folder
-  std::optional<std::string> max_nbytes = "1M";  // std::nullopt (or "none") = never memmap
-  MmapMode mmap_mode = MmapMode::r;
-  Prefer prefer = Prefer::none;
-  Require require = Require::none;
+  Setting<std::string> temp_folder{};       // "" or unset = JOBLIB_TEMP_FOLDER, /dev/shm, then the system temp folder
+  Setting<std::optional<std::string>> max_nbytes{};  // "1M" unset; std::nullopt (or "none") = never memmap
+  Setting<MmapMode> mmap_mode{};            // MmapMode::r unset
+  Setting<Prefer> prefer{};                 // Prefer::none unset
+  Setting<Require> require{};               // Require::none unset
   ReturnAs return_as = ReturnAs::list;
   // ---- beyond joblib ----
   ProgressCallback on_progress{};           // called after every finished batch (every task when sequential)

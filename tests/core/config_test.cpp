@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <ranges>
 #include <thread>
 
 namespace {
@@ -216,4 +217,40 @@ TEST_F(ResolutionTest, ScopeValuesFillUnsetOptions) {
   EXPECT_EQ(explicit_r.max_nbytes, std::nullopt);
 }
 
+}  // namespace
+
+namespace {
+// An option written in Parallel's options always wins over a scope, even
+// when it equals the default; one left unwritten takes the scope's value.
+TEST(ScopeTest, ExplicitValuesWinOverTheScopeEvenWhenTheyAreTheDefault) {
+  using joblib::MmapMode;
+  using joblib::Prefer;
+  joblib::parallel_config scope({.backend = "threading", .n_jobs = 2, .verbose = 10, .temp_folder = "/scope/tmp",
+                                 .max_nbytes = "none", .mmap_mode = MmapMode::r_plus, .prefer = Prefer::processes});
+  const auto inherited = joblib::detail::resolve({});
+  EXPECT_EQ(inherited.verbose, 10);
+  EXPECT_EQ(inherited.max_nbytes, std::nullopt);
+  EXPECT_EQ(inherited.mmap_mode, MmapMode::r_plus);
+  EXPECT_EQ(inherited.temp_folder, "/scope/tmp");
+  const auto explicit_defaults =
+      joblib::detail::resolve({.verbose = 0, .max_nbytes = "1M", .mmap_mode = MmapMode::r});
+  EXPECT_EQ(explicit_defaults.verbose, 0);
+  EXPECT_EQ(explicit_defaults.max_nbytes, std::optional<std::size_t>(1024 * 1024));
+  EXPECT_EQ(explicit_defaults.mmap_mode, MmapMode::r);
+  // std::nullopt written explicitly means "never memmap", over a scope's value.
+  joblib::parallel_config inner({.max_nbytes = "2M"});
+  EXPECT_EQ(joblib::detail::resolve({.max_nbytes = std::nullopt}).max_nbytes, std::nullopt);
+  EXPECT_EQ(joblib::detail::resolve({}).max_nbytes, std::optional<std::size_t>(2 * 1024 * 1024));
+}
+
+TEST(ScopeTest, AnExplicitZeroVerboseSilencesAVerboseScope) {
+  joblib::parallel_config scope({.backend = "threading", .n_jobs = 2, .verbose = 10});
+  ::testing::internal::CaptureStderr();
+  std::vector<int> r = joblib::Parallel({.verbose = 0}).map([](int x) { return x; }, std::views::iota(0, 4));
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  EXPECT_EQ(r.size(), 4u);
+  ::testing::internal::CaptureStderr();
+  r = joblib::Parallel().map([](int x) { return x; }, std::views::iota(0, 4));
+  EXPECT_NE(::testing::internal::GetCapturedStderr().find("Using backend ThreadingBackend"), std::string::npos);
+}
 }  // namespace
