@@ -57,54 +57,7 @@ struct FrameHeader {
   std::uint64_t size;
 };
 
-bool send_all(int fd, const void* p, std::size_t n) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t w = ::send(fd, c, n, MSG_NOSIGNAL);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    c += w;
-    n -= static_cast<std::size_t>(w);
-  }
-  return true;
-}
-
-bool recv_all(int fd, void* p, std::size_t n) {
-  char* c = static_cast<char*>(p);
-  while (n > 0) {
-    ssize_t r = ::recv(fd, c, n, 0);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    if (r == 0) return false;
-    c += r;
-    n -= static_cast<std::size_t>(r);
-  }
-  return true;
-}
 }  // namespace
-
-bool write_frame(int fd, FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b) {
-  FrameHeader h{kMagic, static_cast<std::uint32_t>(kind), a.size() + b.size()};
-  return send_all(fd, &h, sizeof h) && send_all(fd, a.data(), a.size()) && send_all(fd, b.data(), b.size());
-}
-
-std::optional<WireFrame> read_frame(int fd) {
-  FrameHeader h{};
-  if (!recv_all(fd, &h, sizeof h) || h.magic != kMagic) return std::nullopt;
-  WireFrame f;
-  f.kind = static_cast<FrameKind>(h.kind);
-  try {
-    f.payload.resize(static_cast<std::size_t>(h.size));
-  } catch (const std::exception&) {
-    return std::nullopt;  // a size no frame of ours has
-  }
-  if (h.size && !recv_all(fd, f.payload.data(), f.payload.size())) return std::nullopt;
-  return f;
-}
 
 // ---- frames to and from a watched worker --------------------------------------
 
@@ -146,35 +99,29 @@ bool wait_ready(const WatchedChannel& ch, short events) {
   }
 }
 
-bool send_watched(const WatchedChannel& ch, const void* p, std::size_t n) {
-  const char* c = static_cast<const char*>(p);
+// Sends or receives exactly n bytes. An unwatched channel (pid 0: the
+// worker's own end) blocks; a watched one gives up once the worker exits.
+bool transfer(const WatchedChannel& ch, char* c, std::size_t n, bool sending) {
+  const bool watched = ch.pid > 0;
+  const int flags = (sending ? MSG_NOSIGNAL : 0) | (watched ? MSG_DONTWAIT : 0);
   while (n > 0) {
-    if (!wait_ready(ch, POLLOUT)) return false;
-    const ssize_t w = ::send(ch.fd, c, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0) {
+    if (watched && !wait_ready(ch, sending ? POLLOUT : POLLIN)) return false;
+    const ssize_t k = sending ? ::send(ch.fd, c, n, flags) : ::recv(ch.fd, c, n, flags);
+    if (k < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
       return false;
     }
-    c += w;
-    n -= static_cast<std::size_t>(w);
+    if (k == 0) return false;
+    c += k;
+    n -= static_cast<std::size_t>(k);
   }
   return true;
 }
-
+bool send_watched(const WatchedChannel& ch, const void* p, std::size_t n) {
+  return transfer(ch, const_cast<char*>(static_cast<const char*>(p)), n, true);
+}
 bool recv_watched(const WatchedChannel& ch, void* p, std::size_t n) {
-  char* c = static_cast<char*>(p);
-  while (n > 0) {
-    if (!wait_ready(ch, POLLIN)) return false;
-    const ssize_t r = ::recv(ch.fd, c, n, MSG_DONTWAIT);
-    if (r < 0) {
-      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
-      return false;
-    }
-    if (r == 0) return false;
-    c += r;
-    n -= static_cast<std::size_t>(r);
-  }
-  return true;
+  return transfer(ch, static_cast<char*>(p), n, false);
 }
 }  // namespace
 
@@ -184,6 +131,12 @@ bool write_frame(const WatchedChannel& ch, FrameKind kind, std::span<const std::
   return send_watched(ch, &h, sizeof h) && send_watched(ch, a.data(), a.size()) &&
          send_watched(ch, b.data(), b.size());
 }
+
+bool write_frame(int fd, FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b) {
+  return write_frame(WatchedChannel{fd, 0, -1}, kind, a, b);
+}
+
+std::optional<WireFrame> read_frame(int fd) { return read_frame(WatchedChannel{fd, 0, -1}).frame; }
 
 bool write_frame_raw(const WatchedChannel& ch, std::string_view bytes) {
   return send_watched(ch, bytes.data(), bytes.size());

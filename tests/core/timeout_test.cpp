@@ -89,6 +89,16 @@ INSTANTIATE_TEST_SUITE_P(Threads, TimeoutBackends, ::testing::Values("threading"
 
 int twice(int x) { return 2 * x; }
 
+TEST(TimeoutTest, TheMessageIsTheOneTheDocsQuote) {
+  try {
+    Parallel({.n_jobs = 2, .backend = "threading", .timeout = 0.2, .batch_size = 1}).map(stuck, std::vector{0}).to_vector();
+    ADD_FAILURE() << "no timeout";
+  } catch (const joblib::TimeoutError& e) {
+    EXPECT_STREQ(e.what(), "a task ran longer than the timeout of 0.2 s (in a batch of 1 task starting at task 0)");
+  }
+  release_stuck_tasks();
+}
+
 TEST(TimeoutTest, InfiniteAndHugeTimeoutsNeverFire) {
   for (double t : {std::numeric_limits<double>::infinity(), 1e10, 1e300, 9.3e9}) {
     for (const char* backend : {"threading", "loky"}) {
