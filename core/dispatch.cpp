@@ -504,15 +504,23 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
     const std::int64_t limit = timeout_ns(*cfg_.timeout);
     const std::int64_t now = now_ns();
     std::int64_t deadline = now + std::min(limit, kMaxWaitNs);
+    // A batch still waiting for a worker is on the clock too, from when it
+    // was dispatched or, if later, from the call's last completed batch or
+    // the earliest start of its running batches: a worker that is busy with
+    // tasks that end frees up within the timeout; one held by a stuck task
+    // never does (joblib 1.5: TimeoutError when no batch completes within
+    // the timeout). A running batch over the limit is reported first.
+    std::int64_t earliest_start = 0;
+    for (auto& [seq, b] : running_) {
+      const std::int64_t s = b->started_ns_.load(std::memory_order_relaxed);
+      if (s != 0 && (earliest_start == 0 || s < earliest_start)) earliest_start = s;
+    }
+    for (int pass = 0; pass < 2; ++pass)
     for (auto& [seq, b] : running_) {
       std::int64_t s = b->started_ns_.load(std::memory_order_relaxed);
       const bool waiting = s == 0;
-      // A batch still waiting for a worker is on the clock too, from when it
-      // was dispatched or, if later, from the call's last completed batch: a
-      // worker that is busy with tasks that end frees up within the timeout;
-      // one held by a stuck task never does (joblib 1.5: TimeoutError when
-      // no batch completes within the timeout).
-      if (waiting) s = std::max(b->dispatched_ns_, last_completion_ns_);
+      if (waiting != (pass == 1)) continue;
+      if (waiting) s = std::max({b->dispatched_ns_, last_completion_ns_, earliest_start});
       if (now - s > limit) {
         timed_out_ = true;
         timeout_message_ =

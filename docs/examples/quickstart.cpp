@@ -30,6 +30,8 @@ std::tuple<double, double> modf_pair(double x) {
 
 int square(int x) { return x * x; }
 
+double score(joblib::Array<double> data, int i) { return data[static_cast<std::size_t>(i)] * 2; }
+
 }  // namespace
 
 int main() {
@@ -61,6 +63,14 @@ int main() {
   std::atomic<int> total{0};
   joblib::Parallel({.n_jobs = 2}).map([&total](int x) { total += x; }, std::views::iota(1, 101));
   expect(total == 5050, "void tasks");
+
+  // Big inputs: an Array's copies share one buffer; as_array adopts a vector.
+  std::vector<double> samples(1000, 0.5);
+  const double* before = samples.data();
+  joblib::Array<double> data = joblib::as_array(std::move(samples));   // no copy
+  std::vector<double> scored = joblib::Parallel({.n_jobs = 4})(
+      std::views::iota(0, 40) | std::views::transform([&](int i) { return joblib::delayed(score)(data, i); }));
+  expect(data.cdata() == before && scored.size() == 40 && scored[39] == 1.0, "as_array");
 
   // With no n_jobs and no scope, Parallel runs sequentially in the caller.
   expect(joblib::effective_n_jobs(std::nullopt) == 1, "unset n_jobs is 1");

@@ -244,4 +244,27 @@ class Array {
   detail::SharedBuffer buffer_;
 };
 
+/// Adopts a vector's memory as an Array, without a copy: the Array (and its
+/// copies) keep the vector alive. `shape` defaults to {v.size()}. This is the
+/// one-line way to pass big data to many tasks (and to process workers, where
+/// it is memory-mapped once instead of copied into every task):
+///
+///   auto a = joblib::as_array(std::move(values));   // no copy
+///   Parallel({.n_jobs = 4}).map(f, std::vector(40, a));  // 40 tasks share a's buffer
+///
+/// Throws std::invalid_argument when `shape` does not hold v.size() elements.
+template <class T>
+Array<T> as_array(std::vector<T>&& v, std::vector<std::size_t> shape = {}) {
+  if (shape.empty()) shape = {v.size()};
+  if (detail::shape_size(shape, sizeof(T)) != v.size())
+    detail::throw_bad_shape("joblib::as_array: a shape of " + std::to_string(detail::shape_size(shape, sizeof(T))) +
+                            " elements for a vector of " + std::to_string(v.size()));
+  if (v.empty()) return Array<T>(std::move(shape));
+  auto owner = std::make_shared<std::vector<T>>(std::move(v));
+  detail::SharedBuffer b;
+  b.size = owner->size() * sizeof(T);
+  b.data = std::shared_ptr<std::byte>(owner, reinterpret_cast<std::byte*>(owner->data()));
+  return Array<T>(std::move(shape), std::move(b));
+}
+
 }  // namespace joblib

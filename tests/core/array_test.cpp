@@ -192,3 +192,20 @@ TEST(ArrayTest, AdoptingABufferChecksItsSize) {
 }
 
 }  // namespace
+
+TEST(ArrayTest, AsArrayAdoptsAVectorWithoutACopy) {
+  std::vector<double> v(1000, 2.5);
+  const double* where = v.data();
+  Array<double> a = joblib::as_array(std::move(v));
+  EXPECT_EQ(a.shape(), (std::vector<std::size_t>{1000}));
+  EXPECT_EQ(a.cdata(), where);  // the vector's own memory
+  EXPECT_TRUE(a.is_writable());
+  EXPECT_FALSE(a.is_mapped());
+  Array<double> b = a;  // copies share it
+  b[0] = 7;
+  EXPECT_EQ(a[0], 7);
+  Array<double> m = joblib::as_array(std::vector<double>(6, 1.0), {2, 3});
+  EXPECT_EQ(m.shape(), (std::vector<std::size_t>{2, 3}));
+  EXPECT_THROW(joblib::as_array(std::vector<double>(5), {2, 3}), std::invalid_argument);
+  EXPECT_TRUE(joblib::as_array(std::vector<int>{}).empty());
+}
