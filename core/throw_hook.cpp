@@ -1,4 +1,4 @@
-// Stack traces "taken where it was thrown" (DESIGN.md, decision 7): in a
+// Stack traces "taken where it was thrown" (docs/architecture.md, decision 7): in a
 // worker process, every C++ throw records the stack before unwinding, so the
 // error envelope sent to the caller shows where the task failed. In other
 // processes the hook only forwards to the C++ runtime. This file includes

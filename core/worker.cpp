@@ -1,4 +1,4 @@
-// The worker runtime (DESIGN.md, decisions 5 to 7) and the wire format it
+// The worker runtime (docs/architecture.md, decisions 5 to 7) and the wire format it
 // shares with core/process_pool.cpp.
 #include "worker.hpp"
 

@@ -1,6 +1,6 @@
 #pragma once
-// The codec: the one serialization layer of joblib-cpp (DESIGN.md, decision
-// 6). dump/load, the process backends and Memory's hashing all encode
+// The codec: the one serialization layer of joblib-cpp (docs/architecture.md, decision
+// 6). dump/load and the process backends encode
 // values with it. It is cereal's binary layout (cereal is a public
 // dependency: give your types a cereal `serialize`, or `save`/`load`) plus
 // out-of-band buffers: the data of a joblib::Array<T> and of a large

@@ -28,7 +28,7 @@ enum class BufferKind : std::uint8_t {
 inline constexpr std::size_t min_offered_vector_bytes = 1024;
 
 /// Receives the large contiguous buffers of a value while it is encoded, so
-/// that they travel out of band (DESIGN.md, decision 6), like pickle
+/// that they travel out of band (docs/architecture.md, decision 6), like pickle
 /// protocol 5 buffers. The sink decides per buffer: keep it inline (return
 /// std::nullopt) or take it and return an index that the structure records.
 /// Implementations: detail::SpanSink (dump: buffers written 64-byte aligned

@@ -1,6 +1,6 @@
 #pragma once
 // Code addresses that mean the same thing in another process running the
-// same program (DESIGN.md, decision 4): a function is sent as the module it
+// same program (docs/architecture.md, decision 4): a function is sent as the module it
 // lives in, its offset from the module's load base, and the module's
 // build-id. Internal: used by the process and MPI backends.
 #include <joblib/export.hpp>

@@ -1,6 +1,6 @@
 #pragma once
 // Internal: how a batch of tasks travels to a worker process and back
-// (DESIGN.md, decisions 4 to 7). A batch is sent as the portable reference
+// (docs/architecture.md, decisions 4 to 7). A batch is sent as the portable reference
 // of one entry point, batch_entry<Task, R>, plus its encoded tasks; the
 // worker (core/worker.cpp) resolves the entry, which decodes, runs the tasks
 // in one monomorphic loop, and encodes the results or a failure.
