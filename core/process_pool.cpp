@@ -165,20 +165,8 @@ void ProcessPool::stop_worker(Slot* slot) {
   if (slot->pid <= 0) return;
   // Told to leave; killed if it has not left within a second; then reaped
   // and its socket closed: no zombie, no orphan, no open fd.
-  write_frame(slot->fd, FrameKind::exit, {});
-  const auto until = std::chrono::steady_clock::now() + 1s;
-  for (;;) {
-    siginfo_t info{};
-    // Has it exited? (WNOWAIT: reap() collects it below.)
-    if (::waitid(P_PID, static_cast<id_t>(slot->pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != 0)
-      break;
-    if (std::chrono::steady_clock::now() > until) {
-      ::kill(slot->pid, SIGKILL);
-      break;
-    }
-    std::this_thread::sleep_for(1ms);
-  }
-  reap(slot);
+  write_frame(channel(slot), FrameKind::exit, {});
+  reap(slot, nullptr, 1000ms);
 }
 
 void ProcessPool::add_slots_locked(int n) {
