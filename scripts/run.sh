@@ -9,7 +9,7 @@ mode="${1:-demo}"
 
 packages=(
   cmake ninja-build g++ pkg-config
-  libboost-dev libtbb-dev libopenmpi-dev openmpi-bin
+  libboost1.81-dev libtbb-dev libopenmpi-dev openmpi-bin
   libcereal-dev libtomlplusplus-dev libfmt-dev
   libzstd-dev liblz4-dev zlib1g-dev libbz2-dev liblzma-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev

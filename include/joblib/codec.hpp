@@ -85,7 +85,8 @@ struct Encodable
                          !std::is_function_v<T> &&
                          ((std::is_empty_v<T> && std::is_default_constructible_v<T>) ||
                           std::conjunction_v<cereal::traits::is_output_serializable<T, EncodeArchive>,
-                                             cereal::traits::is_input_serializable<T, DecodeArchive>>)> {};
+                                             std::disjunction<cereal::traits::is_input_serializable<T, DecodeArchive>,
+                                                              cereal::traits::has_load_and_construct<T, DecodeArchive>>>)> {};
 
 template <class... Ts>
 inline constexpr bool all_encodable_v = (Encodable<Ts>::value && ...);
@@ -140,9 +141,53 @@ template <class T>
 inline constexpr bool is_encodable_v = Encodable<std::remove_cv_t<T>>::value;
 
 #define JOBLIB_DETAIL_NOT_ENCODABLE_MESSAGE                                                               \
-  "joblib: this type cannot be encoded (dump, load, Memory, process backends). Use arithmetic types, "   \
-  "enums, std::string, standard containers, std::optional/variant/tuple/pair, joblib::Array, or give " \
-  "the type a cereal serialize function (or save/load); raw pointers never travel"
+  "joblib: this type cannot be encoded (dump, load, Memory, process backends). Make it an aggregate "    \
+  "(public fields, no constructors, no base class) of encodable fields, which needs no code, or give "   \
+  "it a cereal serialize function (or save/load). Arithmetic types, enums, std::string, standard "       \
+  "containers, std::optional/variant/tuple/pair and joblib::Array encode; raw pointers never travel"
+
+/// The fix a message names for a type that cannot be encoded.
+inline constexpr const char* encode_fix =
+    "make it an aggregate (public fields, no constructors, no base class) of encodable fields, which needs no "
+    "code, or give it a cereal serialize function (or save/load); raw pointers and references never travel";
+
+/// Why T cannot be encoded, and the fix.
+template <class T>
+std::string not_encodable_reason();
+
+template <class T, std::size_t... I>
+std::string first_bad_field(std::index_sequence<I...>) {
+  std::string problem;
+  auto check = [&problem]<std::size_t K>(std::integral_constant<std::size_t, K>) {
+    using F = boost::pfr::tuple_element_t<K, T>;
+    if (!problem.empty()) return;
+    if constexpr (std::is_reference_v<F>)
+      problem = "its field " + std::to_string(K + 1) + " is a reference, and references never travel";
+    else if constexpr (std::is_const_v<F>)
+      problem = "its field " + std::to_string(K + 1) + " is const, so it cannot be read back";
+    else if constexpr (!Encodable<std::remove_cv_t<F>>::value)
+      problem = "its field " + std::to_string(K + 1) + " of type " + type_name<F>() + " cannot be encoded (" +
+                not_encodable_reason<std::remove_cv_t<F>>() + ")";
+  };
+  (check(std::integral_constant<std::size_t, I>{}), ...);
+  return problem;
+}
+
+template <class T>
+std::string not_encodable_reason() {
+  if constexpr (std::is_pointer_v<T> || std::is_member_pointer_v<T>) {
+    return "raw pointers never travel: store the value, a std::unique_ptr or an index";
+  } else if constexpr (std::is_class_v<T> && !std::is_union_v<T> && std::is_aggregate_v<T> &&
+                       !std::is_empty_v<T> && !is_bitwise_serializable<T>::value && !has_own_cereal_v<T>) {
+    if constexpr (!plain_aggregate<T>())
+      return "an aggregate with a base class or a C array field is not encoded field by field: give it a cereal "
+             "serialize function (or save/load), or use std::array for the array";
+    else
+      return first_bad_field<T>(std::make_index_sequence<boost::pfr::tuple_size_v<T>>{});
+  } else {
+    return encode_fix;
+  }
+}
 
 /// Throws SerializationError("cannot encode a value of type <type>: <why>").
 [[noreturn]] JOBLIB_EXPORT void throw_encode_error(const std::string& type, const std::string& why);
@@ -175,20 +220,17 @@ void encode_or_throw(const T& value, OutputStream& out, BufferSink* sink = nullp
   if constexpr (is_encodable_v<T>)
     encode(value, out, sink);
   else
-    throw_encode_error(type_name<T>(), "the type has no cereal serialize function (or save/load)");
+    throw_encode_error(type_name<T>(), not_encodable_reason<T>());
 }
 
-/// Decodes into `value` what encode() wrote as `bytes`, asking `source` for
-/// the out-of-band buffers. Throws SerializationError when the bytes are not
-/// a valid encoding of T (truncated, corrupted, a count larger than the data,
-/// trailing bytes); nothing is allocated beyond what the data can hold.
-template <class T>
-void decode_into(T& value, std::span<const std::byte> bytes, BufferSource* source = nullptr) {
-  static_assert(is_encodable_v<T>, JOBLIB_DETAIL_NOT_ENCODABLE_MESSAGE);
+/// Runs `read(archive)` over `bytes`, turning what goes wrong into
+/// SerializationError naming T, and refusing bytes left over.
+template <class T, class Read>
+void decode_with(std::span<const std::byte> bytes, BufferSource* source, Read&& read) {
   InputStream in(bytes);
   DecodeArchive ar(in, source);
   try {
-    ar(value);
+    read(ar);
   } catch (const cereal::Exception& e) {
     throw_decode_type_error(type_name<T>(), e.what());
   } catch (const std::bad_alloc&) {
@@ -200,14 +242,32 @@ void decode_into(T& value, std::span<const std::byte> bytes, BufferSource* sourc
     throw_decode_type_error(type_name<T>(), std::to_string(in.remaining()) + " unexpected bytes after the value");
 }
 
-/// decode_into() into a value-initialized T (T must be default-constructible).
+/// Decodes into `value` what encode() wrote as `bytes`, asking `source` for
+/// the out-of-band buffers. Throws SerializationError when the bytes are not
+/// a valid encoding of T (truncated, corrupted, a count larger than the data,
+/// trailing bytes); nothing is allocated beyond what the data can hold.
+template <class T>
+void decode_into(T& value, std::span<const std::byte> bytes, BufferSource* source = nullptr) {
+  static_assert(is_encodable_v<T>, JOBLIB_DETAIL_NOT_ENCODABLE_MESSAGE);
+  decode_with<T>(bytes, source, [&value](DecodeArchive& ar) { ar(value); });
+}
+
+/// Decodes a T as decode_into() does: into a value-initialized T, or
+/// through T's cereal load_and_construct when T has no default constructor.
 template <class T>
 T decode(std::span<const std::byte> bytes, BufferSource* source = nullptr) {
-  static_assert(std::is_default_constructible_v<T>,
-                "joblib: a decoded type must be default-constructible (cereal loads into an existing object)");
-  T value{};
-  decode_into(value, bytes, source);
-  return value;
+  static_assert(is_encodable_v<T>, JOBLIB_DETAIL_NOT_ENCODABLE_MESSAGE);
+  static_assert(is_constructible_on_decode_v<T>,
+                "joblib: a decoded type needs a default constructor or a cereal load_and_construct");
+  if constexpr (std::is_default_constructible_v<T>) {
+    T value{};
+    decode_into(value, bytes, source);
+    return value;
+  } else {
+    std::optional<T> value;
+    decode_with<T>(bytes, source, [&value](DecodeArchive& ar) { value.emplace(load_value<T>(ar)); });
+    return std::move(*value);
+  }
 }
 
 // ---- hashing ------------------------------------------------------------------
@@ -275,3 +335,15 @@ class JOBLIB_EXPORT SharedBufferSource : public BufferSource {
 };
 
 }  // namespace joblib::detail
+
+namespace joblib {
+
+/// True when a value of type T can be written by dump, read back by load,
+/// cached by Memory and sent to a worker process: the codec encodes it and
+/// can build a T from its encoding (T has a default constructor or a cereal
+/// load_and_construct). Aggregates of encodable fields qualify with no code
+/// from the user.
+template <class T>
+concept encodable = detail::is_encodable_v<T> && detail::is_constructible_on_decode_v<std::remove_cv_t<T>>;
+
+}  // namespace joblib

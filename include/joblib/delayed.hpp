@@ -40,23 +40,26 @@ class Delayed {
   std::tuple<Args...> args_;
 };
 
+/// True when delayed(f)(args...) can be built: f can be called with the
+/// stored copies of args (as lvalues or as rvalues).
+template <class F, class... A>
+concept delayable = std::is_invocable_v<std::decay_t<F>&, std::decay_t<A>&...> ||
+                    std::is_invocable_v<std::decay_t<F>&, std::decay_t<A>&&...>;
+
 namespace detail {
 template <class F>
 class DelayedMaker {
  public:
   explicit DelayedMaker(F f) : f_(std::move(f)) {}
+  /// The task f(args...); does not compile when f cannot be called so.
   template <class... A>
+    requires delayable<F, A...>
   auto operator()(A&&... args) const& {
-    static_assert(std::is_invocable_v<F&, std::decay_t<A>&...> ||
-                      std::is_invocable_v<F&, std::decay_t<A>&&...>,
-                  "joblib::delayed(f)(args...): f cannot be called with these arguments");
     return Delayed<F, std::decay_t<A>...>(std::in_place, f_, std::forward<A>(args)...);
   }
   template <class... A>
+    requires delayable<F, A...>
   auto operator()(A&&... args) && {
-    static_assert(std::is_invocable_v<F&, std::decay_t<A>&...> ||
-                      std::is_invocable_v<F&, std::decay_t<A>&&...>,
-                  "joblib::delayed(f)(args...): f cannot be called with these arguments");
     return Delayed<F, std::decay_t<A>...>(std::in_place, std::move(f_), std::forward<A>(args)...);
   }
 

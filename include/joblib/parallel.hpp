@@ -23,9 +23,23 @@
 namespace joblib {
 
 namespace detail {
-
 template <class TaskT>
 using task_result_t = std::remove_cvref_t<std::invoke_result_t<TaskT&>>;
+}  // namespace detail
+
+/// True when a task of type T can run on a process backend (loky,
+/// multiprocessing, mpi): a joblib::delayed(f)(args...) whose f is a
+/// function, a lambda without captures or an encodable functor, whose
+/// arguments and result are encodable. A library can static_assert it, or
+/// overload on it, to know at compile time that its caller may pick any
+/// backend. A task that is not portable still runs on thread backends.
+template <class T>
+concept portable_task = std::is_invocable_v<std::remove_cvref_t<T>&> &&
+                        detail::PortableTask<std::remove_cvref_t<T>,
+                                             detail::task_result_t<std::remove_cvref_t<T>>>::value;
+
+namespace detail {
+
 
 /// Where a batch keeps its results: a vector, except for bool (whose
 /// std::vector has no references to hand out).
@@ -442,8 +456,10 @@ class Parallel {
     return Results<R>(detail::start_call(options_, std::move(source)));
   }
 
-  /// Sugar for (*this)(delayed(f)(x) for x in inputs).
+  /// Sugar for (*this)(delayed(f)(x) for x in inputs). Does not compile
+  /// when f cannot be called with one element of `inputs`.
   template <class F, std::ranges::input_range Inputs>
+    requires delayable<F, std::ranges::range_reference_t<Inputs>>
   auto map(F&& f, Inputs&& inputs) const {
     return (*this)(std::views::all(std::forward<Inputs>(inputs)) |
                    std::views::transform([g = delayed(std::forward<F>(f))](auto&& x) {

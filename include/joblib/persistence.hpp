@@ -143,16 +143,14 @@ std::vector<std::filesystem::path> dump(const T& value, const std::filesystem::p
 template <class T>
 T load(const std::filesystem::path& file, LoadOptions options = {}) {
   static_assert(detail::is_encodable_v<T>, JOBLIB_DETAIL_NOT_ENCODABLE_MESSAGE);
-  static_assert(std::is_default_constructible_v<T>,
-                "joblib::load<T>: T must be default-constructible (cereal loads into an existing object)");
+  static_assert(detail::is_constructible_on_decode_v<T>,
+                "joblib::load<T>: T needs a default constructor or a cereal load_and_construct");
   const std::unique_ptr<detail::OpenedDump> opened = detail::open_dump(file, options, typeid(T));
-  T value{};
   try {
-    detail::decode_into(value, opened->structure(), &opened->source());
+    return detail::decode<T>(opened->structure(), &opened->source());
   } catch (const SerializationError& e) {
     detail::throw_corrupted(file, e.what());
   }
-  return value;
 }
 
 }  // namespace joblib

@@ -7,9 +7,15 @@
 
 #include <string>
 
-struct NoSerialize {
-  int x = 0;
-  std::string s;
+// A class with a constructor (not an aggregate) and no cereal function.
+class NoSerialize {
+ public:
+  NoSerialize() = default;
+  explicit NoSerialize(int v) : x_(v) {}
+
+ private:
+  int x_ = 0;
+  std::string s_;
 };
 
 #ifdef JOBLIB_ENCODABLE_CONTROL

@@ -90,8 +90,77 @@ struct Pod {
   bool operator==(const Pod&) const = default;
 };
 
+// Not an aggregate (a constructor), no serialize: cannot be encoded.
 struct NoSerialize {
+  explicit NoSerialize(int v = 0) : x(v) {}
   int x;
+};
+
+// Aggregates: encoded field by field with no code (Boost.PFR).
+struct Sample {
+  std::string name;
+  std::vector<double> values;
+  int count = 0;
+  friend bool operator==(const Sample&, const Sample&) = default;
+};
+struct Nest {
+  Sample sample;
+  std::optional<int> maybe;
+  std::array<float, 3> xyz{};
+  std::map<std::string, Sample> by_name;
+  joblib::Array<int> grid;
+};
+struct MoveOnlyAggregate {
+  std::unique_ptr<int> p;
+  int x = 0;
+};
+struct WithPointer {
+  int x = 0;
+  int* p = nullptr;
+};
+struct AggBase {
+  int a = 0;
+};
+struct AggDerived : AggBase {
+  int b = 0;
+};
+struct WithCArray {
+  int a[3];
+};
+struct WithConst {
+  const int c = 0;
+};
+// An aggregate that has its own serialize keeps it (writes only x).
+struct OwnSerialize {
+  int x = 0;
+  int not_saved = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(x);
+  }
+};
+// No default constructor: decoded through cereal's load_and_construct.
+struct NoDefault {
+  explicit NoDefault(std::string s) : text(std::move(s)) {}
+  std::string text;
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(text);
+  }
+  template <class Archive>
+  static void load_and_construct(Archive& ar, cereal::construct<NoDefault>& construct) {
+    std::string s;
+    ar(s);
+    construct(std::move(s));
+  }
+};
+struct NoDefaultNoConstruct {
+  explicit NoDefaultNoConstruct(int v) : x(v) {}
+  int x;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(x);
+  }
 };
 
 struct WithArrays {
@@ -186,6 +255,21 @@ static_assert(!d::is_encodable_v<std::vector<NoSerialize>>);
 static_assert(!d::is_encodable_v<std::map<int, NoSerialize>>);
 static_assert(!d::is_encodable_v<std::optional<std::tuple<int, NoSerialize>>>);
 static_assert(!d::is_encodable_v<int*>);
+// Aggregates need no code; what they hold decides.
+static_assert(joblib::encodable<Sample>);
+static_assert(joblib::encodable<Nest>);
+static_assert(joblib::encodable<std::vector<Sample>>);
+static_assert(joblib::encodable<MoveOnlyAggregate>);
+static_assert(joblib::encodable<OwnSerialize>);
+static_assert(!joblib::encodable<WithPointer>);
+static_assert(!joblib::encodable<AggDerived>);  // a base class: PFR cannot see its fields
+static_assert(!joblib::encodable<WithCArray>);  // PFR would miscount a C array
+static_assert(!joblib::encodable<WithConst>);   // cannot be read back
+static_assert(!joblib::encodable<NoSerialize>);
+// No default constructor: fine with load_and_construct, refused without.
+static_assert(joblib::encodable<NoDefault>);
+static_assert(!joblib::encodable<NoDefaultNoConstruct>);
+static_assert(d::is_encodable_v<NoDefaultNoConstruct>);  // it encodes; it cannot be built back
 static_assert(!d::is_encodable_v<std::function<int()>>);
 static_assert(d::is_bitwise_v<double> && d::is_bitwise_v<Color> && d::is_bitwise_v<std::array<float, 3>>);
 static_assert(!d::is_bitwise_v<bool> && !d::is_bitwise_v<Point>);
@@ -507,7 +591,66 @@ TEST(CodecTest, EncodeOrThrowNamesATypeThatCannotBeEncoded) {
     FAIL();
   } catch (const SerializationError& e) {
     EXPECT_NE(std::string(e.what()).find("codec_test::NoSerialize"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("make it an aggregate"), std::string::npos) << e.what();
   }
+}
+
+TEST(CodecTest, EncodeOrThrowNamesTheFieldOfAnAggregateThatCannotBeEncoded) {
+  d::MemoryOutput out;
+  try {
+    d::encode_or_throw(WithPointer{}, out);
+    FAIL();
+  } catch (const SerializationError& e) {
+    EXPECT_STREQ(e.what(),
+                 "cannot encode a value of type codec_test::WithPointer: its field 2 of type int* cannot be encoded "
+                 "(raw pointers never travel: store the value, a std::unique_ptr or an index)");
+  }
+  try {
+    d::encode_or_throw(AggDerived{}, out);
+    FAIL();
+  } catch (const SerializationError& e) {
+    EXPECT_NE(std::string(e.what()).find("an aggregate with a base class or a C array field"), std::string::npos)
+        << e.what();
+  }
+}
+
+// ---- aggregates and types without a default constructor ---------------------------
+
+TEST(CodecTest, AggregatesRoundTripFieldByFieldWithNoCode) {
+  const Sample s{"alpha", {1.5, 2.5}, 7};
+  EXPECT_EQ(round_trip(s), s);
+  Nest n{s, 4, {1, 2, 3}, {{"b", Sample{"beta", {}, 2}}}, Array<int>({2, 2})};
+  n.grid[3] = 9;
+  const Nest back = round_trip_out_of_band(n);
+  EXPECT_EQ(back.sample, s);
+  EXPECT_EQ(back.maybe, 4);
+  EXPECT_EQ(back.xyz, (std::array<float, 3>{1, 2, 3}));
+  EXPECT_EQ(back.by_name.at("b").name, "beta");
+  EXPECT_EQ(back.grid[3], 9);
+  MoveOnlyAggregate m{std::make_unique<int>(5), 6};
+  const MoveOnlyAggregate mb = round_trip(m);
+  ASSERT_TRUE(mb.p);
+  EXPECT_EQ(*mb.p, 5);
+  EXPECT_EQ(mb.x, 6);
+}
+
+TEST(CodecTest, AnAggregateWithItsOwnSerializeKeepsIt) {
+  // Field by field it would take 8 bytes; its serialize writes 4.
+  EXPECT_EQ(encoded(OwnSerialize{1, 2}).size(), sizeof(int));
+  EXPECT_EQ(round_trip(OwnSerialize{1, 2}).not_saved, 0);
+}
+
+TEST(CodecTest, AggregatesHashByTheirFields) {
+  EXPECT_EQ(d::hash_value(Sample{"a", {1}, 1}), d::hash_value(Sample{"a", {1}, 1}));
+  EXPECT_NE(d::hash_value(Sample{"a", {1}, 1}), d::hash_value(Sample{"a", {1}, 2}));
+}
+
+TEST(CodecTest, ATypeWithoutDefaultConstructorIsBuiltByItsLoadAndConstruct) {
+  EXPECT_EQ(round_trip(NoDefault("hello")).text, "hello");
+  const std::vector<NoDefault> v{NoDefault("a"), NoDefault("b")};
+  const auto back = round_trip(v);
+  ASSERT_EQ(back.size(), 2u);
+  EXPECT_EQ(back[1].text, "b");
 }
 
 TEST(CodecTest, UnregisteredPolymorphicTypeIsRefusedNamingTheType) {

@@ -8,6 +8,7 @@
 #include <joblib/joblib.hpp>
 #include <joblib/worker.hpp>
 
+#include <cereal/access.hpp>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -110,6 +111,39 @@ std::string describe_array(joblib::Array<double> a) {
   return std::to_string(a.is_mapped()) + "|" + std::to_string(a.is_writable()) + "|" + (b.file ? *b.file : "") + "|" +
          std::to_string(a.size()) + "|" + std::to_string(std::as_const(a)[a.size() - 1]);
 }
+
+// Structs that travel with no serialize (aggregates) or without a default
+// constructor (cereal's load_and_construct).
+struct Sweep {
+  std::string label;
+  std::vector<double> values;
+  int n = 0;
+};
+Sweep run_sweep(Sweep in, int k) {
+  for (double& v : in.values) v *= k;
+  in.label += "*" + std::to_string(k);
+  in.n += k;
+  return in;
+}
+struct Reading {
+  explicit Reading(double v) : value(v) {}
+  double value;
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(value);
+  }
+  template <class Archive>
+  static void load_and_construct(Archive& ar, cereal::construct<Reading>& construct) {
+    double v = 0;
+    ar(v);
+    construct(v);
+  }
+};
+Reading twice(Reading r) { return Reading(r.value * 2); }
+struct HoldsPointer {
+  int* p = nullptr;
+};
+int read_pointer(HoldsPointer h) { return h.p ? *h.p : 0; }
 
 int g_initialized = 0;
 void init_worker(int value) { g_initialized = value; }
@@ -236,6 +270,50 @@ TEST_P(ProcessBackends, TaskThatCannotTravelIsRefusedBeforeAnyTaskRuns) {
     EXPECT_THAT(e.what(), HasSubstr("lambda without captures"));
   }
   EXPECT_EQ(produced, 0);
+}
+
+TEST_P(ProcessBackends, ACapturingLambdaIsNamedWithItsPortableRewrite) {
+  const int k = 3;
+  try {
+    Parallel p(opts());
+    p(std::vector{delayed([k](int x) { return x + k; })(1)}).to_vector();
+    FAIL();
+  } catch (const joblib::SerializationError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("is a lambda that captures, and captures never travel to another process"));
+    EXPECT_THAT(e.what(), HasSubstr("Rewrite it as a free function or a lambda without captures that takes the "
+                                    "captured values as arguments"));
+  }
+}
+
+TEST_P(ProcessBackends, AggregatesTravelWithNoSerialize) {
+  Parallel p(opts());
+  std::vector<Sweep> out =
+      p(std::views::iota(1, 5) | std::views::transform([](int k) {
+                         return delayed(run_sweep)(Sweep{"s", {1.0, 2.0}, 10}, k);
+                       }));
+  ASSERT_EQ(out.size(), 4u);
+  EXPECT_EQ(out[3].label, "s*4");
+  EXPECT_EQ(out[3].values, (std::vector<double>{4.0, 8.0}));
+  EXPECT_EQ(out[3].n, 14);
+}
+
+TEST_P(ProcessBackends, ATypeWithoutDefaultConstructorTravelsByLoadAndConstruct) {
+  Parallel p(opts());
+  std::vector<Reading> out = p(std::vector{delayed(twice)(Reading(1.5)), delayed(twice)(Reading(4))});
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].value, 3.0);
+  EXPECT_EQ(out[1].value, 8.0);
+}
+
+TEST_P(ProcessBackends, AnArgumentThatCannotTravelIsNamedWithItsField) {
+  try {
+    Parallel p(opts());
+    p(std::vector{delayed(read_pointer)(HoldsPointer{})}).to_vector();
+    FAIL();
+  } catch (const joblib::SerializationError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("argument 1 of type (anonymous namespace)::HoldsPointer cannot be encoded: its field 1 of "
+                                    "type int* cannot be encoded (raw pointers never travel"));
+  }
 }
 
 TEST_P(ProcessBackends, TimeoutKillsTheStuckWorker) {

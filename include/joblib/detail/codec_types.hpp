@@ -7,12 +7,17 @@
 #include <joblib/detail/codec_archive.hpp>
 #include <joblib/detail/codec_hash.hpp>
 
+#include <boost/pfr/core.hpp>
+#include <boost/pfr/tuple_size.hpp>
+#include <cereal/archives/binary.hpp>
 #include <cereal/cereal.hpp>
 #include <cereal/types/common.hpp>
+#include <cereal/types/memory.hpp>
 
 #include <algorithm>
 #include <array>
 #include <complex>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -20,6 +25,7 @@
 #include <limits>
 #include <list>
 #include <map>
+#include <memory>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -114,6 +120,148 @@ inline void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, T& t) {
   ar.loadBinary(std::addressof(t), sizeof(T));
 }
 
+// ---- aggregates: no code from the user (Boost.PFR) -----------------------------
+// A struct with public fields, no constructors, no base classes and no
+// cereal function of its own is encoded field by field, in declaration
+// order. A type with its own serialize/save/load keeps it.
+
+template <class T>
+struct Encodable;
+
+/// True when T has a cereal function of its own (member or non-member,
+/// for any archive: cereal's binary archives stand for "any").
+template <class T>
+inline constexpr bool has_own_cereal_v =
+    cereal::traits::is_output_serializable<T, cereal::BinaryOutputArchive>::value ||
+    cereal::traits::is_input_serializable<T, cereal::BinaryInputArchive>::value ||
+    cereal::traits::has_member_serialize<T, EncodeArchive>::value ||
+    cereal::traits::has_member_save<T, EncodeArchive>::value ||
+    cereal::traits::has_member_versioned_serialize<T, EncodeArchive>::value ||
+    cereal::traits::has_member_versioned_save<T, EncodeArchive>::value;
+
+template <class T, std::size_t... I>
+constexpr bool aggregate_fields_encodable(std::index_sequence<I...>) {
+  return ((!std::is_reference_v<boost::pfr::tuple_element_t<I, T>> &&
+           !std::is_const_v<boost::pfr::tuple_element_t<I, T>> &&
+           Encodable<std::remove_cv_t<boost::pfr::tuple_element_t<I, T>>>::value) &&
+          ...);
+}
+
+// Boost.PFR stops compilation on an aggregate with a base class and
+// miscounts one with a C array field. Both are seen first, without an
+// error: a probe that converts to any field type but T's bases initializes
+// as many fields between parentheses (no brace elision) as between braces
+// only when every initializer lands on a direct field.
+template <class T>
+struct FieldProbe {
+  template <class U>
+    requires(!std::is_same_v<std::remove_cv_t<U>, T> && !std::is_base_of_v<std::remove_cv_t<U>, T>)
+  operator U&&() const;  // declared only: used in unevaluated contexts
+};
+template <class T, std::size_t>
+using field_probe_t = FieldProbe<T>;
+
+template <class T, bool Parenthesized, std::size_t... I>
+constexpr bool initializable_from_probes(std::index_sequence<I...>) {
+  if constexpr (Parenthesized)
+    return requires { T(field_probe_t<T, I>{}...); };
+  else
+    return requires { T{field_probe_t<T, I>{}...}; };
+}
+
+/// How many initializers T takes, up to 64 (parenthesized: direct fields).
+template <class T, bool Parenthesized, std::size_t N = 1>
+constexpr std::size_t probe_field_count() {
+  if constexpr (N > 64 || !initializable_from_probes<T, Parenthesized>(std::make_index_sequence<N>{}))
+    return N - 1;
+  else
+    return probe_field_count<T, Parenthesized, N + 1>();
+}
+
+template <class T>
+constexpr bool plain_aggregate() {
+  constexpr std::size_t braced = probe_field_count<T, false>();
+#if defined(__cpp_aggregate_paren_init)
+  return braced >= 1 && braced == probe_field_count<T, true>();
+#else
+  return braced >= 1;  // (no parenthesized aggregates: PFR's own checks stand)
+#endif
+}
+
+template <class T>
+constexpr bool reflectable_aggregate() {
+  if constexpr (std::is_class_v<T> && !std::is_union_v<T> && std::is_aggregate_v<T> && !std::is_empty_v<T> &&
+                !is_bitwise_serializable<T>::value && !has_own_cereal_v<T>) {
+    if constexpr (plain_aggregate<T>())
+      return aggregate_fields_encodable<T>(std::make_index_sequence<boost::pfr::tuple_size_v<T>>{});
+    else
+      return false;
+  } else {
+    return false;
+  }
+}
+
+/// True for an aggregate that the codec encodes field by field.
+template <class T>
+concept reflectable_aggregate_c = reflectable_aggregate<T>();
+
+// (The archive is a template parameter checked first, so that cereal's
+// probes with its own archives never evaluate the aggregate test.)
+template <class A, class T>
+  requires std::same_as<A, EncodeArchive> && reflectable_aggregate_c<T>
+inline void CEREAL_SAVE_FUNCTION_NAME(A& ar, const T& t) {
+  boost::pfr::for_each_field(t, [&ar](const auto& field) { ar(field); });
+}
+template <class A, class T>
+  requires std::same_as<A, DecodeArchive> && reflectable_aggregate_c<T>
+inline void CEREAL_LOAD_FUNCTION_NAME(A& ar, T& t) {
+  boost::pfr::for_each_field(t, [&ar](auto& field) { ar(field); });
+}
+
+// ---- values without a default constructor -------------------------------------
+
+/// True when T can be decoded where no T exists yet: it is
+/// default-constructible (cereal loads into an object) or has a cereal
+/// load_and_construct.
+template <class T>
+inline constexpr bool is_constructible_on_decode_v =
+    std::is_default_constructible_v<T> || cereal::traits::has_load_and_construct<T, DecodeArchive>::value;
+
+/// Reads one T from `ar`: into a value-initialized T, or through T's
+/// load_and_construct when T has no default constructor.
+template <class T>
+T load_value(DecodeArchive& ar) {
+  if constexpr (std::is_default_constructible_v<T>) {
+    T value{};
+    ar(value);
+    return value;
+  } else {
+    static_assert(cereal::traits::has_load_and_construct<T, DecodeArchive>::value,
+                  "joblib: a decoded type needs a default constructor or a cereal load_and_construct");
+    struct alignas(T) Storage {
+      std::byte bytes[sizeof(T)];
+    } storage;
+    cereal::memory_detail::LoadAndConstructLoadWrapper<DecodeArchive, T> wrapper(
+        reinterpret_cast<T*>(storage.bytes));
+    T* constructed = nullptr;
+    try {
+      wrapper.CEREAL_SERIALIZE_FUNCTION_NAME(ar);
+      constructed = wrapper.construct.ptr();  // throws when load_and_construct never constructed
+    } catch (...) {
+      try {
+        std::destroy_at(wrapper.construct.ptr());
+      } catch (...) {
+      }
+      throw;
+    }
+    struct Destroy {
+      T* p;
+      ~Destroy() { std::destroy_at(p); }
+    } destroy{constructed};
+    return T(std::move(*constructed));
+  }
+}
+
 // ---- std::vector ------------------------------------------------------------
 // Bitwise elements: [count][buffer reference]; the data may go out of band.
 // Other elements: cereal's layout, [count][element]..., decoded with a
@@ -149,8 +297,12 @@ inline void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::vector<T, A>& v) {
     v.clear();
     v.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(n, (std::uint64_t{1} << 20) / sizeof(T) + 1)));
     for (cereal::size_type i = 0; i < n; ++i) {
-      v.emplace_back();
-      ar(v.back());
+      if constexpr (std::is_default_constructible_v<T>) {
+        v.emplace_back();
+        ar(v.back());
+      } else {
+        v.push_back(load_value<T>(ar));
+      }
     }
   }
 }
@@ -171,11 +323,13 @@ void load_sequence(DecodeArchive& ar, C& c) {
       last = c.emplace_after(last);
       ar(*last);
     }
-  } else {
+  } else if constexpr (std::is_default_constructible_v<typename C::value_type>) {
     for (cereal::size_type i = 0; i < n; ++i) {
       c.emplace_back();
       ar(c.back());
     }
+  } else {
+    for (cereal::size_type i = 0; i < n; ++i) c.push_back(load_value<typename C::value_type>(ar));
   }
 }
 

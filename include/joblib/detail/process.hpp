@@ -63,13 +63,44 @@ inline constexpr bool is_portable_callable_v =
     (!std::is_empty_v<F> && std::is_class_v<F> && std::is_default_constructible_v<F> && is_encodable_v<F>);
 
 template <class T>
-inline constexpr bool is_portable_value_v = is_encodable_v<T> && std::is_default_constructible_v<T>;
+inline constexpr bool is_portable_value_v = is_encodable_v<T> && is_constructible_on_decode_v<T>;
+
+/// Why a value of type T cannot travel, and the fix ("" when it can);
+/// `what` names it ("argument 2", "its result").
+template <class T>
+std::string value_problem(const std::string& what) {
+  if constexpr (!is_encodable_v<T>)
+    return what + " of type " + type_name<T>() + " cannot be encoded: " + not_encodable_reason<T>();
+  else if constexpr (!is_constructible_on_decode_v<T>)
+    return what + " of type " + type_name<T>() +
+           " has no default constructor: give it one, or a cereal load_and_construct";
+  else
+    return {};
+}
+
+/// Why a callable of type F cannot travel, and the portable rewrite.
+template <class F>
+std::string callable_problem() {
+  const std::string name = type_name<F>();
+  std::string what;
+  if (name.find("lambda") != std::string::npos)
+    what = "its callable " + name + " is a lambda that captures, and captures never travel to another process "
+           "(they may be references)";
+  else if (!std::is_default_constructible_v<F>)
+    what = "its callable " + name + " has no default constructor";
+  else
+    what = "its callable " + name + " carries state and has no cereal serialize function";
+  return what +
+         ". Rewrite it as a free function or a lambda without captures that takes the captured values as "
+         "arguments: instead of delayed([&data, k](int i) { ... })(i), write "
+         "delayed([](const Data& data, int k, int i) { ... })(data, k, i)";
+}
 
 template <class TaskT, class R>
 struct PortableTask : std::false_type {
   static std::string why() {
-    return "only joblib::delayed(f)(args...) tasks travel to other processes (a type-erased Task or another "
-           "callable has no portable form)";
+    return "only joblib::delayed(f)(args...) tasks travel to other processes (a type-erased joblib::Task or "
+           "another callable has no portable form)";
   }
 };
 template <class F, class... Args, class R>
@@ -77,12 +108,13 @@ struct PortableTask<Delayed<F, Args...>, R>
     : std::bool_constant<is_portable_callable_v<F> && (is_portable_value_v<Args> && ...) &&
                          (std::is_void_v<R> || is_portable_value_v<R>)> {
   static std::string why() {
-    if (!is_portable_callable_v<F>)
-      return "its callable is neither a function, nor a lambda without captures, nor a functor with a cereal "
-             "serialize (captures never travel: they may be references)";
-    if (!(is_portable_value_v<Args> && ...))
-      return "an argument type cannot be encoded (or is not default-constructible)";
-    return "its result type cannot be encoded (or is not default-constructible)";
+    if (!is_portable_callable_v<F>) return callable_problem<F>();
+    std::string problem;
+    std::size_t i = 0;
+    ((problem.empty() ? (void)(problem = value_problem<Args>("argument " + std::to_string(++i))) : (void)0), ...);
+    if (!problem.empty()) return problem;
+    if constexpr (!std::is_void_v<R>) return value_problem<R>("its result");
+    return {};
   }
 };
 
@@ -116,14 +148,20 @@ void save_task(EncodeArchive& ar, const Delayed<F, Args...>& task) {
   ar(task.arguments());
 }
 
+/// Reads back a tuple of arguments in order (a braced list is evaluated left
+/// to right), each through load_value: no default constructor needed.
+template <class... A>
+std::tuple<A...> load_arguments(DecodeArchive& ar, std::type_identity<std::tuple<A...>>) {
+  return std::tuple<A...>{load_value<A>(ar)...};
+}
+
 /// Reads back one task that save_task() wrote.
 template <class TaskT>
 TaskT load_task(DecodeArchive& ar) {
   using Args = std::remove_cvref_t<decltype(std::declval<TaskT&>().arguments())>;
   using F = std::remove_cvref_t<decltype(std::declval<TaskT&>().function())>;
   F f = load_callable<F>(ar);
-  Args args{};
-  ar(args);
+  Args args = load_arguments(ar, std::type_identity<Args>{});
   return std::apply(
       [&f](auto&&... a) { return TaskT(std::in_place, std::move(f), std::forward<decltype(a)>(a)...); },
       std::move(args));
