@@ -278,12 +278,12 @@ std::size_t CallImpl::next_batch_size_locked() {
       const double ideal = std::floor(double(old) * min_ideal / d) * 2;
       next = static_cast<std::size_t>(std::max(std::min(2.0 * double(old), ideal), 1.0));
       if (next != old && cfg_.verbose >= 10)
-        printer_.message(fmt::format("Batch computation too fast ({}s.) Setting batch_size={}.", d, next));
+        printer_.message(fmt::format("Batch computation too fast ({}s.) Setting batch_size={}.", python_float(d), next));
     } else if (d > max_ideal && old >= 2) {
       const double ideal = std::floor(double(old) * min_ideal / d);
       next = static_cast<std::size_t>(std::max(2 * ideal, 1.0));
       if (next != old && cfg_.verbose >= 10)
-        printer_.message(fmt::format("Batch computation too slow ({}s.) Setting batch_size={}.", d, next));
+        printer_.message(fmt::format("Batch computation too slow ({}s.) Setting batch_size={}.", python_float(d), next));
     }
     if (next != old) {
       effective_batch_size_ = next;

@@ -1,12 +1,23 @@
 #include "progress.hpp"
 
 #include <fmt/format.h>
+
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 namespace joblib::detail {
+
+std::string python_float(double x) {
+  if (std::isnan(x)) return "nan";
+  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+  const double rounded = std::strtod(fmt::format("{:.15g}", x).c_str(), nullptr);
+  std::string s = fmt::format("{}", rounded);
+  if (s.find_first_of(".e") == std::string::npos) s += ".0";  // Python prints 2.0, not 2
+  return s;
+}
 
 std::string short_format_time(double t) {
   if (t > 60) return fmt::format("{:4.1f}min", t / 60);
@@ -77,7 +88,8 @@ bool ProgressPrinter::print_progress(const ProgressState& s) {
 }
 
 void ProgressPrinter::bar(const ProgressState& s, bool force) {
-  if (!bar_) return;
+  if (!bar_ || bar_finished_) return;
+  if (s.completed) bar_finished_ = true;
   const auto now = std::chrono::steady_clock::now();
   if (!force && now - last_bar_ < std::chrono::milliseconds(100)) return;
   last_bar_ = now;

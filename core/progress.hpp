@@ -1,5 +1,7 @@
 #pragma once
 // joblib's verbose progress lines, and the optional live progress bar.
+#include <joblib/export.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <optional>
@@ -17,6 +19,12 @@ struct ProgressState {
   bool completed = false;               // every task has run and the input is exhausted
   long pre_dispatch_amount = 0;
 };
+
+/// A float as Python's repr prints it: the shortest form that reads back
+/// ("3.0441e-05", "0.25", "2.0", "inf"), after rounding to 15 significant
+/// digits so that the noise of float arithmetic (3.0441000000000002e-05)
+/// does not show.
+JOBLIB_EXPORT std::string python_float(double x);
 
 /// "%4.1fmin" or " %5.1fs", as joblib's short_format_time.
 std::string short_format_time(double seconds);
@@ -38,6 +46,7 @@ class ProgressPrinter {
   int verbose_;
   std::string repr_;
   bool bar_;
+  bool bar_finished_ = false;  // the final line is drawn once
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_bar_{};
 };

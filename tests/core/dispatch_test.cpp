@@ -3,10 +3,15 @@
 // conformance/; this file covers what needs threads to observe.
 #include "test_sync.hpp"
 
+#include "progress.hpp"
+
 #include <joblib/joblib.hpp>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <cctype>
+#include <limits>
+#include <regex>
 
 #include <atomic>
 #include <chrono>
@@ -574,6 +579,55 @@ TEST(ProgressTest, BarShowsRateAndEtaWhenStderrIsATerminal) {
   EXPECT_THAT(seen, ::testing::HasSubstr("50/50"));
   EXPECT_THAT(seen, ::testing::HasSubstr("tasks/s"));
   EXPECT_THAT(seen, ::testing::HasSubstr("ETA"));
+}
+
+TEST(ProgressTest, TheBarDrawsItsLastLineOnce) {
+  int master = -1, slave = -1;
+  ASSERT_EQ(::openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
+  std::fflush(stderr);
+  const int saved = ::dup(2);
+  ::dup2(slave, 2);
+  std::vector<int> r = joblib::Parallel({.n_jobs = 2, .batch_size = 1, .progress_bar = true})
+                           .map([](int x) { return x; }, std::views::iota(0, 7));
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  ::close(slave);
+  std::string seen;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(master, buf, sizeof buf)) > 0;) seen.append(buf, static_cast<std::size_t>(n));
+  ::close(master);  // (read ends with EIO once every copy of the slave is closed)
+  std::size_t finals = 0;
+  for (auto at = seen.find("7/7"); at != std::string::npos; at = seen.find("7/7", at + 1)) ++finals;
+  EXPECT_EQ(finals, 1u) << seen;
+}
+
+TEST(ProgressTest, VerboseFloatsArePrintedAsPythonPrintsThem) {
+  using joblib::detail::python_float;
+  EXPECT_EQ(python_float(3.0441000000000002e-05), "3.0441e-05");
+  EXPECT_EQ(python_float(0.001032689), "0.001032689");
+  EXPECT_EQ(python_float(0.1 + 0.2), "0.3");
+  EXPECT_EQ(python_float(2.0), "2.0");
+  EXPECT_EQ(python_float(1e-06), "1e-06");
+  EXPECT_EQ(python_float(1e16), "1e+16");
+  EXPECT_EQ(python_float(std::numeric_limits<double>::infinity()), "inf");
+}
+
+TEST(ProgressTest, AutoBatchingLinesShowShortFloats) {
+  ::testing::internal::CaptureStderr();
+  std::vector<int> r = joblib::Parallel({.n_jobs = 2, .verbose = 10})
+                           .map([](int x) { return x; }, std::views::iota(0, 20000));
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  const std::regex line(R"(Batch computation too fast \(([0-9.e+-]+)s\.\) Setting batch_size=\d+\.)");
+  std::size_t lines = 0;
+  for (std::sregex_iterator it(err.begin(), err.end(), line), end; it != end; ++it) {
+    ++lines;
+    const std::string number = (*it)[1];
+    std::size_t digits = 0;
+    for (char c : number.substr(0, number.find('e'))) digits += std::isdigit(static_cast<unsigned char>(c)) ? 1 : 0;
+    EXPECT_LE(digits, 16u) << number;  // at most 15 significant digits (plus a leading 0)
+  }
+  EXPECT_GE(lines, 1u) << err;
 }
 
 TEST(ProgressTest, NoBarWhenStderrIsNotATerminal) {
