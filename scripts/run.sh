@@ -13,7 +13,7 @@ packages=(
   libcereal-dev libtomlplusplus-dev libfmt-dev
   libzstd-dev liblz4-dev zlib1g-dev libbz2-dev liblzma-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-16
 )
 missing=()
 for p in "${packages[@]}"; do

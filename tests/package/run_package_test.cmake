@@ -11,10 +11,20 @@ function(run)
   message(STATUS "${out}")
 endfunction()
 
+# With -DCONSUMER_CXX=<compiler>, only the install is consumed, built with
+# that compiler (the library itself was built with the project's compiler),
+# together with the docs' quickstart and structs examples.
 file(REMOVE_RECURSE ${WORK_DIR})
 run(${CMAKE_COMMAND} --install ${JOBLIB_BINARY_DIR} --prefix ${WORK_DIR}/prefix)
 
-foreach(mode build_tree install_prefix)
+set(modes build_tree install_prefix)
+set(compiler_args)
+if(CONSUMER_CXX)
+  set(modes install_prefix)
+  set(compiler_args -DCMAKE_CXX_COMPILER=${CONSUMER_CXX} -DJOBLIB_DOC_EXAMPLES_DIR=${JOBLIB_SOURCE_DIR}/docs/examples)
+endif()
+
+foreach(mode ${modes})
   if(mode STREQUAL "build_tree")
     set(prefix ${JOBLIB_BINARY_DIR})
   else()
@@ -22,15 +32,19 @@ foreach(mode build_tree install_prefix)
   endif()
   set(dir ${WORK_DIR}/${mode})
   run(${CMAKE_COMMAND} -S ${JOBLIB_SOURCE_DIR}/examples/custom_backend -B ${dir}/custom -G ${GENERATOR}
-      -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release)
+      -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release ${compiler_args})
   run(${CMAKE_COMMAND} --build ${dir}/custom)
   run(${CMAKE_COMMAND} -S ${JOBLIB_SOURCE_DIR}/tests/package/consumer -B ${dir}/consumer -G ${GENERATOR}
-      -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release)
+      -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release ${compiler_args})
   run(${CMAKE_COMMAND} --build ${dir}/consumer)
   # The custom backend is reachable both by path and through a plugins.toml entry.
   file(WRITE ${dir}/extra_plugins.toml
        "[plugins.mine_toml]\nlibrary = \"${dir}/custom/libmy_backend.so\"\nserves = [\"threads\", \"sharedmem\"]\n")
   run(${CMAKE_COMMAND} -E env JOBLIB_PLUGINS=${dir}/extra_plugins.toml
       ${dir}/consumer/consumer ${dir}/custom/libmy_backend.so)
+  if(CONSUMER_CXX)
+    run(${dir}/consumer/doc_quickstart)
+    run(${dir}/consumer/doc_structs)
+  endif()
 endforeach()
 file(REMOVE_RECURSE ${WORK_DIR})
