@@ -10,6 +10,9 @@
 #include <elf.h>
 #include <fmt/format.h>
 #include <link.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <climits>
@@ -156,6 +159,67 @@ std::string function_name(const void* address) {
                                                   const_cast<void*>(address)))
                          .name();
   return name;
+}
+
+namespace {
+
+// Sizes of the FUNC symbols of one module file, by link-time address, from
+// its .symtab (static functions included) or else its .dynsym.
+using SymbolSizes = std::map<std::uint64_t, std::uint64_t>;
+
+SymbolSizes read_symbol_sizes(const std::string& path) {
+  SymbolSizes out;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
+    ::close(fd);
+    return out;
+  }
+  const auto size = static_cast<std::size_t>(st.st_size);
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) return out;
+  const auto* base = static_cast<const unsigned char*>(map);
+  const auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
+  auto in_file = [size](std::uint64_t off, std::uint64_t len) { return off <= size && len <= size - off; };
+  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 && eh->e_ident[EI_CLASS] == ELFCLASS64 &&
+      eh->e_shentsize == sizeof(ElfW(Shdr)) && in_file(eh->e_shoff, std::uint64_t{eh->e_shnum} * sizeof(ElfW(Shdr)))) {
+    const auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
+    for (unsigned wanted : {unsigned{SHT_SYMTAB}, unsigned{SHT_DYNSYM}}) {
+      for (unsigned i = 0; i < eh->e_shnum; ++i) {
+        if (sh[i].sh_type != wanted || sh[i].sh_entsize != sizeof(ElfW(Sym)) || !in_file(sh[i].sh_offset, sh[i].sh_size))
+          continue;
+        const auto* sym = reinterpret_cast<const ElfW(Sym)*>(base + sh[i].sh_offset);
+        const std::size_t n = sh[i].sh_size / sizeof(ElfW(Sym));
+        for (std::size_t k = 0; k < n; ++k)
+          if (ELF64_ST_TYPE(sym[k].st_info) == STT_FUNC && sym[k].st_value != 0 && sym[k].st_size != 0)
+            out.emplace(sym[k].st_value, sym[k].st_size);
+      }
+      if (!out.empty()) break;
+    }
+  }
+  ::munmap(map, size);
+  return out;
+}
+
+}  // namespace
+
+std::span<const std::byte> function_code(const void* address) {
+  Dl_info info{};
+  link_map* lm = nullptr;
+  if (address == nullptr || !dladdr1(address, &info, reinterpret_cast<void**>(&lm), RTLD_DL_LINKMAP) || !lm)
+    return {};
+  const std::string path = (lm->l_name && *lm->l_name) ? real_path(lm->l_name) : self_exe();
+  static std::mutex mutex;
+  static auto* modules = new std::map<std::string, SymbolSizes>();  // never destroyed: used until exit
+  std::lock_guard lock(mutex);
+  auto it = modules->find(path);
+  if (it == modules->end()) it = modules->emplace(path, read_symbol_sizes(path)).first;
+  const auto offset = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address) - lm->l_addr);
+  auto sym = it->second.find(offset);
+  if (sym == it->second.end() || sym->second > (std::uint64_t{1} << 26)) return {};
+  return {static_cast<const std::byte*>(address), static_cast<std::size_t>(sym->second)};
 }
 
 }  // namespace joblib::detail

@@ -31,7 +31,7 @@ std::string short_format_time(double seconds);
 
 /// Prints joblib's lines "[Parallel(n_jobs=2)]: ..." (stderr below verbose
 /// 50, stdout from 50) with joblib's frequency filter.
-class ProgressPrinter {
+class JOBLIB_EXPORT ProgressPrinter {
  public:
   ProgressPrinter(int verbose, std::string repr, bool bar);
   /// joblib's print_progress(); returns true if it printed the final line.

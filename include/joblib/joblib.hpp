@@ -9,3 +9,4 @@
 #include <joblib/array.hpp>
 #include <joblib/codec.hpp>
 #include <joblib/persistence.hpp>
+#include <joblib/memory.hpp>

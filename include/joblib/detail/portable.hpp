@@ -5,7 +5,9 @@
 // build-id. Internal: used by the process and MPI backends.
 #include <joblib/export.hpp>
 
+#include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 
 namespace joblib::detail {
@@ -34,6 +36,11 @@ JOBLIB_EXPORT void* resolve_code(const CodeRef& ref);
 /// Demangled name of the function at `address` (static functions included,
 /// from the symbol table), or "" when no symbol covers it.
 JOBLIB_EXPORT std::string function_name(const void* address);
+
+/// The machine code of the function that starts at `address`, as loaded
+/// (its symbol's size from the module's symbol table), or an empty span
+/// when no function symbol starts there (a stripped module).
+JOBLIB_EXPORT std::span<const std::byte> function_code(const void* address);
 
 /// Demangles a C++ symbol or type name (defined with the codec).
 JOBLIB_EXPORT std::string demangle(const char* name);
