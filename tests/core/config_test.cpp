@@ -1,5 +1,6 @@
 // Scopes, n_jobs rules and backend resolution (joblib-behaviour.md §1.9).
 #include "config.hpp"
+#include "doc_quotes.hpp"
 #include "test_backends.hpp"
 
 #include <joblib/joblib.hpp>
@@ -253,4 +254,171 @@ TEST(ScopeTest, AnExplicitZeroVerboseSilencesAVerboseScope) {
   r = joblib::Parallel().map([](int x) { return x; }, std::views::iota(0, 4));
   EXPECT_NE(::testing::internal::GetCapturedStderr().find("Using backend ThreadingBackend"), std::string::npos);
 }
+}  // namespace
+
+// ---- the messages docs/errors.md and docs/backends.md quote ----------------
+namespace {
+
+using joblib_test::expect_doc_quotes;
+using joblib_test::replace_all;
+
+// The std::invalid_argument message of `f` ("(no error)" if it throws none).
+template <class F>
+std::string invalid_argument_of(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+bool available(const std::string& name) {
+  const auto names = joblib::available_backends();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+TEST_F(ResolutionTest, RequireSharedmemSubstitutionIsPrintedOnStdoutFromVerbose10) {
+  joblib::parallel_backend scope("fake_processes", {.n_jobs = 2});
+  ::testing::internal::CaptureStdout();
+  EXPECT_EQ(resolve({.verbose = 10, .require = Require::sharedmem}).backend_name, "threading");
+  EXPECT_EQ(::testing::internal::GetCapturedStdout(),
+            "Using ThreadingBackend as joblib backend instead of FakeProcessesBackend as the latter does not provide "
+            "shared memory semantics.\n");
+  ::testing::internal::CaptureStdout();
+  EXPECT_EQ(resolve({.verbose = 9, .require = Require::sharedmem}).backend_name, "threading");
+  EXPECT_EQ(::testing::internal::GetCapturedStdout(), "") << "printed below verbose 10";
+}
+
+TEST(DocMessagesTest, RequireSharedmemInALokyScopeSaysWhichBackendItReplaces) {
+  if (!available("loky")) GTEST_SKIP() << "the loky plugin is not built";
+  joblib::parallel_backend scope("loky", {.n_jobs = 2});
+  ::testing::internal::CaptureStdout();
+  const auto r = resolve({.verbose = 10, .require = Require::sharedmem});
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(r.backend_name, "threading");
+  const std::string expected =
+      "Using ThreadingBackend as joblib backend instead of LokyBackend as the latter does not provide shared memory "
+      "semantics.";
+  EXPECT_EQ(out, expected + "\n");
+  expect_doc_quotes("backends.md", expected);
+}
+
+TEST(DocMessagesTest, AnExplicitLokyWithSharedmemIsRefused) {
+  if (!available("loky")) GTEST_SKIP() << "the loky plugin is not built";
+  const std::string msg = invalid_argument_of(
+      [] { resolve({.n_jobs = 2, .backend = "loky", .require = Require::sharedmem}); });
+  EXPECT_EQ(msg, "Backend loky does not support shared memory");
+  expect_doc_quotes("backends.md", msg);
+  expect_doc_quotes("errors.md", replace_all(msg, "loky", "<name>"));
+}
+
+TEST(DocMessagesTest, ScopeOptionsAreRefusedWithTheDocumentedMessages) {
+  using joblib::ConfigOptions;
+  const std::string verbose = invalid_argument_of([] { joblib::parallel_config scope({.verbose = -1}); });
+  EXPECT_EQ(verbose, "verbose must be >= 0, got -1");
+  const std::string inner =
+      invalid_argument_of([] { joblib::parallel_config scope({.backend = "threading", .inner_max_num_threads = 0}); });
+  EXPECT_EQ(inner, "inner_max_num_threads must be at least 1, got 0");
+  EXPECT_EQ(invalid_argument_of([] { joblib::parallel_backend scope("threading", {.inner_max_num_threads = 0}); }),
+            inner);
+  const std::string no_backend =
+      "inner_max_num_threads and other constructor parameters backend_params are only supported when backend is not "
+      "None.";
+  EXPECT_EQ(invalid_argument_of([] { joblib::parallel_config scope({.inner_max_num_threads = 2}); }), no_backend);
+  EXPECT_EQ(invalid_argument_of([] { joblib::parallel_config scope({.settings = {{"a", "b"}}}); }), no_backend);
+  const std::string n_jobs = invalid_argument_of([] { joblib::parallel_config scope({.n_jobs = 0}); });
+  EXPECT_EQ(n_jobs, "n_jobs == 0 in Parallel has no meaning");
+  EXPECT_EQ(invalid_argument_of([] { (void)joblib::effective_n_jobs(0); }), n_jobs);
+  const std::string max_nbytes = invalid_argument_of([] { joblib::parallel_config scope({.max_nbytes = "1Z"}); });
+  EXPECT_EQ(max_nbytes,
+            "max_nbytes: Invalid literal for size give: 1Z (type str) should be alike '10G', '500M', '50K'.");
+  const std::string inconsistent = invalid_argument_of(
+      [] { joblib::parallel_config scope({.prefer = Prefer::processes, .require = Require::sharedmem}); });
+  EXPECT_EQ(inconsistent, "prefer == 'processes' and require == 'sharedmem' are inconsistent settings");
+  for (const std::string& m : {verbose, inner, no_backend, n_jobs, max_nbytes, inconsistent})
+    expect_doc_quotes("errors.md", m);
+  expect_doc_quotes("backends.md", n_jobs);
+  expect_doc_quotes("backends.md", inconsistent);
+}
+
+// Backends whose factory or nested_backend() fail, or that refuse generators.
+class NoGeneratorsBackend final : public joblib::ParallelBackendBase {
+ public:
+  using ParallelBackendBase::ParallelBackendBase;
+  std::string name() const override { return "no_generators"; }
+  joblib::BackendCapabilities capabilities() const noexcept override {
+    joblib::BackendCapabilities c;
+    c.uses_threads = true;
+    c.supports_sharedmem = true;
+    c.supports_return_generator = false;
+    return c;
+  }
+  void submit(joblib::Batch& b) noexcept override { b.run(); }
+};
+
+class BadNestedBackend final : public joblib::ParallelBackendBase {
+ public:
+  using ParallelBackendBase::ParallelBackendBase;
+  std::string name() const override { return "bad_nested"; }
+  joblib::BackendCapabilities capabilities() const noexcept override {
+    joblib::BackendCapabilities c;
+    c.uses_threads = true;
+    return c;
+  }
+  void submit(joblib::Batch& b) noexcept override { b.run(); }
+  joblib::NestedBackend nested_backend() const override { throw std::runtime_error("no nesting here"); }
+};
+
+int plus_one(int x) { return x + 1; }
+
+template <class Error>
+std::string error_of_call(const joblib::ParallelOptions& options) {
+  try {
+    joblib::Parallel(options).map(plus_one, std::vector{1, 2}).to_vector();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(DocMessagesTest, BackendsThatFailAtRunTimeAreNamed) {
+  joblib::register_parallel_backend("no_backend_made", [](const joblib::BackendInit&) {
+    return std::unique_ptr<joblib::ParallelBackendBase>();
+  });
+  joblib::register_parallel_backend("unreachable", [](const joblib::BackendInit&) -> std::unique_ptr<joblib::ParallelBackendBase> {
+    throw std::runtime_error("cannot reach the cluster");
+  });
+  joblib::register_parallel_backend("bad_nested", [](const joblib::BackendInit& i) {
+    return std::make_unique<BadNestedBackend>(i);
+  });
+  joblib::register_parallel_backend("no_generators", [](const joblib::BackendInit& i) {
+    return std::make_unique<NoGeneratorsBackend>(i);
+  });
+
+  const std::string none = error_of_call<joblib::BackendError>({.n_jobs = 2, .backend = "no_backend_made"});
+  EXPECT_EQ(none, "backend 'no_backend_made': its factory returned no backend");
+  expect_doc_quotes("errors.md", replace_all(none, "no_backend_made", "<name>"));
+
+  const std::string unreachable = error_of_call<joblib::BackendError>({.n_jobs = 2, .backend = "unreachable"});
+  EXPECT_EQ(unreachable, "backend 'unreachable' failed to start: cannot reach the cluster");
+  expect_doc_quotes("errors.md", replace_all(unreachable, "unreachable", "throws"));
+
+  const std::string nested = error_of_call<joblib::BackendError>({.n_jobs = 2, .backend = "bad_nested"});
+  EXPECT_EQ(nested, "backend 'bad_nested': nested_backend() failed: no nesting here");
+  expect_doc_quotes("errors.md",
+                    replace_all(replace_all(nested, "bad_nested", "<name>"), "no nesting here", "<what>"));
+
+  const std::string generator = error_of_call<std::invalid_argument>(
+      {.n_jobs = 2, .backend = "no_generators", .return_as = joblib::ReturnAs::generator});
+  EXPECT_EQ(generator, "Backend no_generators does not support return_as=generator");
+  expect_doc_quotes("errors.md", replace_all(generator, "no_generators", "<name>"));
+  EXPECT_EQ(error_of_call<std::invalid_argument>(
+                {.n_jobs = 2, .backend = "no_generators", .return_as = joblib::ReturnAs::generator_unordered}),
+            "Backend no_generators does not support return_as=generator_unordered");
+  // In list mode the same backend runs the call.
+  std::vector<int> r = joblib::Parallel({.n_jobs = 2, .backend = "no_generators"}).map(plus_one, std::vector{1, 2});
+  EXPECT_EQ(r, (std::vector<int>{2, 3}));
+}
+
 }  // namespace

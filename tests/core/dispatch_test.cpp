@@ -1,6 +1,7 @@
 // The dispatcher: order, return modes, errors, abort, nesting, laziness,
 // back-pressure, timeout and progress. Backend-independent behaviour is in
 // conformance/; this file covers what needs threads to observe.
+#include "doc_quotes.hpp"
 #include "test_sync.hpp"
 
 #include "progress.hpp"
@@ -10,6 +11,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <cctype>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <regex>
 
@@ -422,7 +425,8 @@ TEST(TimeoutTest, ListModeRaisesPromptly) {
     Parallel({.n_jobs = 2, .timeout = 0.2, .batch_size = 1}).map(f, std::views::iota(0, 4)).to_vector();
     ADD_FAILURE() << "expected a TimeoutError";
   } catch (const joblib::TimeoutError& e) {
-    EXPECT_THAT(e.what(), ::testing::HasSubstr("timeout of 0.2 s"));
+    EXPECT_STREQ(e.what(), "a task ran longer than the timeout of 0.2 s (in a batch of 1 task starting at task 1)");
+    joblib_test::expect_doc_quotes("backends.md", "`" + std::string(e.what()) + "`");
     EXPECT_TRUE(stuck->running.load());
     EXPECT_FALSE(stuck->ended.load()) << "the call waited for the stuck task";
   }
@@ -579,6 +583,10 @@ TEST(ProgressTest, BarShowsRateAndEtaWhenStderrIsATerminal) {
   EXPECT_THAT(seen, ::testing::HasSubstr("50/50"));
   EXPECT_THAT(seen, ::testing::HasSubstr("tasks/s"));
   EXPECT_THAT(seen, ::testing::HasSubstr("ETA"));
+  // The line docs/backends.md shows: a 30-cell bar, done/total, the rate, the ETA.
+  EXPECT_TRUE(std::regex_search(seen, std::regex(R"(\r\[#{30}\] 50/50 [0-9]+\.[0-9] tasks/s ETA +[0-9]+\.[0-9](s|min))")))
+      << seen;
+  joblib_test::expect_doc_quotes("backends.md", "`[#########.....................] 312/1000 1520.3 tasks/s ETA    0.5s`");
 }
 
 TEST(ProgressTest, TheBarDrawsItsLastLineOnce) {
@@ -634,6 +642,129 @@ TEST(ProgressTest, NoBarWhenStderrIsNotATerminal) {
   ::testing::internal::CaptureStderr();
   std::vector<int> r = joblib::Parallel({.n_jobs = 2, .progress_bar = true}).map([](int x) { return x; }, std::views::iota(0, 50));
   EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+}
+
+// ---- the messages docs/errors.md and docs/backends.md quote -----------------
+
+using joblib_test::expect_doc_quotes;
+
+template <class F>
+std::string invalid_argument_of(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(DocMessagesTest, ParallelOptionsAreRefusedWithTheDocumentedMessages) {
+  const std::vector<std::string> messages{
+      invalid_argument_of([] { Parallel({.n_jobs = 0}); }),
+      invalid_argument_of([] { Parallel({.batch_size = 0}); }),
+      invalid_argument_of([] { Parallel({.timeout = -1.0}); }),
+      invalid_argument_of([] { Parallel({.verbose = -1}); }),
+      invalid_argument_of([] { Parallel({.max_nbytes = "1Z"}); }),
+      invalid_argument_of([] { Parallel({.pre_dispatch = "lots"}); }),
+      invalid_argument_of([] { Parallel({.pre_dispatch = "1000001"}); }),
+      invalid_argument_of([] { Parallel({.pre_dispatch = "1+1+1+1+1+1+1+1+1+1+1+1+1+1+1+1"}); }),
+      invalid_argument_of([] { Parallel({.n_jobs = 2, .pre_dispatch = "n_jobs - 2"}).map(square, std::vector{1}); }),
+  };
+  const std::vector<std::string> expected{
+      "n_jobs == 0 in Parallel has no meaning",
+      "batch_size must be 'auto' or a positive integer, got: 0",
+      "timeout must be a positive number of seconds, got: -1",
+      "verbose must be >= 0, got: -1",
+      "max_nbytes: Invalid literal for size give: 1Z (type str) should be alike '10G', '500M', '50K'.",
+      "pre_dispatch: 'lots' is not a valid or supported arithmetic expression.",
+      "pre_dispatch: Numeric literal 1000001 is too large, max is 1000000.",
+      "pre_dispatch: Expression '1+1+1+1+1+1+1+1+1+1+1+1+1+1+1+'... is too long. Max length is 30, got 31.",
+      "pre_dispatch must give at least 1 batch, got 0 from 'n_jobs - 2'",
+  };
+  EXPECT_EQ(messages, expected);
+  for (const std::string& m : expected) expect_doc_quotes("errors.md", "`" + m + "`");
+}
+
+// A backend that fails every batch without saying why.
+class SilentFailureBackend final : public joblib::ParallelBackendBase {
+ public:
+  using ParallelBackendBase::ParallelBackendBase;
+  std::string name() const override { return "silent_failure"; }
+  joblib::BackendCapabilities capabilities() const noexcept override {
+    joblib::BackendCapabilities c;
+    c.uses_threads = true;
+    c.supports_sharedmem = true;
+    return c;
+  }
+  void submit(joblib::Batch& b) noexcept override { b.fail(nullptr); }
+};
+
+TEST(DocMessagesTest, ABatchFailedWithoutAReasonIsABackendError) {
+  joblib::register_parallel_backend("silent_failure", [](const joblib::BackendInit& i) {
+    return std::make_unique<SilentFailureBackend>(i);
+  });
+  try {
+    Parallel({.n_jobs = 2, .backend = "silent_failure"}).map(square, std::vector{1, 2}).to_vector();
+    ADD_FAILURE() << "no error";
+  } catch (const joblib::BackendError& e) {
+    EXPECT_STREQ(e.what(), "a backend failed a batch without saying why");
+    expect_doc_quotes("errors.md", "`" + std::string(e.what()) + "`");
+  }
+}
+
+TEST(DocMessagesTest, ASequentialCallWarnsOnceThatItHasNoTimeout) {
+  // Once per process: the check runs in a process of its own.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::string expected =
+      "UserWarning: The backend class 'SequentialBackend' does not support timeout. You have set 'timeout' in "
+      "Parallel but the 'timeout' parameter will not be used.";
+  expect_doc_quotes("backends.md", "`" + expected + "`");
+  EXPECT_EXIT(
+      {
+        ::testing::internal::CaptureStderr();
+        std::vector<int> a = Parallel({.n_jobs = 1, .timeout = 1.0}).map(square, std::views::iota(0, 3));
+        std::vector<int> b = Parallel({.timeout = 2.0}).map(square, std::views::iota(0, 3));
+        const std::string err = ::testing::internal::GetCapturedStderr();
+        std::fprintf(stderr, "stderr was:\n%s", err.c_str());
+        std::_Exit(err == expected + "\n" && a == b && a == std::vector<int>{0, 1, 4} ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST(DocMessagesTest, VerboseLinesHaveJoblibsFormat) {
+  joblib::detail::ProgressPrinter printer(11, "Parallel(n_jobs=2)", false);
+  joblib::detail::ProgressState s;
+  s.n_tasks = 25;
+  ::testing::internal::CaptureStderr();
+  printer.message("Using backend ThreadingBackend with 2 concurrent workers.");
+  s.completed_tasks = 4;
+  s.dispatched_tasks = 6;
+  s.dispatched_batches = 6;
+  printer.print_progress(s);  // input still being pulled, size known
+  joblib::detail::ProgressState unsized = s;
+  unsized.n_tasks.reset();
+  printer.print_progress(unsized);  // size unknown
+  s.iterating = false;  // input exhausted: joblib's frequency rule (25 // 11 + 1 = 3)
+  s.completed_tasks = 23;
+  s.dispatched_tasks = 25;
+  printer.print_progress(s);
+  s.completed_tasks = 25;
+  s.completed = true;
+  EXPECT_TRUE(printer.print_progress(s));
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  const std::regex lines(
+      R"(\[Parallel\(n_jobs=2\)\]: Using backend ThreadingBackend with 2 concurrent workers\.
+\[Parallel\(n_jobs=2\)\]: Done  4 out of 25 \| elapsed: +[0-9]+\.[0-9]s
+\[Parallel\(n_jobs=2\)\]: Done   4 tasks      \| elapsed: +[0-9]+\.[0-9]s
+\[Parallel\(n_jobs=2\)\]: Done 23 out of 25 \| elapsed: +[0-9]+\.[0-9]s remaining: +[0-9]+\.[0-9]s
+\[Parallel\(n_jobs=2\)\]: Done 25 out of 25 \| elapsed: +[0-9]+\.[0-9]s finished
+)");
+  EXPECT_TRUE(std::regex_match(err, lines)) << err;
+  for (const char* quoted : {"`Using backend ThreadingBackend with 2 concurrent workers.`",
+                             "`Done  4 out of 25 \\| elapsed:    0.0s`", "`Done   4 tasks      \\| elapsed:    0.0s`",
+                             "`Done 23 out of 25 \\| elapsed:    0.2s remaining:    0.0s`",
+                             "`Done 25 out of 25 \\| elapsed:    0.3s finished`"})
+    expect_doc_quotes("backends.md", quoted);
 }
 
 }  // namespace

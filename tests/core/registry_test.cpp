@@ -395,6 +395,17 @@ TEST(RegistryChild, DISABLED_Scenario) {
     expect_runs_on_threads({.n_jobs = 2, .backend = "child_lib"});
   } else if (scenario == "library_error") {
     std::printf("MESSAGE[%s]END\n", load_error("child_lib", arg).c_str());
+  } else if (scenario == "unknown_backend") {
+    try {
+      joblib::Parallel({.n_jobs = 2, .backend = "no_such_backend"}).map(twice, std::vector{1});
+      ADD_FAILURE() << "no_such_backend was found";
+    } catch (const joblib::BackendError& e) {
+      std::printf("MESSAGE[%s]END\n", e.what());
+    }
+  } else if (scenario == "prefer_processes") {
+    std::vector<double> r;
+    EXPECT_NO_THROW(r = joblib::Parallel({.n_jobs = 2, .prefer = joblib::Prefer::processes}).map(twice, std::vector{1, 2}));
+    EXPECT_EQ(r, (std::vector<double>{2, 4}));
   } else if (scenario == "load_list") {
     try {
       joblib::load_plugins_file(arg);
@@ -635,6 +646,151 @@ TEST(RegistryTest, AFifoIsNeverLoadedAsAPlugin) {
                                "': is a FIFO, not a regular file";
   EXPECT_EQ(child_message(c), expected) << c.output;
   expect_doc_quotes("errors.md", replace_all(replace_all(expected, fifo.string(), "<path>"), "child_lib", "x"));
+}
+
+// ---- every message docs/errors.md quotes for the registry, exactly ---------
+
+std::string invalid_registration(const std::string& name, joblib::BackendFactory factory) {
+  try {
+    joblib::register_parallel_backend(name, std::move(factory));
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(RegistryDocMessagesTest, BadRegistrationsAreRefused) {
+  auto factory = [](const joblib::BackendInit& i) {
+    return std::make_unique<joblib_test::FakeBackend>(i, "x", true, true);
+  };
+  const std::string empty_name = invalid_registration("", factory);
+  EXPECT_EQ(empty_name, "register_parallel_backend: name is empty");
+  const std::string builtin = invalid_registration("sequential", factory);
+  EXPECT_EQ(builtin, "register_parallel_backend: 'sequential' is built in");
+  const std::string no_factory = invalid_registration("x", nullptr);
+  EXPECT_EQ(no_factory, "register_parallel_backend: factory for 'x' is empty");
+  for (const std::string& m : {empty_name, builtin, no_factory}) expect_doc_quotes("errors.md", "`" + m + "`");
+  // The path overload checks the name the same way.
+  try {
+    joblib::register_parallel_backend("", fs::path("/nonexistent/libghost.so"));
+    ADD_FAILURE() << "an empty name was registered";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()), empty_name);
+  }
+}
+
+TEST(RegistryDocMessagesTest, PluginsThatCannotBeLoadedAreNamedWithTheReason) {
+  const std::string missing = load_error("ghost", "/nonexistent/libghost.so");
+  EXPECT_EQ(missing, "cannot load backend 'ghost': plugin library '/nonexistent/libghost.so' does not exist");
+  expect_doc_quotes("errors.md", "`" + missing + "`");
+
+  const fs::path not_plugin = kPluginDir / "libtest_not_a_plugin.so";
+  const std::string no_abi = load_error("x", not_plugin);
+  EXPECT_EQ(no_abi, "cannot load backend 'x' from '" + not_plugin.string() +
+                        "': no joblib_plugin_abi symbol (not a joblib-cpp plugin; export the backend with "
+                        "JOBLIB_EXPORT_BACKEND)");
+  expect_doc_quotes("errors.md", "`" + replace_all(no_abi, not_plugin.string(), "<path>") + "`");
+
+  const fs::path bad_abi = kPluginDir / "libtest_bad_abi.so";
+  const std::string abi = load_error("x", bad_abi);
+  EXPECT_EQ(abi, "cannot load backend 'x' from '" + bad_abi.string() + "': plugin ABI version " +
+                     std::to_string(joblib::plugin_abi_version + 1000) + " does not match this joblib-cpp's " +
+                     std::to_string(joblib::plugin_abi_version) + "; rebuild the plugin");
+  expect_doc_quotes("errors.md", "`" + replace_all(abi, bad_abi.string(), "<path>") + "`");
+
+  const fs::path no_factory = kPluginDir / "libtest_no_factory.so";
+  const std::string factory = load_error("x", no_factory);
+  EXPECT_EQ(factory, "cannot load backend 'x' from '" + no_factory.string() +
+                         "': no joblib_backend_factory symbol (export the backend with JOBLIB_EXPORT_BACKEND)");
+  expect_doc_quotes("errors.md", "`" + replace_all(factory, no_factory.string(), "<path>") + "`");
+
+  // A file the loader refuses: the loader's own words follow.
+  TempDir d;
+  const fs::path garbage = d.path / "libgarbage.so";
+  std::ofstream(garbage) << "not an ELF file";
+  fs::permissions(garbage, fs::perms(0644));
+  const std::string refused = load_error("garbage", garbage);
+  const std::string prefix = "cannot load backend 'garbage' from '" + garbage.string() +
+                             "': boost::dll::shared_library::load() failed (dlerror system message: " +
+                             garbage.string() + ": file too short)";
+  EXPECT_EQ(refused.substr(0, prefix.size()), prefix) << refused;
+  expect_doc_quotes("errors.md", "`" + replace_all(prefix, d.path.string(), "/tmp") + ": ...`");
+}
+
+TEST(RegistryDocMessagesTest, PluginListsThatCannotBeReadAreNamedWithTheReason) {
+  auto list_error = [](const fs::path& file) -> std::string {
+    try {
+      joblib::load_plugins_file(file);
+    } catch (const joblib::BackendError& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  const std::string missing = list_error("/nonexistent/plugins.toml");
+  EXPECT_EQ(missing, "cannot read plugin list '/nonexistent/plugins.toml': no such file");
+  expect_doc_quotes("errors.md", "`" + missing + "`");
+
+  TempDir d;
+  const fs::path list = d.path / "plugins.toml";
+  auto with = [&](const std::string& text) {
+    std::ofstream(list, std::ios::trunc) << text;
+    return replace_all(list_error(list), list.string(), "<file>");
+  };
+  const std::string bad_toml = with("[plugins.x\nlibrary = 3\n");
+  EXPECT_EQ(bad_toml, "cannot read plugin list '<file>': Error while parsing table header: expected ']', saw '\\n' (line 1)");
+  const std::string not_table = with("[plugins]\nx = 3\n");
+  EXPECT_EQ(not_table, "plugin list '<file>': [plugins.x] must be a table");
+  const std::string no_library = with("[plugins.x]\nserves = [\"threads\"]\n");
+  EXPECT_EQ(no_library, "plugin list '<file>': [plugins.x] has no library = \"...\"");
+  const std::string hint = with("[plugins.y]\nlibrary = \"liby.so\"\nserves = [\"gpu\"]\n");
+  EXPECT_EQ(hint, "plugin list '<file>': [plugins.y] serves unknown hint 'gpu'");
+  for (const std::string& m : {bad_toml, not_table, no_library, hint}) expect_doc_quotes("errors.md", "`" + m + "`");
+  auto names = joblib::available_backends();
+  EXPECT_EQ(std::find(names.begin(), names.end(), "y"), names.end()) << "a refused list left an entry";
+}
+
+TEST(RegistryDocMessagesTest, AFactoryThatThrowsIsABackendErrorWithItsMessage) {
+  joblib::register_parallel_backend("throws", kPluginDir / "libtest_throwing_factory.so");
+  try {
+    joblib::Parallel({.n_jobs = 2, .backend = "throws"}).map(twice, std::vector{1});
+    ADD_FAILURE() << "no error";
+  } catch (const joblib::BackendError& e) {
+    EXPECT_STREQ(e.what(), "backend 'throws' failed to start: cannot reach the cluster");
+    expect_doc_quotes("errors.md", "`" + std::string(e.what()) + "`");
+  }
+}
+
+TEST(RegistryDocMessagesTest, AnUnknownBackendListsTheAvailableOnes) {
+  // In a fresh process: this one has test backends registered.
+  const Child c = run_child("unknown_backend");
+  ASSERT_TRUE(c.finished) << "the child hung:\n" << c.output;
+  EXPECT_EQ(c.status, 0) << c.output;
+  const auto here = joblib::available_backends();
+  std::string list;
+  std::size_t shipped = 0;
+  for (const char* n : {"loky", "multiprocessing", "openmp", "sequential", "tbb", "threading"}) {
+    if (std::find(here.begin(), here.end(), n) == here.end()) continue;
+    list += std::string(list.empty() ? "" : ", ") + "\"" + n + "\"";
+    ++shipped;
+  }
+  const std::string expected = "Invalid backend: 'no_such_backend', expected one of [" + list + "]";
+  EXPECT_EQ(child_message(c), expected) << c.output;
+  if (shipped == 6) expect_doc_quotes("errors.md", "`" + expected + "`");
+}
+
+TEST(RegistryDocMessagesTest, PreferProcessesFallsBackToThreadsWithAWarningWhenLokyIsMissing) {
+  // A plugin list with threading only: prefer = processes names loky, which is not there.
+  TempDir d;
+  const fs::path list = d.path / "plugins.toml";
+  const fs::path threading = joblib::detail::plugin_files().front().parent_path() / "libjoblib_threading.so";
+  std::ofstream(list) << "[plugins.threading]\nlibrary = \"" << threading.string()
+                      << "\"\nserves = [\"threads\", \"sharedmem\"]\n";
+  const Child c = run_child("prefer_processes", {{"JOBLIB_PLUGINS_TOML", list.string()}});
+  ASSERT_TRUE(c.finished) << "the child hung:\n" << c.output;
+  EXPECT_EQ(c.status, 0) << c.output;
+  const std::string warning = "UserWarning: joblib backend 'loky' is not available on your system, falling back to threading.";
+  EXPECT_EQ(count_of(c.output, warning + "\n"), 1u) << c.output;
+  expect_doc_quotes("backends.md", "`" + warning + "`");
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include "../fuzz/fuzz_types.hpp"  // the values of the committed seed files
 #include "store.hpp"                // the header layout, to forge bad files
+#include "../doc_quotes.hpp"         // docs quote the messages asserted here
 
 #include <gtest/gtest.h>
 #define XXH_INLINE_ALL  // to recompute the checksum of a forged header
@@ -278,8 +279,11 @@ TEST_F(StoreTest, MmapOnACompressedFileWarnsOnceAndLoadsInMemory) {
   const std::string err = ::testing::internal::GetCapturedStderr();
   const std::string message = "mmap_mode \"r+\" is not compatible with compressed file " + path("a.joblib.z").string() +
                               ". \"r+\" flag will be ignored.";
-  EXPECT_TRUE(contains(err, message)) << err;
+  EXPECT_TRUE(contains(err, "UserWarning: " + message + "\n")) << err;
   EXPECT_EQ(err.find(message), err.rfind(message)) << "warned more than once: " << err;
+  joblib_test::expect_doc_quotes(
+      "persistence.md", "UserWarning: mmap_mode \"r\" is not compatible with compressed file data.joblib.z. \"r\" flag "
+                        "will be ignored.");
   EXPECT_FALSE(a.is_mapped());
   EXPECT_TRUE(a.is_writable());
   EXPECT_EQ(a, ramp(1000));
@@ -375,9 +379,9 @@ TEST_P(CompressionTest, TruncatedStreamIsReportedAsTruncated) {
   for (std::size_t cut : {bytes.size() / 2, bytes.size() - 1, std::size_t{3}}) {
     write_bytes(path("cut"), std::vector<unsigned char>(bytes.begin(), bytes.begin() + static_cast<long>(cut)));
     const std::string err = load_error<Record>(path("cut"));
-    EXPECT_TRUE(contains(err, "truncated") || contains(err, "not a joblib-cpp file")) << cut << ": " << err;
+    EXPECT_TRUE(contains(err, "truncated file") || contains(err, "not a joblib-cpp file")) << cut << ": " << err;
     if (cut > 16) {
-      EXPECT_TRUE(contains(err, "truncated")) << cut << ": " << err;
+      EXPECT_TRUE(contains(err, "truncated file")) << cut << ": " << err;
     }
   }
 }
@@ -390,7 +394,7 @@ TEST_P(CompressionTest, CorruptedStreamIsAStoreError) {
     bad[at] ^= 0x5a;
     write_bytes(path("bad"), bad);
     const std::string err = load_error<Record>(path("bad"));
-    EXPECT_TRUE(contains(err, "corrupted") || contains(err, "truncated")) << at << ": " << err;
+    EXPECT_TRUE(contains(err, "corrupted file") || contains(err, "truncated file")) << at << ": " << err;
   }
 }
 
@@ -399,7 +403,7 @@ TEST_P(CompressionTest, DataAfterTheStreamIsCorruption) {
   auto bytes = read_bytes(path("r"));
   bytes.insert(bytes.end(), {1, 2, 3});
   write_bytes(path("r"), bytes);
-  EXPECT_TRUE(contains(load_error<Array<double>>(path("r")), "corrupted"));
+  EXPECT_TRUE(contains(load_error<Array<double>>(path("r")), "corrupted file"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, CompressionTest, ::testing::ValuesIn(method_cases()),
@@ -433,6 +437,8 @@ TEST_F(StoreTest, InvalidLevelIsRefusedWithJoblibsMessage) {
     } catch (const std::invalid_argument& e) {
       EXPECT_EQ(std::string(e.what()), "Non valid compress level given: \"" + std::to_string(level) +
                                            "\". Possible values are [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].");
+      joblib_test::expect_doc_quotes("persistence.md",
+                                     joblib_test::replace_all(e.what(), "\"" + std::to_string(level) + "\"", "\"10\""));
     }
   }
   EXPECT_THROW(joblib::dump(1, path("x"), {.compress = {"zstd", 12}}), std::invalid_argument);
@@ -447,6 +453,7 @@ TEST_F(StoreTest, InvalidMethodIsRefusedWithJoblibsMessage) {
     EXPECT_EQ(std::string(e.what()),
               "Non valid compression method given: \"wrong\". Possible values are "
               "['zlib', 'gzip', 'bz2', 'lzma', 'xz', 'lz4', 'zstd'].");
+    joblib_test::expect_doc_quotes("persistence.md", joblib_test::replace_all(e.what(), "wrong", "lzo"));
   }
   EXPECT_TRUE(entries().empty());
 }
@@ -467,6 +474,12 @@ TEST_F(StoreTest, FifoIsRefusedWithoutWaiting) {
   EXPECT_TRUE(contains(load_error<int>(path("fifo")), "not a regular file"));
 }
 
+TEST(StoreDocMessagesTest, TheBadFilesTableQuotesTheMessagesFragments) {
+  // Each fragment is asserted where the bad file is made; here, that the table shows them as such.
+  for (const char* says : {"`not a joblib-cpp file`", "`truncated file`", "`corrupted file`", "`not a regular file`"})
+    joblib_test::expect_doc_quotes("persistence.md", says);
+}
+
 TEST_F(StoreTest, EmptyOrForeignFileIsNotAJoblibFile) {
   write_bytes(path("empty"), {});
   EXPECT_TRUE(contains(load_error<int>(path("empty")), "not a joblib-cpp file"));
@@ -481,8 +494,9 @@ TEST_F(StoreTest, CompressedForeignDataIsNotAJoblibFile) {
   write_bytes(path("text"), std::vector<unsigned char>(1000, 'a'));
   ASSERT_EQ(std::system(("zstd -q -c '" + path("text").string() + "' > '" + path("text.zst").string() + "'").c_str()), 0);
   const std::string err = load_error<int>(path("text.zst"));
-  EXPECT_TRUE(contains(err, "not a joblib-cpp file")) << err;
-  EXPECT_TRUE(contains(err, "zstd")) << err;
+  const std::string says = "not a joblib-cpp file (a zstd stream that does not hold a joblib-cpp dump)";
+  EXPECT_EQ(err, "cannot load '" + path("text.zst").string() + "': " + says);
+  joblib_test::expect_doc_quotes("persistence.md", "`" + says + "`");
 }
 
 TEST_F(StoreTest, EveryTruncationIsReportedAsTruncated) {
@@ -494,7 +508,7 @@ TEST_F(StoreTest, EveryTruncationIsReportedAsTruncated) {
   for (std::size_t n = 1; n < bytes.size(); ++n) {
     write_bytes(path("cut"), std::vector<unsigned char>(bytes.begin(), bytes.begin() + static_cast<long>(n)));
     const std::string err = load_error<Oddities>(path("cut"));
-    ASSERT_TRUE(contains(err, "truncated")) << n << ": " << err;
+    ASSERT_TRUE(contains(err, "truncated file")) << n << ": " << err;
   }
 }
 
@@ -504,7 +518,7 @@ TEST_F(StoreTest, AlteredStructureIsCorruption) {
   bytes[64 + 40] ^= 1;  // inside the type name / structure
   write_bytes(path("r"), bytes);
   const std::string err = load_error<Record>(path("r"));
-  EXPECT_TRUE(contains(err, "corrupted")) << err;
+  EXPECT_TRUE(contains(err, "corrupted file")) << err;
 }
 
 TEST_F(StoreTest, BytesAfterTheDumpAreCorruption) {
@@ -512,15 +526,17 @@ TEST_F(StoreTest, BytesAfterTheDumpAreCorruption) {
   auto bytes = read_bytes(path("a"));
   bytes.push_back(0);
   write_bytes(path("a"), bytes);
-  EXPECT_TRUE(contains(load_error<Array<double>>(path("a")), "corrupted"));
+  EXPECT_TRUE(contains(load_error<Array<double>>(path("a")), "corrupted file"));
 }
 
 TEST_F(StoreTest, AnotherTypeIsNamed) {
   joblib::dump(std::vector<int>{1, 2, 3}, path("v"));
   const std::string err = load_error<std::vector<double>>(path("v"));
-  EXPECT_TRUE(contains(err, "another type")) << err;
-  EXPECT_TRUE(contains(err, "std::vector<int")) << err;
-  EXPECT_TRUE(contains(err, "std::vector<double")) << err;
+  const std::string says =
+      "the file holds a value of another type: std::vector<int, std::allocator<int> >, not std::vector<double, "
+      "std::allocator<double> >";
+  EXPECT_EQ(err, "cannot load '" + path("v").string() + "': " + says);
+  joblib_test::expect_doc_quotes("persistence.md", "`" + says + "`");
   EXPECT_TRUE(contains(load_error<Array<int>>(path("v")), "another type"));
 }
 
@@ -535,26 +551,30 @@ TEST_F(StoreTest, NewerFormatVersionIsNamed) {
   joblib::dump(1, path("a"));
   patch_header(path("a"), offsetof(joblib::detail::StoreHeader, version), std::uint32_t{7});
   const std::string err = load_error<int>(path("a"));
-  EXPECT_TRUE(contains(err, "newer")) << err;
-  EXPECT_TRUE(contains(err, "version 7")) << err;
+  EXPECT_EQ(err, "cannot load '" + path("a").string() +
+                     "': written in a newer joblib-cpp file format (version 7); this build reads format versions up "
+                     "to " + std::to_string(joblib::detail::store_format_version));
+  joblib_test::expect_doc_quotes("persistence.md", "`written in a newer joblib-cpp file format (version 2); ...`");
 }
 
 TEST_F(StoreTest, OtherByteOrderIsNamed) {
   joblib::dump(1, path("a"));
   patch_header(path("a"), offsetof(joblib::detail::StoreHeader, byte_order), std::uint32_t{0x04030201});
-  EXPECT_TRUE(contains(load_error<int>(path("a")), "other byte order"));
+  EXPECT_EQ(load_error<int>(path("a")), "cannot load '" + path("a").string() +
+                                            "': written on a machine of the other byte order; this build cannot read it");
+  joblib_test::expect_doc_quotes("persistence.md", "`written on a machine of the other byte order`");
 }
 
 TEST_F(StoreTest, SizesBeyondTheFileAreRefusedBeforeAllocating) {
   joblib::dump(ramp(10), path("a"));
   patch_header(path("a"), offsetof(joblib::detail::StoreHeader, structure_size), std::uint64_t{1} << 50);
-  EXPECT_TRUE(contains(load_error<Array<double>>(path("a")), "truncated"));
+  EXPECT_TRUE(contains(load_error<Array<double>>(path("a")), "truncated file"));
   joblib::dump(ramp(10), path("b"));
   patch_header(path("b"), offsetof(joblib::detail::StoreHeader, buffer_count), std::uint64_t{1} << 61);
-  EXPECT_TRUE(contains(load_error<Array<double>>(path("b")), "corrupted"));
+  EXPECT_TRUE(contains(load_error<Array<double>>(path("b")), "corrupted file"));
   joblib::dump(ramp(10), path("c"));
   patch_header(path("c"), offsetof(joblib::detail::StoreHeader, type_name_size), ~std::uint64_t{0});
-  EXPECT_TRUE(contains(load_error<Array<double>>(path("c")), "corrupted"));
+  EXPECT_TRUE(contains(load_error<Array<double>>(path("c")), "corrupted file"));
 }
 
 // ---- claimed sizes: taken as the data arrives, StoreError whatever they say -------
@@ -628,11 +648,11 @@ std::vector<Lie> lies(const std::vector<unsigned char>& dump) {
     if (offset >= 64) fix_checksum(lie.bytes);
     v.push_back(std::move(lie));
   };
-  add("a 2 GiB structure", offsetof(StoreHeader, structure_size), two_gib, "truncated");
-  add("a 2 GiB buffer", table_offset(h) + offsetof(StoreTableEntry, size), two_gib, "truncated");
-  add("a 1 TiB buffer", table_offset(h) + offsetof(StoreTableEntry, size), std::uint64_t{1} << 40, "truncated");
-  add("a 2 GiB string", structure_offset(h), two_gib, "corrupted");
-  add("2^40 strings", structure_offset(h) + 8 + 6, std::uint64_t{1} << 40, "corrupted");
+  add("a 2 GiB structure", offsetof(StoreHeader, structure_size), two_gib, "truncated file");
+  add("a 2 GiB buffer", table_offset(h) + offsetof(StoreTableEntry, size), two_gib, "truncated file");
+  add("a 1 TiB buffer", table_offset(h) + offsetof(StoreTableEntry, size), std::uint64_t{1} << 40, "truncated file");
+  add("a 2 GiB string", structure_offset(h), two_gib, "corrupted file");
+  add("2^40 strings", structure_offset(h) + 8 + 6, std::uint64_t{1} << 40, "corrupted file");
   return v;
 }
 
@@ -648,7 +668,7 @@ TEST_F(StoreTest, LyingSizesInAnUncompressedFileAreStoreErrors) {
 }
 
 // A lying length inside a compressed stream is found out when the stream
-// ends: the file is "truncated" (or "corrupted"), not too big for memory.
+// ends: the file is "truncated file" (or "corrupted file"), not too big for memory.
 TEST_P(CompressionTest, LyingSizesAreFoundOutWhenTheStreamEnds) {
   const auto& c = GetParam();
   const std::string tool = c.compress_command.substr(0, c.compress_command.find(' '));
@@ -746,7 +766,7 @@ TEST_F(StoreTest, ClaimedSizesAreStoreErrorsUnderAMemoryLimit) {
   for (const Lie& lie : lies(dump)) {
     if (lie.what != "a 2 GiB buffer") continue;
     write_bytes(path("buffer.zst"), zstd_frame(lie.bytes, 0));
-    cases.push_back({"a zstd stream claiming a 2 GiB buffer", path("buffer.zst"), "truncated"});
+    cases.push_back({"a zstd stream claiming a 2 GiB buffer", path("buffer.zst"), "truncated file"});
   }
 
   // An lzma stream whose header asks for a dictionary of 1 GiB - 1 MiB.

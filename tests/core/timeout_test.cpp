@@ -1,5 +1,7 @@
 // Timeouts on the thread backends: prompt for every call, never waiting for
 // tasks an earlier call abandoned, and exact about what "no timeout" means.
+#include "doc_quotes.hpp"
+
 #include <joblib/joblib.hpp>
 
 #include <gtest/gtest.h>
@@ -74,11 +76,15 @@ TEST_P(TimeoutBackends, ABatchWaitingForAWorkerCountsTowardItsTimeout) {
   });
   while (g_stuck_running.load() < 2) std::this_thread::sleep_for(1ms);
   try {
-    Parallel({.n_jobs = 2, .backend = GetParam(), .timeout = 0.2}).map(stuck_had_finished, std::views::iota(0, 4)).to_vector();
+    Parallel({.n_jobs = 2, .backend = GetParam(), .timeout = 0.2, .batch_size = 2})
+        .map(stuck_had_finished, std::views::iota(0, 8))
+        .to_vector();
     ADD_FAILURE() << "the call waited for the other call's tasks instead of timing out";
   } catch (const joblib::TimeoutError& e) {
-    EXPECT_NE(std::string(e.what()).find("waited longer than the timeout of 0.2 s for a worker"), std::string::npos)
-        << e.what();
+    // The first batch that waits is named (docs/backends.md quotes this message).
+    EXPECT_STREQ(e.what(), "a batch of 2 tasks starting at task 0 waited longer than the timeout of 0.2 s for a "
+                           "worker, and no batch of the call completed meanwhile");
+    joblib_test::expect_doc_quotes("backends.md", "`" + std::string(e.what()) + "`");
   }
   EXPECT_EQ(g_stuck_finished.load(), 0);
   release_stuck_tasks();
@@ -95,6 +101,7 @@ TEST(TimeoutTest, TheMessageIsTheOneTheDocsQuote) {
     ADD_FAILURE() << "no timeout";
   } catch (const joblib::TimeoutError& e) {
     EXPECT_STREQ(e.what(), "a task ran longer than the timeout of 0.2 s (in a batch of 1 task starting at task 0)");
+    joblib_test::expect_doc_quotes("errors.md", "`" + std::string(e.what()) + "`");
   }
   release_stuck_tasks();
 }

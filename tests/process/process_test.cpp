@@ -2,6 +2,7 @@
 // worker deaths, timeouts, memmapping, initializers, reuse, idle workers,
 // thread caps, fault injection, and nothing left behind. Tasks are plain
 // functions: they run in other processes.
+#include "doc_quotes.hpp"
 #include "process_pool.hpp"
 #include "test_sync.hpp"
 
@@ -25,6 +26,7 @@
 #include <fstream>
 #include <optional>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <ranges>
 #include <set>
@@ -228,6 +230,11 @@ TEST_P(ProcessBackends, UnknownExceptionIsTaskErrorWithTheRemoteTrace) {
     EXPECT_THAT(e.remote_traceback(), HasSubstr("throw_unregistered"));
     EXPECT_THAT(e.what(), HasSubstr("Unregistered"));
     EXPECT_THAT(e.what(), HasSubstr("throw_unregistered"));
+    // The layout docs/errors.md shows: type, task, function, message, then the trace.
+    EXPECT_EQ(std::string(e.what()), e.type_name() + " in task 2 (" + e.function() + "): not registered\n\nWorker traceback:\n" +
+                                         e.remote_traceback());
+    EXPECT_EQ(e.remote_traceback().rfind(" 0# ", 0), 0u) << e.remote_traceback();
+    joblib_test::expect_doc_quotes("errors.md", "Unregistered in task 3 (unreg(int)): nope\n\n  Worker traceback:\n   0# unreg(int) at");
   }
 }
 
@@ -240,6 +247,17 @@ TEST_P(ProcessBackends, WorkerKilledBySignalIsTerminatedWorkerError) {
     EXPECT_THAT(e.what(), HasSubstr("A worker process managed by the executor was unexpectedly terminated."));
     EXPECT_THAT(e.what(), HasSubstr("It was running task 1 of the call ("));
     EXPECT_THAT(e.what(), HasSubstr("abort_at_1"));
+    // The whole text, as docs/errors.md shows it (with that run's pid).
+    const std::string text = std::regex_replace(std::string(e.what()), std::regex("pid [0-9]+"), "pid 14949");
+    EXPECT_EQ(text,
+              "A worker process managed by the executor was unexpectedly terminated. This could be caused by a "
+              "segmentation fault while calling the function or by an excessive memory usage causing the Operating "
+              "System to kill the worker.\n\nThe exit codes of the workers are {SIGABRT(-6)}\nThe worker (pid 14949) "
+              "was running a batch of 1 task.\nIt was running task 1 of the call ((anonymous "
+              "namespace)::abort_at_1(int)).");
+    std::stringstream lines(text);
+    for (std::string line; std::getline(lines, line);)
+      if (!line.empty()) joblib_test::expect_doc_quotes("errors.md", "\n  " + line + "\n");
   }
   std::vector<int> r = Parallel(opts()).map(pid_of, std::views::iota(0, 4));  // the pool is rebuilt
   EXPECT_EQ(r.size(), 4u);
@@ -282,7 +300,58 @@ TEST_P(ProcessBackends, ACapturingLambdaIsNamedWithItsPortableRewrite) {
     EXPECT_THAT(e.what(), HasSubstr("is a lambda that captures, and captures never travel to another process"));
     EXPECT_THAT(e.what(), HasSubstr("Rewrite it as a free function or a lambda without captures that takes the "
                                     "captured values as arguments"));
+    // The message docs/errors.md quotes, with this lambda's name in place of main's.
+    const std::string what = e.what();
+    const std::string head = "cannot use the " + GetParam() + " backend: tasks of type joblib::Delayed<";
+    const std::string tail =
+        " is a lambda that captures, and captures never travel to another process (they may be references). Rewrite "
+        "it as a free function or a lambda without captures that takes the captured values as arguments: instead of "
+        "delayed([&data, k](int i) { ... })(i), write delayed([](const Data& data, int k, int i) { ... })(data, k, i)";
+    ASSERT_EQ(what.rfind(head, 0), 0u) << what;
+    ASSERT_GE(what.size(), tail.size());
+    EXPECT_EQ(what.substr(what.size() - tail.size()), tail) << what;
+    const auto lambda_end = what.find(", int> cannot travel to another process: its callable ");
+    ASSERT_NE(lambda_end, std::string::npos) << what;
+    const std::string lambda = what.substr(head.size(), lambda_end - head.size());
+    EXPECT_EQ(what, head + lambda + ", int> cannot travel to another process: its callable " + lambda + tail);
+    joblib_test::expect_doc_quotes(
+        "errors.md", "`" + joblib_test::replace_all(joblib_test::replace_all(what, lambda, "main::{lambda(int)#1}"),
+                                                    GetParam(), "loky") + "`");
   }
+}
+
+TEST_P(ProcessBackends, ATypeErasedTaskIsRefusedBeforeAnyTaskRuns) {
+  std::vector<joblib::Task<int>> tasks;
+  tasks.push_back(delayed(pid_of)(1));
+  try {
+    Parallel p(opts());
+    p(std::move(tasks)).to_vector();
+    FAIL() << "a Task<int> was sent to a worker";
+  } catch (const joblib::SerializationError& e) {
+    const std::string fixed =
+        "only joblib::delayed(f)(args...) tasks travel to other processes (a type-erased joblib::Task or another "
+        "callable has no portable form)";
+    EXPECT_EQ(std::string(e.what()), "cannot use the " + GetParam() +
+                                         " backend: tasks of type joblib::Task<int> cannot travel to another process: " +
+                                         fixed);
+    joblib_test::expect_doc_quotes("errors.md", "`... " + fixed + "`");
+  }
+}
+
+void failing_initializer() { throw std::runtime_error("no licence for this worker"); }
+
+TEST_P(ProcessBackends, AFailingInitializerIsABackendErrorWithItsMessage) {
+  try {
+    Parallel({.n_jobs = 2, .backend = GetParam(), .initializer = joblib::initializer(failing_initializer)})
+        .map(pid_of, std::views::iota(0, 2))
+        .to_vector();
+    FAIL() << "the call ran without its initializer";
+  } catch (const joblib::BackendError& e) {
+    EXPECT_STREQ(e.what(), "the worker initializer failed: no licence for this worker");
+    joblib_test::expect_doc_quotes("errors.md", "`the worker initializer failed: <its error>`");
+  }
+  std::vector<int> r = Parallel(opts()).map(pid_of, std::views::iota(0, 2));  // later calls work
+  EXPECT_EQ(r.size(), 2u);
 }
 
 TEST_P(ProcessBackends, AggregatesTravelWithNoSerialize) {
@@ -311,8 +380,13 @@ TEST_P(ProcessBackends, AnArgumentThatCannotTravelIsNamedWithItsField) {
     p(std::vector{delayed(read_pointer)(HoldsPointer{})}).to_vector();
     FAIL();
   } catch (const joblib::SerializationError& e) {
-    EXPECT_THAT(e.what(), HasSubstr("argument 1 of type (anonymous namespace)::HoldsPointer cannot be encoded: its field 1 of "
-                                    "type int* cannot be encoded (raw pointers never travel"));
+    const std::string argument =
+        "argument 1 of type (anonymous namespace)::HoldsPointer cannot be encoded: its field 1 of type int* cannot be "
+        "encoded (raw pointers never travel: store the value, a std::unique_ptr or an index)";
+    EXPECT_THAT(e.what(), HasSubstr(argument));
+    joblib_test::expect_doc_quotes(
+        "errors.md",
+        "`... " + joblib_test::replace_all(argument, "(anonymous namespace)::HoldsPointer", "HoldsPointer") + "`");
   }
 }
 
@@ -321,10 +395,16 @@ TEST_P(ProcessBackends, TimeoutKillsTheStuckWorker) {
   const std::string pidfile = (dir / "pid").string();
   // Workers already running (loky keeps them): the 0.5 s clock times the task, not a worker's start.
   std::vector<int> warm = Parallel(opts()).map(pid_of, std::views::iota(0, 2));
-  EXPECT_THROW(Parallel({.n_jobs = 2, .backend = GetParam(), .timeout = 0.5})
-                   .map(write_pid_then_hang, std::vector<std::string>{pidfile})
-                   .to_vector(),
-               joblib::TimeoutError);
+  try {
+    Parallel({.n_jobs = 2, .backend = GetParam(), .timeout = 0.5})
+        .map(write_pid_then_hang, std::vector<std::string>{pidfile})
+        .to_vector();
+    ADD_FAILURE() << "no timeout";
+  } catch (const joblib::TimeoutError& e) {
+    // A batch travels whole, so it is timed whole (docs/backends.md: "timed as a batch").
+    EXPECT_STREQ(e.what(), "a task ran longer than the timeout of 0.5 s (timed as a batch of 1 task starting at task 0)");
+    joblib_test::expect_doc_quotes("backends.md", "`timed as a batch`");
+  }
   EXPECT_FALSE(fs::exists(pidfile + ".ended")) << "the call waited for the stuck task";
   const pid_t pid = read_pid(pidfile);
   ASSERT_GT(pid, 0);
@@ -455,6 +535,21 @@ TEST(LokyTest, IdleWorkersLeaveAndAreRestarted) {
   std::vector<int> again = Parallel().map(pid_of, std::views::iota(0, 4));
   ASSERT_EQ(again.size(), 4u);
   for (int p : again) EXPECT_EQ(first.count(p), 0u) << "the call ran on fresh workers";
+}
+
+TEST(LokyTest, ABadIdleWorkerTimeoutIsRefusedWithItsValue) {
+  joblib::parallel_backend scope("loky", {.n_jobs = 2, .settings = {{"idle_worker_timeout", "soon"}}});
+  try {
+    Parallel().map(pid_of, std::views::iota(0, 2)).to_vector();
+    FAIL() << "idle_worker_timeout 'soon' was accepted";
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(what,
+              "idle_worker_timeout must be a finite number of seconds from 0 to 2e+06 (0: workers never leave), got "
+              "'soon'");
+    joblib_test::expect_doc_quotes("errors.md",
+                                   "`std::invalid_argument(\"" + joblib_test::replace_all(what, "soon", "<value>") + "\")`");
+  }
 }
 
 TEST(LokyTest, WorkersGetThreadCaps) {
