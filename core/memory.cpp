@@ -23,6 +23,7 @@
 #include <set>
 #include <sstream>
 #include <system_error>
+#include <unordered_map>
 
 namespace fs = std::filesystem;
 
@@ -199,6 +200,8 @@ class CacheImpl {
   std::optional<double> expires_seconds;
   fs::path func_dir;
   std::string given_name;
+  std::mutex touch_mutex;
+  std::unordered_map<std::string, double> last_touch;  // when this process last recorded an access
 
   int verbose() const { return options.verbose.value_or(memory->options.verbose); }
   MmapMode mmap_mode() const { return options.mmap_mode.value_or(memory->options.mmap_mode); }
@@ -419,6 +422,8 @@ bool CacheEntry::valid() {
   return true;
 }
 
+bool CacheEntry::may_hit() { return cache_->options.cache_validation_callback ? valid() : true; }
+
 bool CacheEntry::lock() {
   if (lock_fd_ >= 0) return true;
   std::error_code ec;
@@ -467,7 +472,16 @@ void CacheEntry::unlock() noexcept {
 
 void CacheEntry::touch() noexcept {
   // Access times kept by the cache itself: an explicit atime is written
-  // even on noatime mounts.
+  // even on noatime mounts, at most every 0.1 s per entry and process
+  // (eviction needs no finer order, and a hot loop of hits stays off the disk).
+  const double now = now_seconds();
+  {
+    std::lock_guard lock(cache_->touch_mutex);
+    double& last = cache_->last_touch[key_];
+    if (now - last < 0.1) return;
+    last = now;
+    if (cache_->last_touch.size() > 100000) cache_->last_touch.clear();
+  }
   const struct timespec times[2] = {{0, UTIME_NOW}, {0, UTIME_OMIT}};
   ::utimensat(AT_FDCWD, output_.c_str(), times, 0);
 }

@@ -130,6 +130,9 @@ class JOBLIB_EXPORT CacheEntry {
   /// The entry's result is on disk and the validation callback accepts it
   /// (an entry it refuses is deleted).
   bool valid();
+  /// valid() when the cache has a validation callback; else true without
+  /// looking at the disk (the caller's load finds out).
+  bool may_hit();
   /// Takes the entry's lock, waiting while another caller (thread or
   /// process) holds it. False when the location cannot be written (the
   /// caller then calls through; warned once).
@@ -438,14 +441,20 @@ class MemorizedFunc {
     CallMetadata meta;
     if (!cache_enabled(cache_)) return compute<R>(nullptr, meta, args...);
     detail::CacheEntry entry(cache_, key(args...));
-    if (entry.valid()) {
-      entry.print_loading();
-      if (auto r = try_load<R>(entry)) return std::move(*r);
+    // A hit is one open of the result (a missing file is a miss): no other
+    // look at the disk unless a validation callback asks for the metadata.
+    if (entry.may_hit()) {
+      if (auto r = try_load<R>(entry)) {
+        entry.print_loading();
+        return std::move(*r);
+      }
     }
     if (!entry.lock()) return compute<R>(nullptr, meta, args...);  // the location cannot be written
     if (entry.valid()) {  // computed by another caller while this one waited
-      entry.print_loading();
-      if (auto r = try_load<R>(entry)) return std::move(*r);
+      if (auto r = try_load<R>(entry)) {
+        entry.print_loading();
+        return std::move(*r);
+      }
     }
     R value = compute<R>(&entry, meta, args...);
     store(entry, value, meta);

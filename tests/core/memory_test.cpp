@@ -339,7 +339,7 @@ TEST(MemoryTest, ReduceSizeEvictsLeastRecentlyUsedFirst) {
   cached(30000);
   ASSERT_EQ(entries(dir / "joblib").size(), 3u);
   // Entries' access times are the cache's own: use the oldest entry now.
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // distinct access times, not a synchronisation
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // distinct access times (recorded every 0.1 s at most), not a synchronisation
   cached(10000);
   memory.reduce_size({.items_limit = 1});
   g_calls = 0;
@@ -361,7 +361,7 @@ TEST(MemoryTest, ABytesLimitEvictsAfterEachStore) {
   joblib::Memory memory(dir, {.verbose = 0, .bytes_limit = "30K"});
   auto cached = memory.cache(big_text);
   cached(20000);
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // distinct access times
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // distinct access times (recorded every 0.1 s at most)
   cached(20001);
   const auto left = entries(dir / "joblib");
   ASSERT_EQ(left.size(), 1u);
