@@ -398,6 +398,7 @@ CacheEntry& CacheEntry::operator=(CacheEntry&& o) noexcept {
 }
 
 MmapMode CacheEntry::mmap_mode() const noexcept { return cache_->mmap_mode(); }
+const Compress& CacheEntry::compress() const noexcept { return cache_->memory->options.compress; }
 
 CallMetadata CacheEntry::metadata() const {
   std::error_code ec;

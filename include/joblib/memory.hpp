@@ -157,6 +157,8 @@ class JOBLIB_EXPORT CacheEntry {
   void print_done(double seconds) const;
   /// mmap_mode for loads, and the Memory's verbosity.
   MmapMode mmap_mode() const noexcept;
+  /// How results are compressed (the Memory's compress).
+  const Compress& compress() const noexcept;
   /// Metadata of the stored entry ({} when none can be read).
   CallMetadata metadata() const;
 
@@ -416,7 +418,9 @@ class MemorizedFunc {
 
   template <class R>
   void store(detail::CacheEntry& entry, const R& value, const CallMetadata& meta) const {
-    entry.store(meta, [&value](const std::filesystem::path& p) { dump(value, p); });
+    entry.store(meta, [&value, &entry](const std::filesystem::path& p) {
+      joblib::dump(value, p, {.compress = entry.compress()});
+    });
   }
 
   template <class R>

@@ -291,6 +291,22 @@ TEST(MemoryTest, ACorruptedEntryWarnsOnceAndIsComputedAgain) {
   fs::remove_all(dir);
 }
 
+TEST(MemoryTest, CompressedResultsAreReadIntoMemoryWithOneWarning) {
+  const fs::path dir = fresh("compressed");
+  ::testing::internal::CaptureStderr();
+  joblib::Memory memory(dir, {.verbose = 0, .mmap_mode = joblib::MmapMode::r, .compress = {"zstd", 3}});
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(err, HasSubstr("Compressed results cannot be memmapped"));
+  auto cached = memory.cache(ramp);
+  ::testing::internal::CaptureStderr();
+  auto a = cached(1000);
+  auto b = cached(1000);
+  ::testing::internal::GetCapturedStderr();
+  EXPECT_FALSE(b.is_mapped());
+  EXPECT_EQ(std::as_const(b)[999], 999.0);
+  fs::remove_all(dir);
+}
+
 TEST(MemoryTest, ALocationThatIsAFileIsAnError) {
   const fs::path file = fresh("file");
   { std::ofstream(file) << "x"; }
