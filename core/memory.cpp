@@ -525,8 +525,26 @@ void CacheEntry::clear() noexcept {
   fs::remove(dir_ / "metadata.json", ec);
 }
 
-void CacheEntry::print_loading() const {
+void CacheEntry::print_computing() const {
+  if (cache_->verbose() <= 10) return;
+  std::fprintf(stderr, "UserWarning: Computing func %s, argument hash %s in location %s\n", cache_->id.name.c_str(),
+               key_.c_str(), cache_->func_dir.c_str());
+  std::fflush(stderr);
+}
+
+void CacheEntry::print_querying(const std::string& arguments) const {
+  if (cache_->verbose() < 20) return;
+  std::printf("[Memory] Querying %s with signature %s(%s)\n", cache_->id.name.c_str(), cache_->id.name.c_str(),
+              arguments.c_str());
+  std::fflush(stdout);
+}
+
+void CacheEntry::print_loading(double load_seconds) const {
   const int v = cache_->verbose();
+  if (v > 4) {
+    std::printf("%s cache loaded - %s\n", cache_->id.name.c_str(), format_time(load_seconds).c_str());
+    std::fflush(stdout);
+  }
   if (v <= 1) return;
   const double t =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - cache_->memory->created).count();

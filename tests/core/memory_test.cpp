@@ -7,7 +7,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <csignal>
 #include <unistd.h>
 
 #include <atomic>
@@ -307,6 +309,54 @@ TEST(MemoryTest, CompressedResultsAreReadIntoMemoryWithOneWarning) {
   fs::remove_all(dir);
 }
 
+TEST(MemoryTest, AReaderDuringAWritersRenameSeesAWholeResult) {
+  const fs::path dir = fresh("rename");
+  joblib::Memory memory(dir, {.verbose = 0});
+  auto cached = memory.cache(big_text);
+  const std::string expected(200000, 'x');
+  EXPECT_EQ(cached(200000), expected);
+  std::atomic<bool> done{false};
+  std::atomic<int> rewrites{0};
+  ::testing::internal::CaptureStderr();
+  std::thread writer([&] {
+    while (!done.load()) {  // always computes, and renames a new result over the old one
+      cached.call_with_metadata(200000);
+      ++rewrites;
+    }
+  });
+  int bad = 0;
+  for (int i = 0; i < 300 || rewrites.load() < 20; ++i) bad += cached(200000) == expected ? 0 : 1;
+  done = true;
+  writer.join();
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(bad, 0);
+  EXPECT_THAT(err, ::testing::Not(HasSubstr("cannot be read"))) << err;
+  fs::remove_all(dir);
+}
+
+TEST(MemoryTest, AFullDiskCallsThroughAndLeavesNoPartialFile) {
+  const fs::path dir = fresh("full");
+  { joblib::Memory warm(dir, {.verbose = 0}); }
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit limit {4096, 4096};  // every file beyond 4 KiB fails to grow: a full disk
+    ::setrlimit(RLIMIT_FSIZE, &limit);
+    joblib::Memory memory(dir, {.verbose = 0});
+    auto cached = memory.cache(big_text);
+    const bool ok = cached(100000).size() == 100000 && cached(100000).size() == 100000;
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  for (auto& e : fs::recursive_directory_iterator(dir)) {
+    EXPECT_NE(e.path().filename(), "output.joblib") << e.path();
+    EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+  }
+  fs::remove_all(dir);
+}
+
 TEST(MemoryTest, ALocationThatIsAFileIsAnError) {
   const fs::path file = fresh("file");
   { std::ofstream(file) << "x"; }
@@ -415,6 +465,24 @@ TEST(MemoryTest, VerboseLinesAsJoblibPrintsThem) {
   EXPECT_THAT(out, HasSubstr("sq - 0.0s, 0.0min\n"));
   EXPECT_THAT(out, HasSubstr(": Loading sq...\n"));
   EXPECT_THAT(out, HasSubstr("[Memory]"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("cache loaded")));  // from verbose 5
+  fs::remove_all(dir);
+}
+
+TEST(MemoryTest, HigherVerbosityAddsJoblibsOtherLines) {
+  const fs::path dir = fresh("verbose20");
+  joblib::Memory memory(dir, {.verbose = 20});
+  auto cached = memory.cache("sq", square);
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  cached(3.0, 1);
+  cached(3.0, 1);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_THAT(err, HasSubstr("UserWarning: Computing func sq, argument hash "));
+  EXPECT_THAT(out, HasSubstr("[Memory] Querying sq with signature sq(3.000000, 1)\n"));
+  EXPECT_THAT(out, HasSubstr("sq cache loaded - 0.0s, 0.0min\n"));
+  EXPECT_THAT(out, HasSubstr(": Loading sq from " + (dir / "joblib").string()));
   fs::remove_all(dir);
 }
 
