@@ -1,6 +1,6 @@
 #include "store_io.hpp"
 
-#include "worker.hpp"
+#include "memmap.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>

@@ -4,6 +4,8 @@
 // (entry point + encoded tasks + a table of out-of-band buffers), replies
 // (results, or an error envelope), memory-mapped buffers in a per-call
 // private folder.
+#include "memmap.hpp"
+
 #include <joblib/codec.hpp>
 #include <joblib/detail/portable.hpp>
 #include <joblib/export.hpp>
@@ -61,22 +63,6 @@ struct FrameResult {
 /// read_frame() that gives up once the worker has exited.
 FrameResult read_frame(const WatchedChannel& ch);
 
-/// One out-of-band buffer of a request: bytes carried in the frame, or a
-/// file (a memory map in the worker).
-struct BufferDesc {
-  std::uint8_t where = 0;  // 0 inline, 1 file
-  std::vector<std::byte> bytes;
-  std::string path;
-  std::uint64_t offset = 0;
-  std::uint64_t size = 0;
-  std::uint8_t mode = 0;   // MmapMode as an integer, for files
-
-  template <class A>
-  void serialize(A& ar) {
-    ar(where, bytes, path, offset, size, mode);
-  }
-};
-
 struct RequestHeader {
   CodeRef entry;
   std::vector<BufferDesc> buffers;
@@ -89,63 +75,6 @@ struct RequestHeader {
 
 /// Reply payload: [1 byte status: 0 results, 1 error][body].
 enum class ReplyStatus : std::uint8_t { ok = 0, error = 1 };
-
-/// The per-call memmapping state of a process backend (joblib's
-/// MemmappingPool folder): large buffers are written once, in a private
-/// folder created on first use and removed by cleanup().
-class JOBLIB_EXPORT MemmapContext {
- public:
-  MemmapContext(std::string temp_folder, std::optional<std::size_t> max_nbytes, MmapMode mode)
-      : temp_folder_(std::move(temp_folder)), max_nbytes_(max_nbytes), mode_(mode) {}
-  ~MemmapContext();
-  MemmapContext(const MemmapContext&) = delete;
-  MemmapContext& operator=(const MemmapContext&) = delete;
-
-  /// Describes `bytes` for a request: a file when larger than max_nbytes
-  /// (a buffer that already lies in a mapped file travels as a reference to
-  /// it), else nullopt (the codec keeps it inline). Thread-safe.
-  std::optional<BufferDesc> describe(std::span<const std::byte> bytes);
-  /// describe() for an Array's buffer, whose owner tells distinct arrays
-  /// apart: with a writable mmap_mode (r+, w+) each distinct array gets its
-  /// own file, and copies of one array share it. Thread-safe.
-  std::optional<BufferDesc> describe(std::span<const std::byte> bytes, const std::shared_ptr<const void>& owner);
-  /// Removes the folder and everything in it. Thread-safe; idempotent.
-  void cleanup() noexcept;
-  /// The folder, if it has been created.
-  std::optional<std::filesystem::path> folder() const;
-
- private:
-  std::string temp_folder_;
-  std::optional<std::size_t> max_nbytes_;
-  MmapMode mode_;
-  mutable std::mutex m_;
-  std::optional<std::filesystem::path> folder_;
-  std::string write_file_locked(std::span<const std::byte> bytes);
-  // Read-only modes (r, c): one file per content, whatever object holds it.
-  std::map<std::pair<std::uint64_t, std::size_t>, std::string> written_;  // (XXH3 of the bytes, size) -> file
-  // Writable modes (r+, w+): one file per Array buffer, so that workers never
-  // write into each other's arrays; a dead owner's entry is never reused.
-  struct OwnedFile {
-    std::weak_ptr<const void> owner;
-    const std::byte* data = nullptr;
-    std::size_t size = 0;
-    std::string path;
-  };
-  std::vector<OwnedFile> owned_;
-  std::size_t counter_ = 0;
-  int lock_fd_ = -1;  // flock held on the folder's lock file while the folder lives
-};
-
-/// Where process backends put memory-mapped buffers: temp_folder if given,
-/// else JOBLIB_TEMP_FOLDER, else /dev/shm when it has 2 GB free, else the
-/// system temp folder. Folders left by dead processes are removed first.
-JOBLIB_EXPORT std::filesystem::path resolve_temp_root(const std::string& temp_folder);
-
-/// In a forked child: re-makes the memmapping locks other threads may have held.
-void reset_memmap_state_in_fork_child() noexcept;
-
-/// Removes every memmapping folder this process still has (Ctrl-C, exit).
-JOBLIB_EXPORT void remove_memmap_folders() noexcept;
 
 /// A BufferSink that collects BufferDescs for a request.
 class JOBLIB_EXPORT RequestSink final : public BufferSink {
@@ -184,24 +113,5 @@ JOBLIB_EXPORT const std::vector<std::string>& saved_argv();
 
 /// "SIGKILL(-9)" / "EXIT(3)" from a wait status, as joblib names them.
 JOBLIB_EXPORT std::string describe_exit(int wait_status);
-
-/// Registry of file mappings made by joblib (load with mmap_mode, workers'
-/// memmapped arguments), so that a mapped buffer travels as a file reference.
-struct MappedRegion {
-  std::string path;
-  std::uint64_t file_offset = 0;  // file offset of `begin`
-  const std::byte* begin = nullptr;
-  std::size_t size = 0;
-  MmapMode mode = MmapMode::r;    // r and c: a private (copy-on-write) mapping; r+ / w+: shared
-};
-
-/// True when this process wrote into some page of [p, p + n), a window of a
-/// private file mapping (its written pages are private copies, no longer the
-/// file's): such bytes must travel as themselves, not as a file reference.
-/// True as well when /proc/self/pagemap cannot tell.
-JOBLIB_EXPORT bool private_pages_written(const void* p, std::size_t n) noexcept;
-JOBLIB_EXPORT void register_mapping(const MappedRegion& region);
-JOBLIB_EXPORT void unregister_mapping(const void* begin) noexcept;
-JOBLIB_EXPORT std::optional<MappedRegion> find_mapping(const void* p, std::size_t size);
 
 }  // namespace joblib::detail
