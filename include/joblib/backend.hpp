@@ -10,9 +10,9 @@
 #include <joblib/export.hpp>
 #include <joblib/options.hpp>
 
-#include <boost/dll/alias.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <map>
 #include <memory>
@@ -220,6 +220,17 @@ inline int plugin_abi() { return plugin_abi_version; }
 
 }  // namespace joblib
 
+/// Exports `fn` under the C name `name`, as Boost.DLL's BOOST_DLL_ALIAS
+/// does on ELF (a pointer in the `boostdll` section that
+/// boost::dll::shared_library::get_alias reads), without including
+/// Boost.DLL into every file that includes this header.
+#define JOBLIB_DETAIL_PLUGIN_ALIAS(fn, name)                                                   \
+  namespace _autoaliases {                                                                  \
+  extern "C" __attribute__((visibility("default"))) const void* name;                       \
+  __attribute__((section("boostdll"))) __attribute__((weak)) const void* name =             \
+      reinterpret_cast<const void*>(reinterpret_cast<intptr_t>(&fn));                       \
+  }
+
 /// Exports a backend class from a plugin shared object. Use once per plugin, at
 /// namespace scope: JOBLIB_EXPORT_BACKEND(MyBackend). The class needs a
 /// constructor taking `const joblib::BackendInit&`.
@@ -230,8 +241,8 @@ inline int plugin_abi() { return plugin_abi_version; }
   }                                                                                         \
   inline int abi() { return ::joblib::plugin_abi_version; }                                 \
   }                                                                                         \
-  BOOST_DLL_ALIAS(joblib_plugin_entry::make, joblib_backend_factory)                        \
-  BOOST_DLL_ALIAS(joblib_plugin_entry::abi, joblib_plugin_abi)
+  JOBLIB_DETAIL_PLUGIN_ALIAS(joblib_plugin_entry::make, joblib_backend_factory)             \
+  JOBLIB_DETAIL_PLUGIN_ALIAS(joblib_plugin_entry::abi, joblib_plugin_abi)
 
 /// Exports a factory function `std::unique_ptr<joblib::ParallelBackendBase>
 /// fn(const joblib::BackendInit&)` from a plugin, for backends that are not a
@@ -243,5 +254,5 @@ inline int plugin_abi() { return plugin_abi_version; }
   }                                                                           \
   inline int abi() { return ::joblib::plugin_abi_version; }                   \
   }                                                                           \
-  BOOST_DLL_ALIAS(joblib_plugin_entry::make, joblib_backend_factory)          \
-  BOOST_DLL_ALIAS(joblib_plugin_entry::abi, joblib_plugin_abi)
+  JOBLIB_DETAIL_PLUGIN_ALIAS(joblib_plugin_entry::make, joblib_backend_factory) \
+  JOBLIB_DETAIL_PLUGIN_ALIAS(joblib_plugin_entry::abi, joblib_plugin_abi)

@@ -1,6 +1,8 @@
 // A plugin built for another ABI version: the registry must refuse it.
 #include <joblib/backend.hpp>
 
+#include <boost/dll/alias.hpp>  // aliases made by Boost.DLL itself, as the SDK macro makes them
+
 namespace {
 class Nothing final : public joblib::ParallelBackendBase {
  public:
