@@ -7,7 +7,6 @@
 #include "progress.hpp"
 
 #include <joblib/detail/engine.hpp>
-#include <joblib/detail/process.hpp>
 #include <joblib/errors.hpp>
 
 #include <fmt/format.h>
@@ -696,33 +695,29 @@ std::exception_ptr BatchBase::encode(CodeRef& entry, OutputStream& out, BufferSi
 void BatchBase::started() noexcept { started_ns_.store(now_ns(), std::memory_order_relaxed); }
 void BatchBase::restart_clock() noexcept { started_ns_.store(now_ns(), std::memory_order_relaxed); }
 
-void BatchBase::complete(std::span<const std::byte> reply, BufferSource* source) noexcept {
+void BatchBase::complete(std::span<const std::byte> results, BufferSource* source) noexcept {
   CallImpl* call = call_;
   try {
-    if (reply.empty()) throw SerializationError("a worker sent an empty reply");
-    const auto status = static_cast<std::uint8_t>(reply[0]);
-    if (status == 0) {
-      decode_results(reply.subspan(1), source);
-    } else {
-      std::size_t index = 0;
-      std::string function;
-      try {
-        // The failed task's index is in the envelope; name its function.
-        rethrow_remote(reply.subspan(1), first_index_, "");
-      } catch (const TaskError& e) {
-        index = e.task_index() - first_index_;
-        function = task_function(index);
-        completed_ = index;
-        error_ = std::make_exception_ptr(
-            TaskError(e.type_name(), e.message(), e.remote_traceback(), e.task_index(), function));
-      } catch (...) {
-        error_ = std::current_exception();
-      }
-    }
+    decode_results(results, source);
   } catch (...) {
     error_ = std::current_exception();
   }
   call->batch_done(*this);  // may destroy *this
+}
+
+void BatchBase::fail_task(std::size_t index, std::exception_ptr error) noexcept {
+  CallImpl* call = call_;
+  completed_ = index < size_ ? index : 0;
+  error_ = error ? error : std::make_exception_ptr(BackendError("a backend failed a task without saying why"));
+  call->batch_done(*this);  // may destroy *this
+}
+
+std::string BatchBase::task_function_name(std::size_t index) const noexcept {
+  try {
+    return task_function(index);
+  } catch (...) {
+    return {};
+  }
 }
 
 void BatchBase::fail(std::exception_ptr error) noexcept {

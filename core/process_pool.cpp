@@ -584,7 +584,25 @@ void ProcessPool::run_job(Slot* slot, const Job& job) {
                         batch.size() == 1 ? "" : "s"))));
       return;
     }
-    batch.complete(reply.frame->payload, nullptr);
+    // The reply: [status][results] or [status][error envelope]. The batch
+    // gets decoded results or the failed task's exception, never bytes of
+    // the wire format.
+    const std::span<const std::byte> payload(reply.frame->payload);
+    if (payload.empty()) {
+      batch.fail(std::make_exception_ptr(SerializationError("a worker sent an empty reply")));
+    } else if (payload[0] == std::byte{static_cast<std::uint8_t>(ReplyStatus::ok)}) {
+      batch.complete(payload.subspan(1), nullptr);
+    } else {
+      RemoteFailure failure;
+      try {
+        failure = decode_failure(payload.subspan(1), batch.first_task_index(),
+                                 [&batch](std::size_t i) { return batch.task_function_name(i); });
+      } catch (...) {
+        batch.fail(std::current_exception());
+        return;
+      }
+      batch.fail_task(failure.index, failure.error);
+    }
     return;
   }
 }

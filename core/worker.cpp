@@ -212,20 +212,22 @@ struct Envelope {
   }
 };
 
+using ErrorFactory = std::function<std::exception_ptr(const std::string&)>;
+
 std::mutex g_rethrow_mutex;
-std::unordered_map<std::string, std::function<void(const std::string&)>>& user_rethrowers() {
-  static auto* m = new std::unordered_map<std::string, std::function<void(const std::string&)>>();
+std::unordered_map<std::string, ErrorFactory>& user_factories() {
+  static auto* m = new std::unordered_map<std::string, ErrorFactory>();
   return *m;
 }
 
 template <class E>
-void add_known(std::unordered_map<std::string, std::function<void(const std::string&)>>& m) {
-  m[typeid(E).name()] = [](const std::string& what) { throw E(what); };
+void add_known(std::unordered_map<std::string, ErrorFactory>& m) {
+  m[typeid(E).name()] = [](const std::string& what) { return std::make_exception_ptr(E(what)); };
 }
 
-const std::unordered_map<std::string, std::function<void(const std::string&)>>& known_rethrowers() {
+const std::unordered_map<std::string, ErrorFactory>& known_factories() {
   static const auto* m = [] {
-    auto* k = new std::unordered_map<std::string, std::function<void(const std::string&)>>();
+    auto* k = new std::unordered_map<std::string, ErrorFactory>();
     add_known<std::logic_error>(*k);
     add_known<std::invalid_argument>(*k);
     add_known<std::domain_error>(*k);
@@ -241,7 +243,7 @@ const std::unordered_map<std::string, std::function<void(const std::string&)>>& 
     add_known<joblib::SerializationError>(*k);
     add_known<joblib::BackendError>(*k);
     add_known<joblib::StoreError>(*k);
-    (*k)[typeid(std::bad_alloc).name()] = [](const std::string&) { throw std::bad_alloc(); };
+    (*k)[typeid(std::bad_alloc).name()] = [](const std::string&) { return std::make_exception_ptr(std::bad_alloc()); };
     return k;
   }();
   return *m;
@@ -255,27 +257,51 @@ void WorkerCall::fail(std::size_t index, std::exception_ptr error) noexcept {
   error_ = error;
 }
 
+RemoteFailure decode_failure(std::span<const std::byte> envelope, std::size_t first_index,
+                             const std::function<std::string(std::size_t)>& function_of) {
+  Envelope env = decode<Envelope>(envelope);
+  RemoteFailure out;
+  out.index = static_cast<std::size_t>(env.index);
+  ErrorFactory make;
+  {
+    std::lock_guard lock(g_rethrow_mutex);
+    if (auto it = user_factories().find(env.mangled); it != user_factories().end()) make = it->second;
+  }
+  if (!make) {
+    auto& known = known_factories();
+    if (auto it = known.find(env.mangled); it != known.end()) make = it->second;
+  }
+  if (make) {
+    out.error = make(env.what);
+  } else {
+    out.error = std::make_exception_ptr(TaskError(env.type_name, env.what, env.traceback, first_index + out.index,
+                                                  function_of ? function_of(out.index) : std::string{}));
+  }
+  return out;
+}
+
 [[noreturn]] void rethrow_remote(std::span<const std::byte> envelope, std::size_t first_index,
                                  const std::string& function) {
-  Envelope env = decode<Envelope>(envelope);
-  const std::size_t index = first_index + static_cast<std::size_t>(env.index);
-  {
-    std::function<void(const std::string&)> user;
-    {
-      std::lock_guard lock(g_rethrow_mutex);
-      auto it = user_rethrowers().find(env.mangled);
-      if (it != user_rethrowers().end()) user = it->second;
-    }
-    if (user) user(env.what);
-  }
-  auto& known = known_rethrowers();
-  if (auto it = known.find(env.mangled); it != known.end()) it->second(env.what);
-  throw TaskError(env.type_name, env.what, env.traceback, index, function);
+  std::rethrow_exception(
+      decode_failure(envelope, first_index, [&function](std::size_t) { return function; }).error);
+}
+
+void register_exception_factory(const std::type_info& type,
+                                std::function<std::exception_ptr(const std::string&)> make) {
+  std::lock_guard lock(g_rethrow_mutex);
+  user_factories()[type.name()] = std::move(make);
 }
 
 void register_exception_rethrower(const std::type_info& type, std::function<void(const std::string&)> rethrow) {
-  std::lock_guard lock(g_rethrow_mutex);
-  user_rethrowers()[type.name()] = std::move(rethrow);
+  // (Kept for programs built against the throwing form.)
+  register_exception_factory(type, [rethrow = std::move(rethrow)](const std::string& what) -> std::exception_ptr {
+    try {
+      rethrow(what);
+    } catch (...) {
+      return std::current_exception();
+    }
+    return std::make_exception_ptr(Error(what));
+  });
 }
 
 namespace {

@@ -34,7 +34,7 @@ class OutputStream;
 
 /// Bumped whenever the layout or the virtual interface below changes. A plugin
 /// built against another version is refused with BackendError.
-inline constexpr int plugin_abi_version = 3;
+inline constexpr int plugin_abi_version = 4;
 
 /// What a backend can do; the resolver and the dispatcher ask, never check names.
 struct BackendCapabilities {
@@ -73,9 +73,17 @@ class JOBLIB_EXPORT Batch {
   /// Out-of-process backends: the batch is being handed to a worker now
   /// (its timeout clock starts).
   virtual void started() noexcept = 0;
-  /// Completes the batch with the worker's reply (results or an error
-  /// envelope, as core/worker.cpp writes them). Counts as run().
-  virtual void complete(std::span<const std::byte> reply, BufferSource* source) noexcept = 0;
+  /// Completes the batch with its encoded results, as the worker's entry
+  /// point wrote them (their large buffers from `source`). Counts as run().
+  virtual void complete(std::span<const std::byte> results, BufferSource* source) noexcept = 0;
+  /// Completes the batch with the failure of its task `index` (0-based in
+  /// the batch): the tasks before it ran, their results are dropped, and
+  /// the call fails with `error`. Counts as run().
+  virtual void fail_task(std::size_t index, std::exception_ptr error) noexcept = 0;
+  /// Index of the batch's first task in the call's input.
+  virtual std::size_t first_task_index() const noexcept = 0;
+  /// The function of task `index` of the batch, for messages ("" if unknown).
+  virtual std::string task_function_name(std::size_t index) const noexcept = 0;
 
  protected:
   Batch() = default;

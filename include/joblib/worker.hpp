@@ -13,6 +13,7 @@
 //     }
 #include <joblib/export.hpp>
 
+#include <exception>
 #include <functional>
 #include <string>
 #include <typeinfo>
@@ -35,11 +36,14 @@ void register_exception_type();
 namespace detail {
 JOBLIB_EXPORT void register_exception_rethrower(const std::type_info& type,
                                                 std::function<void(const std::string&)> rethrow);
+JOBLIB_EXPORT void register_exception_factory(const std::type_info& type,
+                                              std::function<std::exception_ptr(const std::string&)> make);
 }  // namespace detail
 
 template <class E>
 void register_exception_type() {
-  detail::register_exception_rethrower(typeid(E), [](const std::string& what) { throw E(what); });
+  detail::register_exception_factory(typeid(E),
+                                     [](const std::string& what) { return std::make_exception_ptr(E(what)); });
 }
 
 }  // namespace joblib

@@ -28,7 +28,10 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   void fail(std::exception_ptr error) noexcept final;
   std::size_t size() const noexcept final { return size_; }
   std::exception_ptr encode(CodeRef& entry, OutputStream& out, BufferSink* sink) noexcept final;
-  void complete(std::span<const std::byte> reply, BufferSource* source) noexcept final;
+  void complete(std::span<const std::byte> results, BufferSource* source) noexcept final;
+  void fail_task(std::size_t index, std::exception_ptr error) noexcept final;
+  std::size_t first_task_index() const noexcept final { return first_index_; }
+  std::string task_function_name(std::size_t index) const noexcept final;
   void started() noexcept final;
 
   /// Runs the tasks in order until one throws or the call stops; records

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <span>
 #include <string>
 #include <tuple>
@@ -211,6 +212,18 @@ void init_entry(WorkerCall& call) {
 
 /// A request payload (core/worker.cpp's format) for `entry` with `structure`.
 JOBLIB_EXPORT std::vector<std::byte> make_init_request(const CodeRef& entry, std::span<const std::byte> structure);
+
+/// What a worker's error envelope says: which task of the batch failed
+/// (0-based), and the exception to fail the call with: the same standard or
+/// joblib type, a registered user type, or TaskError naming the task's
+/// input index (first_index + index) and `function_of(index)`. Made without
+/// throwing. Throws SerializationError when the envelope is garbled.
+struct RemoteFailure {
+  std::size_t index = 0;
+  std::exception_ptr error;
+};
+JOBLIB_EXPORT RemoteFailure decode_failure(std::span<const std::byte> envelope, std::size_t first_index,
+                                           const std::function<std::string(std::size_t)>& function_of);
 
 /// Rebuilds, in the caller, the exception a worker reported: the same
 /// standard or joblib type, a registered user type, or TaskError.
