@@ -1,5 +1,5 @@
 // The loky backend: a reusable pool of worker processes started by running
-// this program again (see core/process_pool.cpp and docs/backends.md).
+// this program again (see core/process/process_pool.cpp and docs/backends.md).
 #include <joblib/backend.hpp>
 #include <joblib/detail/process_backend.hpp>
 

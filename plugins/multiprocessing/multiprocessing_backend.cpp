@@ -1,5 +1,5 @@
 // The multiprocessing backend: a pool of forked worker processes per call
-// (see core/process_pool.cpp and docs/backends.md for the fork caveats).
+// (see core/process/process_pool.cpp and docs/backends.md for the fork caveats).
 #include <joblib/backend.hpp>
 #include <joblib/detail/process_backend.hpp>
 

@@ -1,6 +1,6 @@
 #pragma once
 // Internal seam between the Parallel templates and the compiled dispatcher
-// (core/dispatch.cpp). Not part of the public API: names here may change.
+// (core/parallel/dispatch.cpp). Not part of the public API: names here may change.
 #include <joblib/backend.hpp>
 #include <joblib/export.hpp>
 #include <joblib/options.hpp>

@@ -2,7 +2,7 @@
 // Internal: how a batch of tasks travels to a worker process and back
 // (docs/architecture.md, decisions 4 to 7). A batch is sent as the portable reference
 // of one entry point, batch_entry<Task, R>, plus its encoded tasks; the
-// worker (core/worker.cpp) resolves the entry, which decodes, runs the tasks
+// worker (core/process/worker.cpp) resolves the entry, which decodes, runs the tasks
 // in one monomorphic loop, and encodes the results or a failure.
 #include <joblib/codec.hpp>
 #include <joblib/delayed.hpp>
@@ -210,7 +210,7 @@ void init_entry(WorkerCall& call) {
   }
 }
 
-/// A request payload (core/worker.cpp's format) for `entry` with `structure`.
+/// A request payload (core/process/worker.cpp's format) for `entry` with `structure`.
 JOBLIB_EXPORT std::vector<std::byte> make_init_request(const CodeRef& entry, std::span<const std::byte> structure);
 
 /// What a worker's error envelope says: which task of the batch failed

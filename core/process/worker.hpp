@@ -1,6 +1,6 @@
 #pragma once
 // The worker side of the process backends, and the wire format shared with
-// the parent (core/process_pool.cpp): frames over a Unix socket, requests
+// the parent (core/process/process_pool.cpp): frames over a Unix socket, requests
 // (entry point + encoded tasks + a table of out-of-band buffers), replies
 // (results, or an error envelope), memory-mapped buffers in a per-call
 // private folder.

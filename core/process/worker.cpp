@@ -1,5 +1,5 @@
 // The worker runtime (docs/architecture.md, decisions 5 to 7) and the wire format it
-// shares with core/process_pool.cpp.
+// shares with core/process/process_pool.cpp.
 #include "worker.hpp"
 
 #include "config.hpp"

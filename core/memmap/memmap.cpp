@@ -1,6 +1,6 @@
 // Memmapping: per-call folders of write-once buffer files, temp folder
 // choice and the sweep of stale folders, and the registry of mappings
-// (core/memmap.hpp).
+// (core/memmap/memmap.hpp).
 #include "memmap.hpp"
 
 #include "fork_safety.hpp"
