@@ -219,6 +219,73 @@ class EngineCache {
   std::vector<std::unique_ptr<Engine>>* retired_ = new std::vector<std::unique_ptr<Engine>>();
 };
 
+/// A thread backend over engines kept in an EngineCache (a thread pool, a
+/// oneTBB arena, an OpenMP team): start_call takes the engine for (nesting
+/// level, n_jobs) from `cache()` (and calls its `begin_call()` if it has
+/// one), submit hands each batch to `engine.push(batch)` (a throw fails the
+/// batch), abandon retires the engine, stop_call and the destructor call its
+/// `end_call()` if it has one. Engine needs `Engine(int n_jobs)`,
+/// `void push(Batch&)` and `void retire() noexcept`. Derive from it and
+/// export the derived class:
+///
+///   class MyBackend final : public joblib::EngineBackend<MyPool> {
+///    public:
+///     explicit MyBackend(const joblib::BackendInit& init) : EngineBackend(init, "mine", my_pools) {}
+///   };
+template <class Engine>
+class EngineBackend : public ParallelBackendBase {
+ public:
+  EngineBackend(const BackendInit& init, std::string name, EngineCache<Engine>& (*cache)())
+      : ParallelBackendBase(init), name_(std::move(name)), cache_(cache) {}
+  ~EngineBackend() override { end(); }
+
+  std::string name() const override { return name_; }
+  BackendCapabilities capabilities() const noexcept override { return thread_backend_capabilities(); }
+
+  std::exception_ptr start_call(const CallSettings& settings) noexcept override {
+    try {
+      n_jobs_ = settings.n_jobs;
+      engine_ = &cache_().get(nesting_level(), settings.n_jobs);
+      if constexpr (requires(Engine& e) { e.begin_call(); }) engine_->begin_call();
+    } catch (...) {
+      engine_ = nullptr;
+      return std::current_exception();
+    }
+    return {};
+  }
+
+  void submit(Batch& batch) noexcept override {
+    try {
+      engine_->push(batch);
+    } catch (...) {
+      batch.fail(std::current_exception());
+    }
+  }
+
+  void abandon() noexcept override {
+    if (engine_) cache_().retire(nesting_level(), n_jobs_, engine_);
+  }
+
+  void stop_call() noexcept override { end(); }
+
+ protected:
+  /// The engine of the current call (null outside a call).
+  Engine* engine() const noexcept { return engine_; }
+
+ private:
+  void end() noexcept {
+    if constexpr (requires(Engine& e) { e.end_call(); }) {
+      if (engine_) engine_->end_call();
+    }
+    engine_ = nullptr;
+  }
+
+  std::string name_;
+  EngineCache<Engine>& (*cache_)();
+  Engine* engine_ = nullptr;
+  int n_jobs_ = 0;
+};
+
 /// Signature of a plugin's factory.
 using BackendFactoryFn = std::unique_ptr<ParallelBackendBase>(const BackendInit&);
 

@@ -83,51 +83,10 @@ joblib::EngineCache<Team>& teams() {
   return *cache;
 }
 
-class OpenmpBackend final : public joblib::ParallelBackendBase {
+class OpenmpBackend final : public joblib::EngineBackend<Team> {
  public:
-  explicit OpenmpBackend(const joblib::BackendInit& init) : ParallelBackendBase(init) {}
-  ~OpenmpBackend() override {
-    if (team_) team_->end_call();
-  }
-
-  std::string name() const override { return "openmp"; }
-
-  joblib::BackendCapabilities capabilities() const noexcept override { return joblib::thread_backend_capabilities(); }
-
-  std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
-    try {
-      n_jobs_ = s.n_jobs;
-      team_ = &teams().get(nesting_level(), s.n_jobs);
-      team_->begin_call();
-    } catch (...) {
-      team_ = nullptr;
-      return std::current_exception();
-    }
-    return {};
-  }
-
-  void submit(joblib::Batch& batch) noexcept override {
-    try {
-      team_->push(batch);
-    } catch (...) {
-      batch.fail(std::current_exception());
-    }
-  }
-
-  void abandon() noexcept override {
-    if (team_) teams().retire(nesting_level(), n_jobs_, team_);
-  }
-
-  void stop_call() noexcept override {
-    if (team_) team_->end_call();
-    team_ = nullptr;
-  }
-
- private:
-  Team* team_ = nullptr;
-  int n_jobs_ = 0;
+  explicit OpenmpBackend(const joblib::BackendInit& init) : EngineBackend(init, "openmp", teams) {}
 };
-
 }  // namespace
 
 JOBLIB_EXPORT_BACKEND(OpenmpBackend)

@@ -52,6 +52,9 @@ struct Arena {
   // A retired arena keeps its slots counted: its threads may still be held
   // by an abandoned task. oneTBB lends them to other arenas once it ends.
   void retire() noexcept {}
+  void push(joblib::Batch& batch) {
+    arena.enqueue([&batch] { batch.run(); });
+  }
   tbb::task_arena arena;
 };
 
@@ -60,41 +63,10 @@ joblib::EngineCache<Arena>& arenas() {
   return *cache;
 }
 
-class TbbBackend final : public joblib::ParallelBackendBase {
+class TbbBackend final : public joblib::EngineBackend<Arena> {
  public:
-  explicit TbbBackend(const joblib::BackendInit& init) : ParallelBackendBase(init) {}
-
-  std::string name() const override { return "tbb"; }
-
-  joblib::BackendCapabilities capabilities() const noexcept override { return joblib::thread_backend_capabilities(); }
-
-  std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
-    try {
-      n_jobs_ = s.n_jobs;
-      arena_ = &arenas().get(nesting_level(), s.n_jobs);
-    } catch (...) {
-      return std::current_exception();
-    }
-    return {};
-  }
-
-  void submit(joblib::Batch& batch) noexcept override {
-    try {
-      arena_->arena.enqueue([&batch] { batch.run(); });
-    } catch (...) {
-      batch.fail(std::current_exception());
-    }
-  }
-
-  void abandon() noexcept override {
-    if (arena_) arenas().retire(nesting_level(), n_jobs_, arena_);
-  }
-
- private:
-  Arena* arena_ = nullptr;
-  int n_jobs_ = 0;
+  explicit TbbBackend(const joblib::BackendInit& init) : EngineBackend(init, "tbb", arenas) {}
 };
-
 }  // namespace
 
 JOBLIB_EXPORT_BACKEND(TbbBackend)

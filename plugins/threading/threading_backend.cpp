@@ -101,41 +101,10 @@ joblib::EngineCache<Pool>& pools() {
   return *cache;
 }
 
-class ThreadingBackend final : public joblib::ParallelBackendBase {
+class ThreadingBackend final : public joblib::EngineBackend<Pool> {
  public:
-  explicit ThreadingBackend(const joblib::BackendInit& init) : ParallelBackendBase(init) {}
-
-  std::string name() const override { return "threading"; }
-
-  joblib::BackendCapabilities capabilities() const noexcept override { return joblib::thread_backend_capabilities(); }
-
-  std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
-    try {
-      n_jobs_ = s.n_jobs;
-      pool_ = &pools().get(nesting_level(), s.n_jobs);
-    } catch (...) {
-      return std::current_exception();
-    }
-    return {};
-  }
-
-  void submit(joblib::Batch& batch) noexcept override {
-    try {
-      pool_->push(batch);
-    } catch (...) {
-      batch.fail(std::current_exception());
-    }
-  }
-
-  void abandon() noexcept override {
-    if (pool_) pools().retire(nesting_level(), n_jobs_, pool_);
-  }
-
- private:
-  Pool* pool_ = nullptr;
-  int n_jobs_ = 0;
+  explicit ThreadingBackend(const joblib::BackendInit& init) : EngineBackend(init, "threading", pools) {}
 };
-
 }  // namespace
 
 JOBLIB_EXPORT_BACKEND(ThreadingBackend)
