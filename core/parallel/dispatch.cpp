@@ -127,6 +127,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
 
   std::size_t next_batch_size_locked();
   void dispatch_locked(std::vector<BatchBase*>& out);
+  std::unique_ptr<BatchBase> pull_batch_locked(std::size_t bs, bool& failed);
   void submit(const std::vector<BatchBase*>& batches) noexcept;
   void record_error_locked(std::size_t seq, std::exception_ptr e);
   // Generator modes count tasks whose results the consumer has not finished
@@ -299,32 +300,45 @@ std::size_t CallImpl::next_batch_size_locked() {
   return std::max<std::size_t>(bs, 1);
 }
 
+// The one place both paths (dispatch to a backend, run in the caller) take
+// a batch from the input and account for it: its sequence number, its
+// first input index, the dispatched counters. Null when the input is
+// exhausted, or when pulling threw (the error is recorded, `failed` set).
+std::unique_ptr<BatchBase> CallImpl::pull_batch_locked(std::size_t bs, bool& failed) {
+  failed = false;
+  std::unique_ptr<BatchBase> b;
+  try {
+    b = source_->pull(bs);
+  } catch (...) {
+    exhausted_ = true;
+    record_error_locked(next_seq_, std::current_exception());
+    failed = true;
+    return nullptr;
+  }
+  if (!b) {
+    exhausted_ = true;
+    return nullptr;
+  }
+  b->seq_ = next_seq_++;
+  b->first_index_ = next_first_;
+  next_first_ += b->size_;
+  b->stop_ = &stop_;
+  dispatched_tasks_ += b->size_;
+  ++dispatched_batches_;
+  return b;
+}
+
 void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
   while (!stop_.load(std::memory_order_relaxed) && !exhausted_ && (window_ == 0 || in_window_locked() < window_)) {
     std::size_t bs = next_batch_size_locked();
     if (generator_ && window_ != 0) bs = std::min(bs, window_ - in_window_locked());
-    std::unique_ptr<BatchBase> b;
-    try {
-      b = source_->pull(bs);
-    } catch (...) {
-      exhausted_ = true;
-      record_error_locked(next_seq_, std::current_exception());
-      break;
-    }
-    if (!b) {
-      exhausted_ = true;
-      break;
-    }
-    b->seq_ = next_seq_++;
-    b->first_index_ = next_first_;
-    next_first_ += b->size_;
-    b->stop_ = &stop_;
+    bool failed = false;
+    std::unique_ptr<BatchBase> b = pull_batch_locked(bs, failed);
+    if (!b) break;
     b->dispatched_ns_ = now_ns();
     b->clock_each_task_ = cfg_.timeout.has_value();
     b->call_ = this;
-    dispatched_tasks_ += b->size_;
     running_tasks_ += b->size_;
-    ++dispatched_batches_;
     out.push_back(b.get());
     running_.emplace(b->seq_, std::move(b));
   }
@@ -568,25 +582,13 @@ std::unique_ptr<BatchBase> CallImpl::take_locked() {
 std::unique_ptr<BatchBase> CallImpl::run_inline_locked(Lock& lk) {
   if (stop_ || exhausted_) return nullptr;
   const std::size_t bs = next_batch_size_locked();
-  std::unique_ptr<BatchBase> b;
-  try {
-    b = source_->pull(bs);
-  } catch (...) {
-    exhausted_ = true;
-    record_error_locked(next_seq_, std::current_exception());
-    raise_locked(lk);
-  }
+  bool failed = false;
+  std::unique_ptr<BatchBase> b = pull_batch_locked(bs, failed);
+  if (failed) raise_locked(lk);
   if (!b) {
-    exhausted_ = true;
     report_finished_locked();
     return nullptr;
   }
-  b->seq_ = next_seq_++;
-  b->first_index_ = next_first_;
-  next_first_ += b->size_;
-  dispatched_tasks_ += b->size_;
-  ++dispatched_batches_;
-  b->stop_ = &stop_;
   // Sequential: run in the caller, with the active configuration unchanged
   // (joblib's SequentialBackend.get_nested_backend).
   const std::int64_t t0 = now_ns();

@@ -561,25 +561,31 @@ TEST(ProgressTest, UnknownTotalIsGivenAtTheEnd) {
 
 namespace {
 
-TEST(ProgressTest, BarShowsRateAndEtaWhenStderrIsATerminal) {
+// Runs `call` with stderr on a terminal (a pty) and returns all it drew.
+template <class F>
+std::string stderr_on_a_terminal(F call) {
   int master = -1, slave = -1;
-  ASSERT_EQ(::openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
+  if (::openpty(&master, &slave, nullptr, nullptr, nullptr) != 0) return "openpty failed";
   std::fflush(stderr);
   const int saved = ::dup(2);
   ::dup2(slave, 2);
-  std::vector<int> r = joblib::Parallel({.n_jobs = 2, .batch_size = 1, .progress_bar = true})
-                           .map([](int x) { return x; }, std::views::iota(0, 50));
+  call();
   std::fflush(stderr);
   ::dup2(saved, 2);
   ::close(saved);
   ::close(slave);
   std::string seen;
   char buf[4096];
-  for (ssize_t n; (n = ::read(master, buf, sizeof buf)) > 0;) {
-    seen.append(buf, static_cast<std::size_t>(n));
-    if (seen.find("50/50") != std::string::npos) break;
-  }
-  ::close(master);
+  for (ssize_t n; (n = ::read(master, buf, sizeof buf)) > 0;) seen.append(buf, static_cast<std::size_t>(n));
+  ::close(master);  // (read ends with EIO once every copy of the slave is closed)
+  return seen;
+}
+
+TEST(ProgressTest, BarShowsRateAndEtaWhenStderrIsATerminal) {
+  const std::string seen = stderr_on_a_terminal([] {
+    std::vector<int> r = joblib::Parallel({.n_jobs = 2, .batch_size = 1, .progress_bar = true})
+                             .map([](int x) { return x; }, std::views::iota(0, 50));
+  });
   EXPECT_THAT(seen, ::testing::HasSubstr("50/50"));
   EXPECT_THAT(seen, ::testing::HasSubstr("tasks/s"));
   EXPECT_THAT(seen, ::testing::HasSubstr("ETA"));
@@ -590,21 +596,10 @@ TEST(ProgressTest, BarShowsRateAndEtaWhenStderrIsATerminal) {
 }
 
 TEST(ProgressTest, TheBarDrawsItsLastLineOnce) {
-  int master = -1, slave = -1;
-  ASSERT_EQ(::openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
-  std::fflush(stderr);
-  const int saved = ::dup(2);
-  ::dup2(slave, 2);
-  std::vector<int> r = joblib::Parallel({.n_jobs = 2, .batch_size = 1, .progress_bar = true})
-                           .map([](int x) { return x; }, std::views::iota(0, 7));
-  std::fflush(stderr);
-  ::dup2(saved, 2);
-  ::close(saved);
-  ::close(slave);
-  std::string seen;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(master, buf, sizeof buf)) > 0;) seen.append(buf, static_cast<std::size_t>(n));
-  ::close(master);  // (read ends with EIO once every copy of the slave is closed)
+  const std::string seen = stderr_on_a_terminal([] {
+    std::vector<int> r = joblib::Parallel({.n_jobs = 2, .batch_size = 1, .progress_bar = true})
+                             .map([](int x) { return x; }, std::views::iota(0, 7));
+  });
   std::size_t finals = 0;
   for (auto at = seen.find("7/7"); at != std::string::npos; at = seen.find("7/7", at + 1)) ++finals;
   EXPECT_EQ(finals, 1u) << seen;
