@@ -1,0 +1,70 @@
+// Portable code references (include/joblib/detail/portable.hpp,
+// core/process/portable.cpp): a function travels as (module, offset,
+// build-id) and resolves to the same address here; its name and its code
+// (Memory's fingerprint) come from the module's symbol table.
+#include <joblib/detail/portable.hpp>
+#include <joblib/errors.hpp>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+
+namespace portable_test {
+namespace {
+
+using joblib::detail::code_ref;
+using joblib::detail::function_code;
+using joblib::detail::function_name;
+using joblib::detail::resolve_code;
+using ::testing::HasSubstr;
+
+int twice(int x) { return 2 * x; }
+static int thrice(int x) { return 3 * x; }  // internal linkage: only the .symtab knows it
+
+TEST(PortableTest, AReferenceResolvesToTheSameFunction) {
+  const auto ref = code_ref(reinterpret_cast<const void*>(&twice));
+  EXPECT_FALSE(ref.module.empty());
+  EXPECT_EQ(ref.module.front(), '/');  // an absolute path
+  EXPECT_FALSE(ref.build_id.empty());
+  auto* back = reinterpret_cast<int (*)(int)>(resolve_code(ref));
+  EXPECT_EQ(back, &twice);
+  EXPECT_EQ(back(21), 42);
+}
+
+TEST(PortableTest, AnotherBuildIsRefusedNamingBothBuildIds) {
+  auto ref = code_ref(reinterpret_cast<const void*>(&twice));
+  ref.build_id = "0000";
+  try {
+    resolve_code(ref);
+    FAIL();
+  } catch (const joblib::SerializationError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("but 0000 in the sender (another build)"));
+  }
+}
+
+TEST(PortableTest, AnAddressInNoModuleIsRefused) {
+  EXPECT_THROW(code_ref(reinterpret_cast<const void*>(std::uintptr_t{16})), joblib::SerializationError);
+}
+
+TEST(PortableTest, FunctionsAreNamedStaticOnesIncluded) {
+  EXPECT_THAT(function_name(reinterpret_cast<const void*>(&twice)), HasSubstr("twice(int)"));
+  EXPECT_THAT(function_name(reinterpret_cast<const void*>(&thrice)), HasSubstr("thrice(int)"));
+}
+
+TEST(PortableTest, AFunctionsCodeIsItsOwnBytes) {
+  const auto a = function_code(reinterpret_cast<const void*>(&twice));
+  const auto b = function_code(reinterpret_cast<const void*>(&thrice));
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  EXPECT_EQ(static_cast<const void*>(a.data()), reinterpret_cast<const void*>(&twice));
+  EXPECT_LT(a.size(), 4096u);  // one small function, not the whole text section
+  EXPECT_FALSE(a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size()) == 0);
+  // An address inside a function (not its start) names no function's code.
+  EXPECT_TRUE(function_code(reinterpret_cast<const char*>(a.data()) + 1).empty());
+  EXPECT_TRUE(function_code(nullptr).empty());
+}
+
+}  // namespace
+}  // namespace portable_test
