@@ -195,13 +195,94 @@ Initializer initializer(F f, Args... args) {
   return init;
 }
 
+namespace detail {
+
+/// What Results<R> and Results<void> share: the call, the batch being read
+/// and the position in it; closing (the call stops when its Results goes).
+/// B is ResultBatch<R> (its results are read) or BatchBase (tasks
+/// returning void: its completed count is read).
+template <class B>
+class ResultsCursor {
+ public:
+  /// Stops the call if it is still running (as destruction does).
+  void close() noexcept {
+    if (call_) call_->close();
+    call_.reset();
+    batch_.reset();
+    done_ = true;
+  }
+
+ protected:
+  explicit ResultsCursor(std::shared_ptr<Call> call) : call_(std::move(call)) {}
+  ResultsCursor(ResultsCursor&&) noexcept = default;
+  ResultsCursor& operator=(ResultsCursor&& o) noexcept {
+    if (this != &o) {
+      close();
+      call_ = std::move(o.call_);
+      batch_ = std::move(o.batch_);
+      pos_ = o.pos_;
+      done_ = o.done_;
+    }
+    return *this;
+  }
+  ~ResultsCursor() { close(); }
+
+  void advance() {
+    ++pos_;
+    fill();
+  }
+  bool at_end() {
+    fill();
+    return done_;
+  }
+  // Makes batch_/pos_ point at an available result, or sets done_.
+  void fill() {
+    while (!done_ && (!batch_ || pos_ >= available(*batch_))) {
+      batch_.reset();
+      pos_ = 0;
+      if (!call_) {
+        done_ = true;
+        break;
+      }
+      std::unique_ptr<BatchBase> b = call_->next();
+      if (!b) {
+        done_ = true;
+        call_.reset();
+        break;
+      }
+      batch_.reset(static_cast<B*>(b.release()));
+    }
+  }
+
+  std::shared_ptr<Call> call_;
+  std::unique_ptr<B> batch_;
+  std::size_t pos_ = 0;
+  bool done_ = false;
+
+ private:
+  static std::size_t available(const B& b) {
+    if constexpr (requires { b.results_.size(); })
+      return b.results_.size();
+    else
+      return b.completed_;
+  }
+};
+
+}  // namespace detail
+
 /// What Parallel returns: an input range of R, and implicitly a std::vector<R>.
 /// In list mode every task has finished when you get it; in generator modes
 /// iterating drives the call and throws the call's error when it reaches it.
 /// Destroying an unfinished Results stops the call (no further task starts,
 /// running thread tasks are waited for). Move-only; not thread-safe.
 template <class R>
-class Results {
+class Results : public detail::ResultsCursor<detail::ResultBatch<R>> {
+  using Cursor = detail::ResultsCursor<detail::ResultBatch<R>>;
+  using Cursor::batch_;
+  using Cursor::done_;
+  using Cursor::fill;
+  using Cursor::pos_;
+
  public:
   using value_type = R;
 
@@ -234,19 +315,9 @@ class Results {
     Results* r_ = nullptr;
   };
 
-  explicit Results(std::shared_ptr<detail::Call> call) : call_(std::move(call)) {}
+  explicit Results(std::shared_ptr<detail::Call> call) : Cursor(std::move(call)) {}
   Results(Results&&) noexcept = default;
-  Results& operator=(Results&& o) noexcept {
-    if (this != &o) {
-      close();
-      call_ = std::move(o.call_);
-      batch_ = std::move(o.batch_);
-      pos_ = o.pos_;
-      done_ = o.done_;
-    }
-    return *this;
-  }
-  ~Results() { close(); }
+  Results& operator=(Results&&) noexcept = default;
 
   /// Input iterator over the results; begin() may block (generator modes).
   iterator begin() {
@@ -271,50 +342,11 @@ class Results {
   }
   operator std::vector<R>() { return to_vector(); }  // NOLINT: implicit, as the API promises
 
-  /// Stops the call if it is still running (as destruction does).
-  void close() noexcept {
-    if (call_) call_->close();
-    call_.reset();
-    batch_.reset();
-    done_ = true;
-  }
-
  private:
   R& current() {
     fill();
     return batch_->results_[pos_];
   }
-  void advance() {
-    ++pos_;
-    fill();
-  }
-  bool at_end() {
-    fill();
-    return done_;
-  }
-  // Makes batch_/pos_ point at an available result, or sets done_.
-  void fill() {
-    while (!done_ && (!batch_ || pos_ >= batch_->results_.size())) {
-      batch_.reset();
-      pos_ = 0;
-      if (!call_) {
-        done_ = true;
-        break;
-      }
-      std::unique_ptr<detail::BatchBase> b = call_->next();
-      if (!b) {
-        done_ = true;
-        call_.reset();
-        break;
-      }
-      batch_.reset(static_cast<detail::ResultBatch<R>*>(b.release()));
-    }
-  }
-
-  std::shared_ptr<detail::Call> call_;
-  std::unique_ptr<detail::ResultBatch<R>> batch_;
-  std::size_t pos_ = 0;
-  bool done_ = false;
 };
 
 /// Results of tasks returning void. In list mode the call has finished when
@@ -322,7 +354,7 @@ class Results {
 /// the input index of a finished task (completion order for
 /// generator_unordered). wait() runs the call to its end.
 template <>
-class Results<void> {
+class Results<void> : public detail::ResultsCursor<detail::BatchBase> {
  public:
   using value_type = std::size_t;
 
@@ -354,19 +386,9 @@ class Results<void> {
     Results* r_ = nullptr;
   };
 
-  explicit Results(std::shared_ptr<detail::Call> call) : call_(std::move(call)) {}
+  explicit Results(std::shared_ptr<detail::Call> call) : ResultsCursor(std::move(call)) {}
   Results(Results&&) noexcept = default;
-  Results& operator=(Results&& o) noexcept {
-    if (this != &o) {
-      close();
-      call_ = std::move(o.call_);
-      batch_ = std::move(o.batch_);
-      pos_ = o.pos_;
-      done_ = o.done_;
-    }
-    return *this;
-  }
-  ~Results() { close(); }
+  Results& operator=(Results&&) noexcept = default;
 
   iterator begin() {
     fill();
@@ -378,47 +400,11 @@ class Results<void> {
   void wait() {
     while (!at_end()) advance();
   }
-  /// Stops the call if it is still running (as destruction does).
-  void close() noexcept {
-    if (call_) call_->close();
-    call_.reset();
-    batch_.reset();
-    done_ = true;
-  }
-
  private:
   std::size_t current() {
     fill();
     return batch_->first_index_ + pos_;
   }
-  void advance() {
-    ++pos_;
-    fill();
-  }
-  bool at_end() {
-    fill();
-    return done_;
-  }
-  void fill() {
-    while (!done_ && (!batch_ || pos_ >= batch_->completed_)) {
-      batch_.reset();
-      pos_ = 0;
-      if (!call_) {
-        done_ = true;
-        break;
-      }
-      batch_ = call_->next();
-      if (!batch_) {
-        done_ = true;
-        call_.reset();
-      }
-    }
-  }
-
-  std::shared_ptr<detail::Call> call_;
-  std::unique_ptr<detail::BatchBase> batch_;
-  std::size_t pos_ = 0;
-  bool done_ = false;
 };
 
 /// Readable parallel mapping, as joblib's Parallel:
