@@ -245,15 +245,15 @@ class CacheImpl {
 };
 
 std::string format_arguments(const std::map<std::string, std::string>& summary) {
+  // The keys are argument positions (ignored ones are absent): join the
+  // texts in numeric order ("10" sorts before "2" as a string).
+  std::vector<std::pair<unsigned long long, const std::string*>> args;
+  for (const auto& [position, text] : summary) args.emplace_back(std::strtoull(position.c_str(), nullptr, 10), &text);
+  std::sort(args.begin(), args.end());
   std::string out;
-  for (std::size_t i = 0;; ++i) {
-    auto it = summary.find(std::to_string(i));
-    if (it == summary.end()) {
-      if (i > 64 || summary.size() == 0) break;
-      continue;
-    }
+  for (const auto& [position, text] : args) {
     if (!out.empty()) out += ", ";
-    out += it->second;
+    out += *text;
     if (out.size() > 1500) break;
   }
   return out;
@@ -382,21 +382,6 @@ CacheEntry::CacheEntry(std::shared_ptr<CacheImpl> cache, std::string key) : cach
 }
 
 CacheEntry::~CacheEntry() { unlock(); }
-CacheEntry::CacheEntry(CacheEntry&& o) noexcept
-    : cache_(std::move(o.cache_)), key_(std::move(o.key_)), dir_(std::move(o.dir_)), output_(std::move(o.output_)),
-      lock_fd_(std::exchange(o.lock_fd_, -1)) {}
-CacheEntry& CacheEntry::operator=(CacheEntry&& o) noexcept {
-  if (this != &o) {
-    unlock();
-    cache_ = std::move(o.cache_);
-    key_ = std::move(o.key_);
-    dir_ = std::move(o.dir_);
-    output_ = std::move(o.output_);
-    lock_fd_ = std::exchange(o.lock_fd_, -1);
-  }
-  return *this;
-}
-
 MmapMode CacheEntry::mmap_mode() const noexcept { return cache_->mmap_mode(); }
 const Compress& CacheEntry::compress() const noexcept { return cache_->memory->options.compress; }
 
@@ -532,8 +517,9 @@ void CacheEntry::print_computing() const {
   std::fflush(stderr);
 }
 
+int CacheEntry::verbose() const noexcept { return cache_->verbose(); }
+
 void CacheEntry::print_querying(const std::string& arguments) const {
-  if (cache_->verbose() < 20) return;
   std::printf("[Memory] Querying %s with signature %s(%s)\n", cache_->id.name.c_str(), cache_->id.name.c_str(),
               arguments.c_str());
   std::fflush(stdout);

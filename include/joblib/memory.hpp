@@ -121,8 +121,8 @@ class JOBLIB_EXPORT CacheEntry {
  public:
   CacheEntry(std::shared_ptr<CacheImpl> cache, std::string key);
   ~CacheEntry();
-  CacheEntry(CacheEntry&&) noexcept;
-  CacheEntry& operator=(CacheEntry&&) noexcept;
+  CacheEntry(const CacheEntry&) = delete;  // it may hold the entry's lock
+  CacheEntry& operator=(const CacheEntry&) = delete;
 
   const std::filesystem::path& output() const noexcept { return output_; }
   const std::filesystem::path& dir() const noexcept { return dir_; }
@@ -154,9 +154,13 @@ class JOBLIB_EXPORT CacheEntry {
   /// from verbose 2, "name cache loaded - 0.0s, 0.0min" from verbose 5.
   void print_loading(double load_seconds = 0) const;
   /// Verbose 11 and more: "UserWarning: Computing func ..." on stderr
-  /// before a miss computes; verbose 20: "[Memory] Querying ..." on each call.
+  /// before a miss computes.
   void print_computing() const;
+  /// "[Memory] Querying ..." (the caller prints it from verbose 20, and
+  /// only then builds `arguments`).
   void print_querying(const std::string& arguments) const;
+  /// The cache's verbosity (its own, else the Memory's).
+  int verbose() const noexcept;
   /// The call banner before computing, and the duration line after.
   void print_calling(const std::string& arguments) const;
   void print_done(double seconds) const;
@@ -402,19 +406,24 @@ class MemorizedFunc {
     return detail::call_key(detail::ignored_arguments(cache_), args...);
   }
 
+  // f(args...); a function returning void gives the empty tuple stored for it.
+  template <class R, class... A>
+  R call_function(const A&... args) const {
+    if constexpr (std::is_same_v<R, std::tuple<>>) {
+      std::invoke(f_, args...);
+      return {};
+    } else {
+      return std::invoke(f_, args...);
+    }
+  }
+
+  // f(args...) with what the cache records of it (metadata, verbose lines).
   template <class R, class... A>
   R compute(const detail::CacheEntry* entry, CallMetadata& meta, const A&... args) const {
-    meta.input_args = detail::input_summary(cache_ ? detail::ignored_arguments(cache_) : std::vector<std::size_t>{},
-                                            args...);
+    meta.input_args = detail::input_summary(detail::ignored_arguments(cache_), args...);
     if (entry) entry->print_calling(detail::format_arguments(meta.input_args));
     const auto t0 = std::chrono::steady_clock::now();
-    auto run = [&]() -> R {
-      if constexpr (std::is_same_v<R, std::tuple<>>)
-        return {};
-      else
-        return std::invoke(f_, args...);
-    };
-    R value = run();
+    R value = call_function<R>(args...);
     meta.duration = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     meta.time = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     if (entry) entry->print_done(meta.duration);
@@ -447,10 +456,10 @@ class MemorizedFunc {
   template <class R, class... A>
   R cached_call(const A&... args) const {
     static_assert(encodable<R>, "joblib::Memory: the function's result type must be encodable (see <joblib/codec.hpp>)");
-    CallMetadata meta;
-    if (!cache_enabled(cache_)) return compute<R>(nullptr, meta, args...);
+    if (!cache_enabled(cache_)) return call_function<R>(args...);
     detail::CacheEntry entry(cache_, key(args...));
-    entry.print_querying(detail::format_arguments(detail::input_summary(detail::ignored_arguments(cache_), args...)));
+    if (entry.verbose() >= 20)  // (a hit must not pay for argument texts it does not print)
+      entry.print_querying(detail::format_arguments(detail::input_summary(detail::ignored_arguments(cache_), args...)));
     // A hit is one open of the result (a missing file is a miss): no other
     // look at the disk unless a validation callback asks for the metadata.
     auto t0 = std::chrono::steady_clock::now();
@@ -461,7 +470,7 @@ class MemorizedFunc {
         return std::move(*r);
       }
     }
-    if (!entry.lock()) return compute<R>(nullptr, meta, args...);  // the location cannot be written
+    if (!entry.lock()) return call_function<R>(args...);  // the location cannot be written
     if (entry.valid()) {  // computed by another caller while this one waited
       t0 = std::chrono::steady_clock::now();
       if (auto r = try_load<R>(entry)) {
@@ -470,6 +479,7 @@ class MemorizedFunc {
       }
     }
     entry.print_computing();
+    CallMetadata meta;
     R value = compute<R>(&entry, meta, args...);
     store(entry, value, meta);
     entry.unlock();

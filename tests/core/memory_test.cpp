@@ -99,6 +99,25 @@ TEST(MemoryTest, ASecondCallWithTheSameArgumentsIsReadFromDisk) {
   fs::remove_all(dir);
 }
 
+void count_only(int) { ++g_calls; }
+
+TEST(MemoryTest, AFunctionReturningVoidRunsOnceAndThenNotAgain) {
+  const fs::path dir = fresh("void");
+  joblib::Memory memory(dir, {.verbose = 0});
+  auto cached = memory.cache(count_only);
+  g_calls = 0;
+  cached(1);
+  cached(1);
+  EXPECT_EQ(g_calls, 1);
+  cached(2);
+  EXPECT_EQ(g_calls, 2);
+  auto through = joblib::Memory{}.cache(count_only);
+  through(1);
+  through(1);
+  EXPECT_EQ(g_calls, 4);
+  fs::remove_all(dir);
+}
+
 TEST(MemoryTest, NoLocationCallsThrough) {
   joblib::Memory memory;
   auto cached = memory.cache(square);
@@ -483,6 +502,11 @@ TEST(MemoryTest, HigherVerbosityAddsJoblibsOtherLines) {
   EXPECT_THAT(out, HasSubstr("[Memory] Querying sq with signature sq(3.000000, 1)\n"));
   EXPECT_THAT(out, HasSubstr("sq cache loaded - 0.0s, 0.0min\n"));
   EXPECT_THAT(out, HasSubstr(": Loading sq from " + (dir / "joblib").string()));
+  // Arguments are listed in their order, whatever their number.
+  auto many = memory.cache("many", +[](int a, int, int, int, int, int, int, int, int, int, int b) { return a + b; });
+  ::testing::internal::CaptureStdout();
+  many(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+  EXPECT_THAT(::testing::internal::GetCapturedStdout(), HasSubstr("many(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)\n"));
   fs::remove_all(dir);
 }
 
