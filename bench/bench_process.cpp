@@ -4,7 +4,7 @@
 //
 //   cmake -S . -B build/bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DJOBLIB_BUILD_BENCH=ON -DJOBLIB_BUILD_TESTS=OFF
 //   cmake --build build/bench -j2 && ./build/bench/bin/bench_process
-#include "process_pool.hpp"
+#include <joblib/worker_sdk.hpp>
 
 #include <joblib/joblib.hpp>
 
@@ -25,9 +25,7 @@ double trivial(int i) { return std::sqrt(double(i)); }
 // ---- pool start -----------------------------------------------------------------
 void BM_Loky_PoolStart2Workers(benchmark::State& state) {
   for (auto _ : state) {
-    joblib::detail::PoolConfig cfg;
-    cfg.n_workers = 2;
-    auto pool = std::make_unique<joblib::detail::ProcessPool>(cfg);
+    auto pool = std::make_unique<joblib::worker_sdk::WorkerPool>(joblib::worker_sdk::WorkerOptions{}, 2);
     pool->start_all();  // both spawned and answering
     state.PauseTiming();
     pool.reset();

@@ -1,5 +1,6 @@
 // The worker runtime (docs/architecture.md, decisions 5 to 7) and the wire format it
-// shares with core/process/process_pool.cpp.
+// shares with core/process/worker_pool.cpp; the worker SDK's request and
+// reply functions (joblib/worker_sdk.hpp).
 #include "worker.hpp"
 
 #include "config.hpp"
@@ -280,12 +281,6 @@ RemoteFailure decode_failure(std::span<const std::byte> envelope, std::size_t fi
   return out;
 }
 
-[[noreturn]] void rethrow_remote(std::span<const std::byte> envelope, std::size_t first_index,
-                                 const std::string& function) {
-  std::rethrow_exception(
-      decode_failure(envelope, first_index, [&function](std::size_t) { return function; }).error);
-}
-
 void register_exception_factory(const std::type_info& type,
                                 std::function<std::exception_ptr(const std::string&)> make) {
   std::lock_guard lock(g_rethrow_mutex);
@@ -389,32 +384,35 @@ class RequestSource final : public BufferSource {
   std::vector<BufferDesc>& descs_;
 };
 
-void reply_error(int fd, std::size_t index, std::exception_ptr e, std::string trace) {
+using ReplyFn = std::function<void(std::span<const std::byte>, std::span<const std::byte>)>;
+
+void reply_error(const ReplyFn& reply, std::size_t index, std::exception_ptr e, std::string trace) {
   std::vector<std::byte> env = envelope_of(index, e, std::move(trace));
   const std::byte status{static_cast<std::uint8_t>(ReplyStatus::error)};
-  write_frame(fd, FrameKind::reply, std::span<const std::byte>(&status, 1), env);
+  reply(std::span<const std::byte>(&status, 1), env);
 }
 
-void handle_request(int fd, const WireFrame& frame, MemoryOutput& out) {
-  std::unordered_map<std::string, WorkerEntry>* cache = nullptr;
-  static std::unordered_map<std::string, WorkerEntry> entries;
-  cache = &entries;
+std::unordered_map<std::string, WorkerEntry>& entry_cache() {
+  static auto* entries = new std::unordered_map<std::string, WorkerEntry>();
+  return *entries;
+}
+
+void handle_request(std::span<const std::byte> all, MemoryOutput& out, const ReplyFn& reply) {
   try {
-    const auto& p = frame.payload;
     std::uint64_t hn = 0;
-    if (p.size() < sizeof hn) throw SerializationError("a request frame is too short");
-    std::memcpy(&hn, p.data(), sizeof hn);
-    if (hn > p.size() - sizeof hn) throw SerializationError("a request header is longer than its frame");
-    std::span<const std::byte> all(p.data(), p.size());
+    if (all.size() < sizeof hn) throw SerializationError("a request frame is too short");
+    std::memcpy(&hn, all.data(), sizeof hn);
+    if (hn > all.size() - sizeof hn) throw SerializationError("a request header is longer than its frame");
     RequestHeader header = decode<RequestHeader>(all.subspan(sizeof hn, static_cast<std::size_t>(hn)));
     std::span<const std::byte> structure = all.subspan(sizeof hn + static_cast<std::size_t>(hn));
     const std::string key = header.entry.module + "#" + std::to_string(header.entry.offset);
+    auto& cache = entry_cache();
     WorkerEntry entry = nullptr;
-    if (auto it = cache->find(key); it != cache->end()) {
+    if (auto it = cache.find(key); it != cache.end()) {
       entry = it->second;
     } else {
       entry = reinterpret_cast<WorkerEntry>(resolve_code(header.entry));
-      cache->emplace(key, entry);
+      cache.emplace(key, entry);
     }
     RequestSource source(header.buffers);
     (void)take_throw_trace();  // forget throws of earlier requests
@@ -427,13 +425,13 @@ void handle_request(int fd, const WireFrame& frame, MemoryOutput& out) {
     }
     if (call.failed()) {
       std::string trace = take_throw_trace();
-      reply_error(fd, call.failed_index(), call.error(), std::move(trace));
+      reply_error(reply, call.failed_index(), call.error(), std::move(trace));
     } else {
       const std::byte status{static_cast<std::uint8_t>(ReplyStatus::ok)};
-      write_frame(fd, FrameKind::reply, std::span<const std::byte>(&status, 1), out.bytes());
+      reply(std::span<const std::byte>(&status, 1), out.bytes());
     }
   } catch (...) {
-    reply_error(fd, 0, std::current_exception(), take_throw_trace());
+    reply_error(reply, 0, std::current_exception(), take_throw_trace());
   }
   std::fflush(stdout);
   std::fflush(stderr);
@@ -441,7 +439,12 @@ void handle_request(int fd, const WireFrame& frame, MemoryOutput& out) {
 
 }  // namespace
 
-void run_worker(int fd, double idle_timeout_seconds) {
+}  // namespace joblib::detail
+
+namespace joblib::worker_sdk {
+using namespace joblib::detail;
+
+void serve_channel(int fd, double idle_timeout_seconds) {
   capture_throw_traces(true);
   ::signal(SIGINT, SIG_IGN);  // Ctrl-C is the parent's to handle: it stops us
   MemoryOutput out;
@@ -467,10 +470,68 @@ void run_worker(int fd, double idle_timeout_seconds) {
       std::fflush(nullptr);
       ::_exit(0);
     }
-    if (frame->kind == FrameKind::run || frame->kind == FrameKind::init) handle_request(fd, *frame, out);
+    if (frame->kind == FrameKind::run || frame->kind == FrameKind::init)
+      handle_request(frame->payload, out, [fd](std::span<const std::byte> head, std::span<const std::byte> body) {
+        write_frame(fd, FrameKind::reply, head, body);
+      });
     if (frame->kind == FrameKind::ping) write_frame(fd, FrameKind::reply, {});
     served = true;
   }
+}
+
+void serve_request(
+    std::span<const std::byte> request,
+    const std::function<void(std::span<const std::byte>, std::span<const std::byte>)>& reply) noexcept {
+  capture_throw_traces(true);
+  static thread_local MemoryOutput out;
+  handle_request(request, out, reply);
+}
+
+bool write_frame(int fd, FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b) noexcept {
+  return detail::write_frame(WatchedChannel{fd, 0, -1}, kind, a, b);
+}
+
+std::optional<Frame> read_frame(int fd) noexcept {
+  return detail::read_frame(WatchedChannel{fd, 0, -1}).frame;
+}
+
+std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap) {
+  CodeRef entry;
+  MemoryOutput structure;
+  RequestSink sink(memmap ? memmap->context() : nullptr);
+  if (std::exception_ptr e = batch.encode(entry, structure, &sink)) std::rethrow_exception(e);
+  return make_request(entry, std::move(sink.buffers()), structure.bytes());
+}
+
+void complete_batch(Batch& batch, std::span<const std::byte> payload) noexcept {
+  // The reply: [status][results] or [status][error envelope]. The batch
+  // gets decoded results or the failed task's exception, never bytes of
+  // the wire format.
+  if (payload.empty()) {
+    batch.fail(std::make_exception_ptr(SerializationError("a worker sent an empty reply")));
+  } else if (payload[0] == std::byte{static_cast<std::uint8_t>(ReplyStatus::ok)}) {
+    batch.complete(payload.subspan(1), nullptr);
+  } else {
+    RemoteFailure failure;
+    try {
+      failure = decode_failure(payload.subspan(1), batch.first_task_index(),
+                               [&batch](std::size_t i) { return batch.task_function_name(i); });
+    } catch (...) {
+      batch.fail(std::current_exception());
+      return;
+    }
+    batch.fail_task(failure.index, failure.error);
+  }
+}
+
+bool main_guard_ran() noexcept { return g_guard_ran.load(); }
+
+}  // namespace joblib::worker_sdk
+
+namespace joblib::detail {
+
+std::exception_ptr initializer_failure(std::span<const std::byte> envelope) {
+  return decode_failure(envelope, 0, [](std::size_t) { return std::string("initializer"); }).error;
 }
 
 int move_channel_out_of_reach(int fd) noexcept {
@@ -492,9 +553,11 @@ int move_channel_out_of_reach(int fd) noexcept {
   return moved;
 }
 
-bool main_guard_ran() noexcept { return g_guard_ran.load(); }
 const std::vector<std::string>& saved_argv() { return argv_store(); }
 
+}  // namespace joblib::detail
+
+namespace joblib::worker_sdk {
 std::string describe_exit(int status) {
   if (WIFSIGNALED(status)) {
     const int sig = WTERMSIG(status);
@@ -504,8 +567,7 @@ std::string describe_exit(int status) {
   if (WIFEXITED(status)) return fmt::format("EXIT({})", WEXITSTATUS(status));
   return "UNKNOWN";
 }
-
-}  // namespace joblib::detail
+}  // namespace joblib::worker_sdk
 
 #include <cxxabi.h>
 
@@ -609,7 +671,7 @@ void worker_main_guard(int argc, char** argv) {
     std::fprintf(stderr, "joblib: ignoring JOBLIB_WORKER_FD: %s; running the program normally\n", problem.c_str());
     return;
   }
-  run_worker(move_channel_out_of_reach(fd), idle_s);
+  worker_sdk::serve_channel(move_channel_out_of_reach(fd), idle_s);
 }
 
 }  // namespace joblib

@@ -1,6 +1,6 @@
 #pragma once
 // The worker side of the process backends, and the wire format shared with
-// the parent (core/process/process_pool.cpp): frames over a Unix socket, requests
+// the parent (core/process/worker_pool.cpp): frames over a Unix socket, requests
 // (entry point + encoded tasks + a table of out-of-band buffers), replies
 // (results, or an error envelope), memory-mapped buffers in a per-call
 // private folder.
@@ -10,10 +10,12 @@
 #include <joblib/detail/portable.hpp>
 #include <joblib/export.hpp>
 #include <joblib/options.hpp>
+#include <joblib/worker_sdk.hpp>
 
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -27,12 +29,8 @@
 
 namespace joblib::detail {
 
-enum class FrameKind : std::uint32_t { run = 1, reply = 2, init = 3, exit = 4, idle_exit = 5, ping = 6 };
-
-struct WireFrame {
-  FrameKind kind{};
-  std::vector<std::byte> payload;
-};
+using worker_sdk::FrameKind;
+using WireFrame = worker_sdk::Frame;
 
 /// Writes one frame (header + the parts). False when the peer is gone.
 bool write_frame(int fd, FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b = {});
@@ -102,16 +100,22 @@ JOBLIB_EXPORT int move_channel_out_of_reach(int fd) noexcept;
 /// puts it in JOBLIB_WORKER_TOKEN and writes it first on the channel.
 JOBLIB_EXPORT std::string make_worker_token();
 
-/// Runs the worker loop on socket `fd` and ends the process.
-[[noreturn]] JOBLIB_EXPORT void run_worker(int fd, double idle_timeout_seconds);
 
-/// True once worker_main_guard() ran in this process (the main wrapper
-/// calls it): the loky backend refuses to spawn workers otherwise.
-JOBLIB_EXPORT bool main_guard_ran() noexcept;
 /// The argv recorded by worker_main_guard().
-JOBLIB_EXPORT const std::vector<std::string>& saved_argv();
+const std::vector<std::string>& saved_argv();
 
-/// "SIGKILL(-9)" / "EXIT(3)" from a wait status, as joblib names them.
-JOBLIB_EXPORT std::string describe_exit(int wait_status);
+/// The exception a worker's error envelope describes (decode_failure) for
+/// an initializer, with "initializer" as its function.
+std::exception_ptr initializer_failure(std::span<const std::byte> envelope);
+
+/// In a forked worker, before it serves: the core's own process-wide
+/// locks re-made, then the hooks registered with at_fork_child() run.
+void reset_in_fork_child() noexcept;
+
+/// Every live WorkerPool is registered: Ctrl-C kills its workers (and reaps
+/// them when the program ends next), the program's exit kills them, and
+/// pool_worker_pids() lists them. Registering installs the SIGINT watcher.
+void register_pool(worker_sdk::WorkerPool* pool);
+void unregister_pool(worker_sdk::WorkerPool* pool) noexcept;
 
 }  // namespace joblib::detail

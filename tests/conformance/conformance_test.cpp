@@ -2,7 +2,7 @@
 // built. Tasks here are plain functions and captureless lambdas, so the same
 // suite runs on the process backends. A new backend joins by adding its name
 // to kBackends below.
-#include "process_pool.hpp"
+#include <joblib/worker_sdk.hpp>
 #include "test_backends.hpp"
 #include "test_sync.hpp"
 
@@ -204,7 +204,7 @@ TEST_P(Conformance, DroppedGeneratorEndsCleanly) {
     if (entry.second != ::getpid()) workers.insert(entry.second);
   for (pid_t worker : workers) {
     const auto gone_or_kept = [worker] {
-      const auto pool = joblib::detail::loky_worker_pids();
+      const auto pool = joblib::worker_sdk::pool_worker_pids();
       return joblib_test::process_gone(worker) || std::find(pool.begin(), pool.end(), worker) != pool.end();
     };
     EXPECT_TRUE(joblib_test::wait_until(gone_or_kept)) << "worker " << worker << " of the dropped call is left running";

@@ -4,7 +4,7 @@
 //   sigint <temp_root>          Ctrl-C must end it as SIGINT would
 //   sigint_handled <temp_root>  it has its own SIGINT handler: the call fails, it exits 0
 //   orphan <temp_root>          the test kills it with SIGKILL: its workers must end too
-#include "process_pool.hpp"
+#include <joblib/worker_sdk.hpp>
 
 #include <joblib/joblib.hpp>
 
@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   if (mode == "sigint_handled") ::signal(SIGINT, on_sigint);
   std::thread reporter([&] {
     for (int i = 0; i < 500; ++i) {
-      auto pids = joblib::detail::loky_worker_pids();
+      auto pids = joblib::worker_sdk::pool_worker_pids();
       bool folder = false;
       for (auto& e : std::filesystem::directory_iterator(root))
         folder = folder || e.path().filename().string().rfind("joblib_memmapping_folder_", 0) == 0;

@@ -3,7 +3,7 @@
 // thread caps, fault injection, and nothing left behind. Tasks are plain
 // functions: they run in other processes.
 #include "doc_quotes.hpp"
-#include "process_pool.hpp"
+#include <joblib/worker_sdk.hpp>
 #include "test_sync.hpp"
 
 #include <joblib/joblib.hpp>
@@ -759,9 +759,9 @@ TEST(LokyTest, PoolIsResizedOnDemand) {
     return std::set<int>(pids.begin(), pids.end());
   };
   EXPECT_EQ(meeting_of(2).size(), 2u);
-  auto before = joblib::detail::loky_worker_pids();
+  auto before = joblib::worker_sdk::pool_worker_pids();
   EXPECT_EQ(meeting_of(3).size(), 3u) << "three workers did not run at once";
-  auto after = joblib::detail::loky_worker_pids();
+  auto after = joblib::worker_sdk::pool_worker_pids();
   EXPECT_EQ(after.size(), 3u);
   for (pid_t p : before) EXPECT_NE(std::find(after.begin(), after.end(), p), after.end()) << "workers are kept";
   fs::remove_all(dir);
@@ -788,19 +788,19 @@ TEST(LokyTest, ShrinkingThePoolLeavesNoZombie) {
   for (int n : {2, 3, 2, 3, 2}) {
     std::vector<int> r = Parallel({.n_jobs = n, .backend = "loky"}).map(pid_of, std::views::iota(0, 6));
     EXPECT_EQ(r.size(), 6u);
-    for (pid_t p : joblib::detail::loky_worker_pids()) seen.insert(p);
+    for (pid_t p : joblib::worker_sdk::pool_worker_pids()) seen.insert(p);
   }
   // A retired worker leaves on its own (exit frame, then SIGKILL) and is
   // reaped: wait for that (within a hang guard), then nothing else is left.
   auto retired_are_reaped = [&] {
-    const auto pool = joblib::detail::loky_worker_pids();
+    const auto pool = joblib::worker_sdk::pool_worker_pids();
     return std::none_of(seen.begin(), seen.end(), [&](pid_t p) {
       return std::find(pool.begin(), pool.end(), p) == pool.end() && is_our_child(p);
     });
   };
   EXPECT_TRUE(wait_until([&] {
-    return retired_are_reaped() && zombie_children().empty() && joblib::detail::loky_worker_pids().size() == 2u;
+    return retired_are_reaped() && zombie_children().empty() && joblib::worker_sdk::pool_worker_pids().size() == 2u;
   }));
   EXPECT_TRUE(zombie_children().empty());
-  EXPECT_EQ(joblib::detail::loky_worker_pids().size(), 2u);
+  EXPECT_EQ(joblib::worker_sdk::pool_worker_pids().size(), 2u);
 }

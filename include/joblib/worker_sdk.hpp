@@ -1,0 +1,330 @@
+#pragma once
+// The worker SDK: what an out-of-process backend is built from. The loky and
+// multiprocessing plugins are written with it, and so can a backend of yours
+// (workers reached over SSH, a job queue, a cluster's launcher): see
+// docs/plugins.md, "A process backend of your own".
+//
+// The pieces, parent side:
+//   - frames over a byte channel (write_frame, read_frame);
+//   - a batch encoded into a run request (encode_request), its large
+//     buffers written once to the call's memmap folder (CallMemmap);
+//   - a reply turned back into decoded results or the failed task's
+//     exception, handed to the batch (complete_batch);
+//   - worker processes: this program started again (spawn) or forked,
+//     with the handshake, the initializer and death watching
+//     (WorkerProcess);
+//   - a pool of them, one driver thread per worker, with per-call abort
+//     and resizing (WorkerPool), and a backend base over a pool
+//     (PoolBackend) whose subclass only chooses the pool;
+//   - Ctrl-C: the workers of every pool are killed before the program's
+//     own SIGINT handling (interrupted()).
+// Worker side:
+//   - serve_request() runs one request and hands back the reply, for
+//     channels that are not a socket; serve_channel() is the whole loop;
+//   - worker_main_guard() (joblib/worker.hpp) takes over a spawned worker
+//     before main runs user code (the main wrap of joblib::joblib).
+//
+// Every function here is thread-safe unless it says otherwise.
+#include <joblib/backend.hpp>
+#include <joblib/export.hpp>
+#include <joblib/options.hpp>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace joblib::detail {
+class MemmapContext;
+}
+
+namespace joblib::worker_sdk {
+
+// ---- frames ------------------------------------------------------------------
+
+/// What a frame carries. `run` and `init` carry a request (encode_request,
+/// CallSettings::initializer), `reply` a reply payload, `exit` asks the
+/// worker to leave, `idle_exit` is a worker saying it leaves (idle), `ping`
+/// is answered by an empty reply.
+enum class FrameKind : std::uint32_t { run = 1, reply = 2, init = 3, exit = 4, idle_exit = 5, ping = 6 };
+
+/// One frame: a 16-byte header (magic, kind, size) and the payload.
+struct Frame {
+  FrameKind kind{};
+  std::vector<std::byte> payload;
+};
+
+/// Writes one frame whose payload is `a` followed by `b` to descriptor `fd`
+/// (blocking). Returns false when the peer is gone. Throws nothing.
+JOBLIB_EXPORT bool write_frame(int fd, FrameKind kind, std::span<const std::byte> a,
+                               std::span<const std::byte> b = {}) noexcept;
+/// Reads one frame from `fd` (blocking). nullopt at end of file, on a read
+/// error, or when the bytes are not a frame. Throws nothing.
+JOBLIB_EXPORT std::optional<Frame> read_frame(int fd) noexcept;
+
+// ---- the memmapping of a call ------------------------------------------------
+
+/// The memmap folder of one call (joblib's MemmappingPool folder): buffers
+/// over `max_nbytes` are written there once per content and workers map
+/// them with `mmap_mode`. Created on first use under temp_folder (else
+/// JOBLIB_TEMP_FOLDER, /dev/shm, the system temp folder), removed by
+/// cleanup() or the destructor, and swept by later programs if this one
+/// dies first.
+class JOBLIB_EXPORT CallMemmap {
+ public:
+  /// The folder policy of `settings` (temp_folder, max_nbytes, mmap_mode).
+  /// Throws nothing; the folder is created when a buffer first needs it.
+  explicit CallMemmap(const CallSettings& settings);
+  ~CallMemmap();
+  CallMemmap(const CallMemmap&) = delete;
+  CallMemmap& operator=(const CallMemmap&) = delete;
+  /// Removes the folder and its files. Idempotent.
+  void cleanup() noexcept;
+  /// The internal context (for the SDK's own functions).
+  detail::MemmapContext* context() const noexcept { return impl_.get(); }
+
+ private:
+  std::unique_ptr<detail::MemmapContext> impl_;
+};
+
+// ---- requests and replies ----------------------------------------------------
+
+/// Encodes `batch` into the payload of a `run` frame: the portable reference
+/// of its entry point, its tasks, and its large buffers (in the memmap
+/// folder when `memmap` is given and they are over its max_nbytes, else
+/// inline). Throws what encoding throws (SerializationError for a task that
+/// cannot travel, StoreError when the memmap folder cannot be written); the
+/// batch is left to be failed by the caller.
+JOBLIB_EXPORT std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap);
+
+/// Completes `batch` from the payload of a worker's `reply` frame: with the
+/// decoded results, or with the failed task's exception (the same standard,
+/// joblib or registered type as thrown in the worker, its message carrying
+/// the worker's stack trace). A garbled payload fails the batch with
+/// SerializationError. Throws nothing; the batch is done afterwards.
+JOBLIB_EXPORT void complete_batch(Batch& batch, std::span<const std::byte> reply) noexcept;
+
+/// Worker side: runs one request (the payload of a `run` or `init` frame)
+/// in this process and calls `reply(head, body)` once with the reply
+/// payload, head then body (sent together as one frame's payload). Tasks
+/// see a nested threading backend. Throws nothing (a failure is a reply).
+JOBLIB_EXPORT void serve_request(
+    std::span<const std::byte> request,
+    const std::function<void(std::span<const std::byte> head, std::span<const std::byte> body)>& reply) noexcept;
+
+/// Worker side: serves frames on descriptor `fd` until an `exit` frame or
+/// end of file, then ends the process; after `idle_timeout_seconds` (> 0)
+/// without a request it sends `idle_exit` and ends. Ignores SIGINT (the
+/// parent handles Ctrl-C). Never returns.
+[[noreturn]] JOBLIB_EXPORT void serve_channel(int fd, double idle_timeout_seconds);
+
+// ---- worker processes ----------------------------------------------------------
+
+/// How a worker process starts.
+enum class StartMethod {
+  spawn,  // this program run again (posix_spawn of /proc/self/exe with the saved argv); needs the main guard
+  fork,   // a fork of the caller: only the calling thread exists in the child
+};
+
+/// A new worker's settings.
+struct WorkerOptions {
+  StartMethod start = StartMethod::spawn;
+  std::map<std::string, std::string> env{};   // spawn: variables added to (or replacing) the caller's
+  double idle_timeout = 0;                    // spawn: seconds idle before the worker leaves (0: never)
+  std::vector<std::byte> initializer{};       // an `init` request run first (CallSettings::initializer)
+};
+
+/// What WorkerProcess::receive() got.
+struct Received {
+  std::optional<Frame> frame;  // nullopt: the worker is gone, or the stream broke
+  bool garbled = false;        // bytes came that are not a frame (a task wrote to the channel?)
+};
+
+/// One worker process seen from its parent: its pid, the parent's end of
+/// its socket, and a pidfd that tells when it exits (so that reads and
+/// writes end when the worker dies, even if a process it started keeps the
+/// socket open). Move-only; the destructor kills and reaps a worker still
+/// running. Not thread-safe, except kill() and pid().
+class JOBLIB_EXPORT WorkerProcess {
+ public:
+  WorkerProcess() = default;
+  /// Adopts a child of this process that serves frames on `fd` (the
+  /// parent's end of its channel), for backends that start workers their
+  /// own way (over ssh, say). Takes ownership of `fd`.
+  WorkerProcess(pid_t pid, int fd) noexcept;
+  WorkerProcess(WorkerProcess&& o) noexcept;
+  WorkerProcess& operator=(WorkerProcess&& o) noexcept;
+  ~WorkerProcess();
+
+  /// Starts a worker: spawns this program again (handshake included) or
+  /// forks, then runs the initializer if any. Throws BackendError naming
+  /// the cause (no main guard, spawn or fork failure, a worker dead at
+  /// start, the initializer's own error).
+  static WorkerProcess start(const WorkerOptions& options);
+  /// start() in two steps, for a pool that must know the process before
+  /// its handshake and initializer run (so that it can kill it meanwhile):
+  /// launch() makes the process (throws BackendError), handshake() sends the
+  /// spawn token and runs the initializer (throws BackendError; the worker
+  /// is then reaped and closed).
+  static WorkerProcess launch(const WorkerOptions& options);
+  void handshake(const WorkerOptions& options);
+
+  pid_t pid() const noexcept { return pid_; }
+  /// True while it holds a process (started, not yet closed).
+  bool running() const noexcept { return pid_ > 0; }
+  /// True once the process has exited (not reaped).
+  bool exited() const noexcept;
+  /// Sends one frame; false once the worker has exited.
+  bool send(FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b = {}) noexcept;
+  /// Reads one frame; gives up when the worker exits.
+  Received receive() noexcept;
+  /// SIGKILL to the worker (no wait).
+  void kill() noexcept;
+  /// Waits up to `grace` for the worker to exit, kills it if it has not,
+  /// and reaps it. Returns the wait status; `*was_alive` says whether it had
+  /// to be killed. The descriptors stay open until close().
+  int wait(std::chrono::milliseconds grace = std::chrono::milliseconds(0), bool* was_alive = nullptr) noexcept;
+  /// Closes the descriptors and forgets the process (reap it first).
+  void close() noexcept;
+  /// Asks the worker to leave (an `exit` frame), kills it after a second,
+  /// reaps it and closes.
+  void stop() noexcept;
+
+ private:
+  pid_t pid_ = 0;
+  int fd_ = -1;
+  int pidfd_ = -1;
+  std::string token_;  // the spawn handshake still to send
+};
+
+/// "SIGKILL(-9)", "EXIT(3)" from a wait status, as joblib names them.
+JOBLIB_EXPORT std::string describe_exit(int wait_status);
+
+/// The TerminatedWorkerError of a worker that died (wait status `status`)
+/// while running a batch of `batch_size` tasks, with joblib's message.
+JOBLIB_EXPORT std::exception_ptr worker_terminated(int wait_status, pid_t pid, std::size_t batch_size);
+
+/// True once worker_main_guard() ran in this process (needed by spawn).
+JOBLIB_EXPORT bool main_guard_ran() noexcept;
+
+// ---- Ctrl-C and forks ------------------------------------------------------------
+
+/// While a WorkerPool exists, SIGINT is caught: every pool's workers are
+/// killed, the memmap folders removed, and the program ends as SIGINT would
+/// (or its own handler runs and running calls fail with "Parallel call
+/// interrupted (SIGINT)"). True since the last clear_interrupted().
+JOBLIB_EXPORT bool interrupted() noexcept;
+/// Forgets an earlier Ctrl-C (a new call starts).
+JOBLIB_EXPORT void clear_interrupted() noexcept;
+
+/// Process ids of the live workers of every WorkerPool of this process
+/// (every plugin's), for diagnostics and tests.
+JOBLIB_EXPORT std::vector<pid_t> pool_worker_pids();
+
+/// Registers `reset`, run in a child made by a `fork` start, before it
+/// serves: re-make the locks of your own process-wide state (other threads
+/// of the parent may have held them) and forget pools that belong to the
+/// parent. Call it once, from a plugin's static initialiser, say.
+JOBLIB_EXPORT void at_fork_child(void (*reset)() noexcept);
+
+// ---- a pool of workers -----------------------------------------------------------
+
+/// Workers with one driver thread each: a driver takes a queued batch,
+/// encodes it, starts a worker if its own has died or left idle, sends the
+/// request and completes the batch from the reply, or fails it with
+/// TerminatedWorkerError when the worker dies. Workers start lazily and are
+/// stopped (exit frame, SIGKILL after 1 s, reaped) by the destructor.
+class JOBLIB_EXPORT WorkerPool {
+ public:
+  /// One queued batch: the call it belongs to (any address that tells calls
+  /// apart) and the call's memmap folder (may be null).
+  struct Job {
+    Batch* batch = nullptr;
+    const void* call = nullptr;
+    CallMemmap* memmap = nullptr;
+  };
+
+  /// A pool of `n_workers` (>= 1) workers started with `options`.
+  WorkerPool(WorkerOptions options, int n_workers);
+  ~WorkerPool();
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  /// Queues a batch; it runs on the next free worker.
+  void submit(Job job);
+  /// Fails the queued batches of `call` and kills the workers running its
+  /// batches (fresh ones start for later jobs); later batches of `call`
+  /// fail at once until forget(call).
+  void abort(const void* call) noexcept;
+  /// Forgets an aborted call (it is over).
+  void forget(const void* call) noexcept;
+  /// Grows or shrinks to `n` workers (a shrinking worker finishes its batch).
+  void resize(int n);
+  int size() const;
+  const WorkerOptions& options() const noexcept { return options_; }
+  /// Starts every worker now and waits until each answers a ping. Throws
+  /// BackendError if one cannot start.
+  void start_all();
+  /// Process ids of the live workers.
+  std::vector<pid_t> worker_pids() const;
+  /// Kills every worker now; with `reap`, also waits for them (Ctrl-C).
+  void kill_all(bool reap = false) noexcept;
+
+ private:
+  struct Slot;
+  void drive(Slot* slot);
+  void run_job(Slot* slot, const Job& job);
+  bool ensure_worker(Slot* slot, std::string& why);
+  int reap(Slot* slot, bool* was_alive = nullptr, std::chrono::milliseconds grace = std::chrono::milliseconds(0));
+  void add_slots_locked(int n);
+
+  WorkerOptions options_;
+  int n_workers_ = 1;
+  mutable std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  std::set<const void*> aborted_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  bool stopping_ = false;
+};
+
+/// A process backend over a WorkerPool: submit, abort and stop_call are
+/// done; a subclass gives its name and pool policy in make_pool() (a pool
+/// per call, or one kept across calls). Capabilities: no shared memory,
+/// timeouts and generators supported, tasks encoded.
+class JOBLIB_EXPORT PoolBackend : public ParallelBackendBase {
+ public:
+  using ParallelBackendBase::ParallelBackendBase;
+  ~PoolBackend() override;
+  BackendCapabilities capabilities() const noexcept override;
+  /// Clears an earlier Ctrl-C, makes the call's memmap folder and asks
+  /// make_pool() for the pool. Returns what make_pool() throws.
+  std::exception_ptr start_call(const CallSettings& settings) noexcept override;
+  void submit(Batch& batch) noexcept override;
+  void stop_call() noexcept override;
+  void abort() noexcept override;
+
+ protected:
+  /// The pool this call runs on (called by start_call; may throw).
+  virtual std::shared_ptr<WorkerPool> make_pool(const CallSettings& settings) = 0;
+
+ private:
+  std::shared_ptr<WorkerPool> pool_;
+  std::unique_ptr<CallMemmap> memmap_;
+};
+
+}  // namespace joblib::worker_sdk
