@@ -2,6 +2,7 @@
 // auto size), keeps at most pre_dispatch batches in flight (plus results not
 // yet taken, in generator modes), orders results, reports progress, enforces
 // timeouts and stops on the first error.
+#include "batching.hpp"
 #include "config.hpp"
 #include "expr.hpp"
 #include "progress.hpp"
@@ -27,9 +28,6 @@
 namespace joblib::detail {
 namespace {
 
-// joblib's auto-batching constants.
-constexpr double kMinIdealBatchDuration = 0.2;
-constexpr double kMaxIdealBatchDuration = 2.0;
 constexpr std::size_t kNoError = std::numeric_limits<std::size_t>::max();
 
 std::int64_t now_ns() {
@@ -61,51 +59,13 @@ std::int64_t timeout_ns(double seconds) {
 
 }  // namespace
 
-// Finished batches not yet taken, indexed by batch number: constant time for
-// the in-order case (list mode and ordered generators), where a std::map of
-// 100,000 small batches cost more than the batches themselves.
-class DoneStore {
- public:
-  void put(std::unique_ptr<BatchBase> b) {
-    const std::size_t i = b->seq_ - base_;
-    if (i >= slots_.size()) slots_.resize(i + 1);
-    slots_[i].batch = std::move(b);
-    ++count_;
-  }
-  /// Batch `seq` if it is done and not taken yet, else null.
-  std::unique_ptr<BatchBase> take(std::size_t seq) {
-    if (seq < base_ || seq - base_ >= slots_.size()) return nullptr;
-    Slot& s = slots_[seq - base_];
-    if (!s.batch) return nullptr;
-    std::unique_ptr<BatchBase> b = std::move(s.batch);
-    s.taken = true;
-    --count_;
-    while (!slots_.empty() && slots_.front().taken) {
-      slots_.pop_front();
-      ++base_;
-    }
-    return b;
-  }
-  bool empty() const noexcept { return count_ == 0; }
-  void clear() noexcept {
-    for (Slot& s : slots_) s.batch.reset();
-    count_ = 0;
-  }
-
- private:
-  struct Slot {
-    std::unique_ptr<BatchBase> batch;
-    bool taken = false;
-  };
-  std::deque<Slot> slots_;
-  std::size_t base_ = 0;
-  std::size_t count_ = 0;
-};
+using DoneStore = SequenceStore<BatchBase>;
 
 class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl> {
  public:
   CallImpl(Resolved cfg, std::unique_ptr<Source> source, std::string repr)
-      : cfg_(std::move(cfg)), source_(std::move(source)), printer_(cfg_.verbose, std::move(repr), cfg_.progress_bar) {
+      : cfg_(std::move(cfg)), source_(std::move(source)), printer_(cfg_.verbose, std::move(repr), cfg_.progress_bar),
+        auto_batch_(cfg_.timeout) {
     n_tasks_ = source_->remaining();
     sequential_ = !cfg_.backend;
     generator_ = cfg_.return_as != ReturnAs::list;
@@ -180,8 +140,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   std::int64_t last_completion_ns_ = 0;  // when a batch of this call last completed
   std::size_t dispatched_tasks_ = 0, dispatched_batches_ = 0, completed_tasks_ = 0;
   std::size_t running_tasks_ = 0, done_tasks_ = 0, held_tasks_ = 0;
-  std::size_t effective_batch_size_ = 1;
-  double smoothed_batch_duration_ = 0.0;
+  AutoBatchSize auto_batch_;
 };
 
 // ---------------------------------------------------------------------------
@@ -202,7 +161,8 @@ void CallImpl::start() {
       while (!exhausted_) {
         auto b = run_inline_locked(lk);
         if (!b) break;
-        done_.put(std::move(b));
+        const std::size_t seq = b->seq_;
+        done_.put(seq, std::move(b));
       }
     }
     return;
@@ -265,38 +225,13 @@ std::size_t CallImpl::next_batch_size_locked() {
   if (cfg_.batch_size) {
     bs = static_cast<std::size_t>(*cfg_.batch_size);
   } else {
-    // joblib's AutoBatchingMixin.compute_batch_size (here on every backend,
-    // sequential included: C++ tasks of nanoseconds need it)
-    const std::size_t old = effective_batch_size_;
-    const double d = smoothed_batch_duration_;
-    // With a timeout, batches stay well under it: a batch that travels to a
-    // worker is timed as a whole.
-    const double min_ideal = cfg_.timeout ? std::min(kMinIdealBatchDuration, *cfg_.timeout / 10) : kMinIdealBatchDuration;
-    const double max_ideal = cfg_.timeout ? std::min(kMaxIdealBatchDuration, *cfg_.timeout / 4) : kMaxIdealBatchDuration;
-    std::size_t next = old;
-    if (d > 0 && d < min_ideal) {
-      const double ideal = std::floor(double(old) * min_ideal / d) * 2;
-      next = static_cast<std::size_t>(std::max(std::min(2.0 * double(old), ideal), 1.0));
-      if (next != old && cfg_.verbose >= 10)
-        printer_.message(fmt::format("Batch computation too fast ({}s.) Setting batch_size={}.", python_float(d), next));
-    } else if (d > max_ideal && old >= 2) {
-      const double ideal = std::floor(double(old) * min_ideal / d);
-      next = static_cast<std::size_t>(std::max(2 * ideal, 1.0));
-      if (next != old && cfg_.verbose >= 10)
-        printer_.message(fmt::format("Batch computation too slow ({}s.) Setting batch_size={}.", python_float(d), next));
-    }
-    if (next != old) {
-      effective_batch_size_ = next;
-      smoothed_batch_duration_ = 0.0;
-    }
-    bs = effective_batch_size_;
+    // joblib's compute_batch_size (here on every backend, sequential
+    // included: C++ tasks of nanoseconds need it)
+    std::string message;
+    bs = auto_batch_.next(cfg_.verbose >= 10 ? &message : nullptr);
+    if (!message.empty()) printer_.message(message);
   }
-  // The tail of a sized input is cut finer, to limit stragglers.
-  if (!sequential_ && n_tasks_) {
-    const std::size_t remaining = source_->remaining().value_or(0);
-    const std::size_t jobs = static_cast<std::size_t>(cfg_.n_jobs);
-    if (remaining < bs * jobs) bs = std::max<std::size_t>(1, remaining / (10 * jobs));
-  }
+  if (!sequential_ && n_tasks_) bs = cut_tail(bs, source_->remaining().value_or(0), cfg_.n_jobs);
   return std::max<std::size_t>(bs, 1);
 }
 
@@ -421,16 +356,14 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
     }
     if (b.error_) {
       record_error_locked(b.seq_, b.error_);
-    } else if (b.completed_ == b.size_ && !cfg_.batch_size && b.size_ == effective_batch_size_) {
-      // joblib's batch_completed(): smoothed duration of full-size batches.
-      smoothed_batch_duration_ =
-          smoothed_batch_duration_ == 0.0 ? duration : 0.8 * smoothed_batch_duration_ + 0.2 * duration;
+    } else if (b.completed_ == b.size_ && !cfg_.batch_size) {
+      auto_batch_.completed(b.size_, duration);  // joblib's batch_completed()
     }
     if (closed_ || error_ || b.completed_ < b.size_) {
       dropped = std::move(node.mapped());
     } else {
       done_tasks_ += b.size_;
-      done_.put(std::move(node.mapped()));
+      done_.put(b.seq_, std::move(node.mapped()));
       if (cfg_.return_as == ReturnAs::generator_unordered) done_order_.push_back(b.seq_);
     }
     report_progress_locked();
@@ -596,11 +529,7 @@ std::unique_ptr<BatchBase> CallImpl::run_inline_locked(Lock& lk) {
   b->run_tasks();
   lk.lock();
   completed_tasks_ += b->completed_;
-  if (!cfg_.batch_size && !b->error_ && b->size_ == effective_batch_size_) {
-    const double duration = double(now_ns() - t0) * 1e-9;
-    smoothed_batch_duration_ =
-        smoothed_batch_duration_ == 0.0 ? duration : 0.8 * smoothed_batch_duration_ + 0.2 * duration;
-  }
+  if (!cfg_.batch_size && !b->error_) auto_batch_.completed(b->size_, double(now_ns() - t0) * 1e-9);
   if (b->error_) {
     record_error_locked(b->seq_, b->error_);
     // A generator first hands out the results the batch made before its

@@ -1,0 +1,91 @@
+#pragma once
+// Pieces of the dispatcher that can be read and tested alone
+// (docs/architecture.md, "dispatch"): joblib's auto batch size, the cut of
+// a sized input's tail, and the store of finished batches.
+#include <joblib/export.hpp>
+
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace joblib::detail {
+
+/// joblib's AutoBatchingMixin: start at 1; while full-size batches take
+/// less than 0.2 s the size doubles (at most to what would take 0.4 s);
+/// above 2 s it shrinks. With a timeout the bounds shrink to timeout/10 and
+/// timeout/4, so that a batch timed as a whole stays well under it.
+class JOBLIB_EXPORT AutoBatchSize {
+ public:
+  static constexpr double kMinIdealBatchDuration = 0.2;
+  static constexpr double kMaxIdealBatchDuration = 2.0;
+
+  explicit AutoBatchSize(std::optional<double> timeout = std::nullopt) noexcept;
+  /// The current size.
+  std::size_t size() const noexcept { return size_; }
+  /// joblib's batch_completed(): a batch of `batch_size` tasks ran in
+  /// `seconds`; only full-size batches move the smoothed duration.
+  void completed(std::size_t batch_size, double seconds) noexcept;
+  /// joblib's compute_batch_size(): the size for the next batch. When it
+  /// changes and `message` is given, joblib's verbose line is put there
+  /// ("Batch computation too fast (0.01s.) Setting batch_size=4.").
+  std::size_t next(std::string* message = nullptr);
+
+ private:
+  double min_ideal_, max_ideal_;
+  std::size_t size_ = 1;
+  double smoothed_ = 0.0;
+};
+
+/// The tail of a sized input is cut finer, to limit stragglers: with fewer
+/// than `batch_size * n_jobs` tasks left, batches of remaining/(10*n_jobs)
+/// (at least 1).
+JOBLIB_EXPORT std::size_t cut_tail(std::size_t batch_size, std::size_t remaining, int n_jobs) noexcept;
+
+/// Finished items not yet taken, indexed by sequence number from 0: constant
+/// time for the in-order case (list mode and ordered generators), where a
+/// std::map of 100,000 small batches cost more than the batches themselves.
+template <class T>
+class SequenceStore {
+ public:
+  /// Stores the item of number `seq` (not stored or taken before).
+  void put(std::size_t seq, std::unique_ptr<T> item) {
+    const std::size_t i = seq - base_;
+    if (i >= slots_.size()) slots_.resize(i + 1);
+    slots_[i].item = std::move(item);
+    ++count_;
+  }
+  /// Item `seq` if it is stored and not taken yet, else null.
+  std::unique_ptr<T> take(std::size_t seq) {
+    if (seq < base_ || seq - base_ >= slots_.size()) return nullptr;
+    Slot& s = slots_[seq - base_];
+    if (!s.item) return nullptr;
+    std::unique_ptr<T> out = std::move(s.item);
+    s.taken = true;
+    --count_;
+    while (!slots_.empty() && slots_.front().taken) {
+      slots_.pop_front();
+      ++base_;
+    }
+    return out;
+  }
+  bool empty() const noexcept { return count_ == 0; }
+  std::size_t size() const noexcept { return count_; }
+  /// Drops every stored item.
+  void clear() noexcept {
+    for (Slot& s : slots_) s.item.reset();
+    count_ = 0;
+  }
+
+ private:
+  struct Slot {
+    std::unique_ptr<T> item;
+    bool taken = false;
+  };
+  std::deque<Slot> slots_;
+  std::size_t base_ = 0;
+  std::size_t count_ = 0;
+};
+
+}  // namespace joblib::detail
