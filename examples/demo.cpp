@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ranges>
 #include <tuple>
 #include <vector>
@@ -31,6 +32,11 @@ void print(const char* label, const std::vector<double>& v) {
 
 int main() {
   for (const std::string& backend : joblib::available_backends()) {
+    if (backend == "mpi" && !std::getenv("OMPI_COMM_WORLD_SIZE")) {
+      // Its workers are the other ranks of an MPI job: mpirun -np 3 ./joblib_demo
+      std::printf("=== backend mpi: runs under mpirun (mpirun -np 3 joblib_demo) ===\n");
+      continue;
+    }
     std::printf("=== backend %s ===\n", backend.c_str());
     std::fflush(stdout);
     const int n_jobs = backend == "sequential" ? 1 : 2;

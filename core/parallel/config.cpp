@@ -180,7 +180,9 @@ Resolved resolve(const ParallelOptions& o) {
   r.initializer = o.initializer ? o.initializer.request : f.initializer.request;
   r.progress_bar = o.progress_bar;
 
-  if (n > 1) {
+  // A negative n_jobs ("all") also asks the backend when it resolves to one
+  // CPU here: the backend's workers may be elsewhere (the ranks of an MPI job).
+  if (n > 1 || (requested < 0 && name != "sequential")) {
     BackendInit init;
     init.nesting_level = f.nesting_level;
     init.inner_max_num_threads = f.inner_max_num_threads;

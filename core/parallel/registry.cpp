@@ -32,6 +32,7 @@ namespace {
 struct Entry {
   fs::path library;                 // plugin entries
   bool rtld_global = false;
+  std::string takes_over_when;      // an environment variable: when set, the plugin's worker takeover runs
   std::set<Hint> serves;
   bool serves_known = false;        // false for factories not asked yet
   BackendFactory factory;           // registered, or set once the plugin is loaded
@@ -198,6 +199,7 @@ PluginList parse_list(const fs::path& file) {
       Entry e;
       e.library = fs::path(*lib).is_absolute() ? fs::path(*lib) : base / *lib;
       e.rtld_global = (*t)["rtld_global"].value_or(false);
+      e.takes_over_when = (*t)["takes_over_when"].value_or(std::string());
       e.serves_known = true;
       if (auto* arr = (*t)["serves"].as_array()) {
         for (auto&& h : *arr) {
@@ -381,6 +383,33 @@ std::string unknown_backend_message_locked(Registry& r, const std::string& name)
 }
 
 }  // namespace
+
+void run_worker_takeovers(int argc, char** argv) {
+  using Takeover = void(int, char**);
+  std::vector<std::pair<std::string, Takeover*>> todo;
+  {
+    auto& r = Registry::instance();
+    std::lock_guard lock(r.mutex);
+    for (auto& [name, e] : r.entries) {
+      if (e.takes_over_when.empty()) continue;
+      const char* v = std::getenv(e.takes_over_when.c_str());
+      if (!v || !*v) continue;
+      std::error_code ec;
+      if (!e.factory && !fs::exists(e.library, ec)) continue;  // not built here: as available_backends() says
+      try {
+        if (!e.factory) load_plugin_locked(r, name, e);
+        if (e.lib && e.lib->has("joblib_worker_takeover"))
+          todo.emplace_back(name, &e.lib->get_alias<Takeover>("joblib_worker_takeover"));
+      } catch (const std::exception& err) {
+        std::fprintf(stderr, "joblib: %s is set, and the '%s' backend that takes over then cannot load: %s\n",
+                     e.takes_over_when.c_str(), name.c_str(), err.what());
+        std::fflush(stderr);
+        std::_Exit(1);
+      }
+    }
+  }
+  for (auto& [name, fn] : todo) fn(argc, argv);
+}
 
 bool backend_known(const std::string& name) {
   if (name == "sequential") return true;

@@ -37,6 +37,13 @@ JOBLIB_EXPORT std::string default_backend_for(Hint hint);
 /// The instance keeps its plugin library loaded. Throws BackendError.
 std::shared_ptr<ParallelBackendBase> create_backend(const std::string& name, const BackendInit& init);
 
+/// In worker_main_guard(): for each plugin whose plugins.toml entry says
+/// `takes_over_when = "VAR"` and VAR is set, loads it and calls its
+/// exported joblib_worker_takeover(argc, argv) (which returns in a process
+/// that runs main, and never returns in a worker). A plugin that cannot
+/// load then ends the process with a message (exit status 1).
+void run_worker_takeovers(int argc, char** argv);
+
 /// The plugins.toml files read at start-up (for messages and tests).
 JOBLIB_EXPORT std::vector<std::filesystem::path> plugin_files();
 

@@ -4,6 +4,7 @@
 #include "worker.hpp"
 
 #include "config.hpp"
+#include "registry.hpp"
 #include "fork_safety.hpp"
 #include "throw_hook.hpp"
 
@@ -186,14 +187,15 @@ std::vector<std::byte> make_init_request(const CodeRef& entry, std::span<const s
 }
 
 std::vector<std::byte> make_request(const CodeRef& entry, std::vector<BufferDesc> buffers,
-                                    std::span<const std::byte> structure) {
+                                    std::span<const std::byte> structure, std::size_t headroom) {
   MemoryOutput header;
   encode(RequestHeader{entry, std::move(buffers)}, header);
-  std::vector<std::byte> out(sizeof(std::uint64_t) + header.size() + structure.size());
+  std::vector<std::byte> out(headroom + sizeof(std::uint64_t) + header.size() + structure.size());
+  std::byte* p = out.data() + headroom;
   const std::uint64_t n = header.size();
-  std::memcpy(out.data(), &n, sizeof n);
-  std::memcpy(out.data() + sizeof n, header.bytes().data(), header.size());
-  if (!structure.empty()) std::memcpy(out.data() + sizeof n + header.size(), structure.data(), structure.size());
+  std::memcpy(p, &n, sizeof n);
+  std::memcpy(p + sizeof n, header.bytes().data(), header.size());
+  if (!structure.empty()) std::memcpy(p + sizeof n + header.size(), structure.data(), structure.size());
   return out;
 }
 
@@ -397,7 +399,8 @@ std::unordered_map<std::string, WorkerEntry>& entry_cache() {
   return *entries;
 }
 
-void handle_request(std::span<const std::byte> all, MemoryOutput& out, const ReplyFn& reply) {
+void handle_request(std::span<const std::byte> all, MemoryOutput& out, const ReplyFn& reply,
+                    const std::atomic<bool>* stop = nullptr) {
   try {
     std::uint64_t hn = 0;
     if (all.size() < sizeof hn) throw SerializationError("a request frame is too short");
@@ -420,7 +423,7 @@ void handle_request(std::span<const std::byte> all, MemoryOutput& out, const Rep
     WorkerCall call(structure, &source, out, nullptr);
     {
       // Tasks in a worker see joblib's nested backend: threads, one level down.
-      TaskScope scope(NestedBackend{"threading", std::nullopt}, 1, nullptr);
+      TaskScope scope(NestedBackend{"threading", std::nullopt}, 1, stop);
       entry(call);
     }
     if (call.failed()) {
@@ -481,10 +484,11 @@ void serve_channel(int fd, double idle_timeout_seconds) {
 
 void serve_request(
     std::span<const std::byte> request,
-    const std::function<void(std::span<const std::byte>, std::span<const std::byte>)>& reply) noexcept {
+    const std::function<void(std::span<const std::byte>, std::span<const std::byte>)>& reply,
+    const std::atomic<bool>* stop) noexcept {
   capture_throw_traces(true);
   static thread_local MemoryOutput out;
-  handle_request(request, out, reply);
+  handle_request(request, out, reply, stop);
 }
 
 bool write_frame(int fd, FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b) noexcept {
@@ -495,12 +499,12 @@ std::optional<Frame> read_frame(int fd) noexcept {
   return detail::read_frame(WatchedChannel{fd, 0, -1}).frame;
 }
 
-std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap) {
+std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap, std::size_t headroom) {
   CodeRef entry;
   MemoryOutput structure;
   RequestSink sink(memmap ? memmap->context() : nullptr);
   if (std::exception_ptr e = batch.encode(entry, structure, &sink)) std::rethrow_exception(e);
-  return make_request(entry, std::move(sink.buffers()), structure.bytes());
+  return make_request(entry, std::move(sink.buffers()), structure.bytes(), headroom);
 }
 
 void complete_batch(Batch& batch, std::span<const std::byte> payload) noexcept {
@@ -642,7 +646,12 @@ void worker_main_guard(int argc, char** argv) {
     for (int i = 0; i < argc && argv && argv[i]; ++i) store.emplace_back(argv[i]);
   }
   const char* fdv = std::getenv("JOBLIB_WORKER_FD");
-  if (!fdv || !*fdv) return;
+  if (!fdv || !*fdv) {
+    // Launchers of other kinds (mpirun): the plugin that serves them may
+    // take this process over as a worker.
+    run_worker_takeovers(argc, argv);
+    return;
+  }
   const std::string fd_text = fdv;
   const char* idle = std::getenv("JOBLIB_WORKER_IDLE");
   const double idle_s = idle ? std::atof(idle) : 0.0;

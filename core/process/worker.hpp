@@ -90,7 +90,7 @@ class JOBLIB_EXPORT RequestSink final : public BufferSink {
 
 /// Encodes the request payload for a batch: header then structure.
 JOBLIB_EXPORT std::vector<std::byte> make_request(const CodeRef& entry, std::vector<BufferDesc> buffers,
-                                                  std::span<const std::byte> structure);
+                                                  std::span<const std::byte> structure, std::size_t headroom = 0);
 
 /// Moves a worker's channel to a random high descriptor, closed on exec;
 /// returns the new descriptor.

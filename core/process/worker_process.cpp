@@ -410,23 +410,31 @@ void WorkerProcess::handshake(const WorkerOptions& options) {
     throw BackendError("the worker died before its initializer ran");
   }
   std::optional<Frame> reply = receive().frame;
-  if (reply && reply->kind == FrameKind::reply && !reply->payload.empty() &&
-      reply->payload[0] == std::byte{static_cast<std::uint8_t>(detail::ReplyStatus::ok)})
-    return;
-  std::string why = "the worker died in its initializer";
-  if (reply && reply->kind == FrameKind::reply && !reply->payload.empty()) {
-    try {
-      std::rethrow_exception(detail::initializer_failure(std::span<const std::byte>(reply->payload).subspan(1)));
-    } catch (const std::exception& e) {
-      why = fmt::format("the worker initializer failed: {}", e.what());
-    } catch (...) {
-      why = "the worker initializer failed";
-    }
+  std::exception_ptr failed;
+  if (reply && reply->kind == FrameKind::reply) {
+    failed = initializer_outcome(reply->payload);
+    if (!failed) return;
+  } else {
+    failed = std::make_exception_ptr(BackendError("the worker died in its initializer"));
   }
   kill();
   wait();
   close();
-  throw BackendError(why);
+  std::rethrow_exception(failed);
+}
+
+std::exception_ptr initializer_outcome(std::span<const std::byte> reply) noexcept {
+  if (!reply.empty() && reply[0] == std::byte{static_cast<std::uint8_t>(detail::ReplyStatus::ok)}) return nullptr;
+  std::string why = "the worker initializer failed";
+  if (!reply.empty()) {
+    try {
+      std::rethrow_exception(detail::initializer_failure(reply.subspan(1)));
+    } catch (const std::exception& e) {
+      why = fmt::format("the worker initializer failed: {}", e.what());
+    } catch (...) {
+    }
+  }
+  return std::make_exception_ptr(BackendError(why));
 }
 
 }  // namespace joblib::worker_sdk

@@ -29,6 +29,7 @@
 #include <joblib/export.hpp>
 #include <joblib/options.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -109,7 +110,9 @@ class JOBLIB_EXPORT CallMemmap {
 /// inline). Throws what encoding throws (SerializationError for a task that
 /// cannot travel, StoreError when the memmap folder cannot be written); the
 /// batch is left to be failed by the caller.
-JOBLIB_EXPORT std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap);
+/// With `headroom`, the payload starts that many bytes into the vector: room
+/// for a header of the backend's own (no copy of a large request to add it).
+JOBLIB_EXPORT std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap, std::size_t headroom = 0);
 
 /// Completes `batch` from the payload of a worker's `reply` frame: with the
 /// decoded results, or with the failed task's exception (the same standard,
@@ -118,13 +121,20 @@ JOBLIB_EXPORT std::vector<std::byte> encode_request(Batch& batch, CallMemmap* me
 /// SerializationError. Throws nothing; the batch is done afterwards.
 JOBLIB_EXPORT void complete_batch(Batch& batch, std::span<const std::byte> reply) noexcept;
 
+/// The outcome of an initializer from its reply payload: null when it ran,
+/// else BackendError("the worker initializer failed: <its error>").
+JOBLIB_EXPORT std::exception_ptr initializer_outcome(std::span<const std::byte> reply) noexcept;
+
 /// Worker side: runs one request (the payload of a `run` or `init` frame)
 /// in this process and calls `reply(head, body)` once with the reply
 /// payload, head then body (sent together as one frame's payload). Tasks
-/// see a nested threading backend. Throws nothing (a failure is a reply).
+/// see a nested threading backend, and joblib::stop_requested() returns
+/// true once `*stop` is (when given): a backend that learns that the call
+/// was stopped sets it. Throws nothing (a failure is a reply).
 JOBLIB_EXPORT void serve_request(
     std::span<const std::byte> request,
-    const std::function<void(std::span<const std::byte> head, std::span<const std::byte> body)>& reply) noexcept;
+    const std::function<void(std::span<const std::byte> head, std::span<const std::byte> body)>& reply,
+    const std::atomic<bool>* stop = nullptr) noexcept;
 
 /// Worker side: serves frames on descriptor `fd` until an `exit` frame or
 /// end of file, then ends the process; after `idle_timeout_seconds` (> 0)
@@ -328,3 +338,12 @@ class JOBLIB_EXPORT PoolBackend : public ParallelBackendBase {
 };
 
 }  // namespace joblib::worker_sdk
+
+/// Exports `void fn(int argc, char** argv)` from a plugin as its worker
+/// takeover: with `takes_over_when = "VAR"` in the plugin's plugins.toml
+/// entry, every program that starts through the main guard while VAR is
+/// set in its environment loads the plugin and calls fn before main. fn
+/// returns in a process that must run main (rank 0 of an MPI job, say) and
+/// never returns in one that becomes a worker. Use once per plugin, at
+/// namespace scope.
+#define JOBLIB_EXPORT_WORKER_TAKEOVER(fn) JOBLIB_DETAIL_PLUGIN_ALIAS(fn, joblib_worker_takeover)

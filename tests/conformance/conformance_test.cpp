@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -29,16 +30,26 @@ using joblib::delayed;
 using joblib::Parallel;
 using joblib::ReturnAs;
 
+// Under mpirun (ctest's mpi.conformance runs this binary so), the mpi backend joins.
+bool in_mpi_job() {
+  const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
+  return size && std::atoi(size) > 1;
+}
+
 // ---- the list: one line per backend ----------------------------------------
-const std::vector<std::string> kBackends = {
-    "sequential",
-    "threading",
-    "tbb",
-    "openmp",
-    "loky",
-    "multiprocessing",
-    "mine",  // examples/custom_backend, loaded by path
-};
+const std::vector<std::string> kBackends = [] {
+  std::vector<std::string> names = {
+      "sequential",
+      "threading",
+      "tbb",
+      "openmp",
+      "loky",
+      "multiprocessing",
+      "mine",  // examples/custom_backend, loaded by path
+  };
+  if (in_mpi_job()) names.push_back("mpi");
+  return names;
+}();
 
 double root(int x) { return std::sqrt(x); }
 std::tuple<double, double> modf_pair(double x) {
@@ -196,10 +207,22 @@ TEST_P(Conformance, DroppedGeneratorEndsCleanly) {
   for (const auto& [task, pid] : started) {
     // A task that started has ended, or the worker process running it is gone (killed).
     if (fs::exists(marks / ("end_" + std::to_string(task)))) continue;
+    if (GetParam() == "mpi") {
+      // A rank cannot be killed: it is told that the call stopped, and its
+      // task, which watches joblib::stop_requested(), ends at once.
+      EXPECT_TRUE(joblib_test::wait_until([&] { return fs::exists(marks / ("end_" + std::to_string(task))); }))
+          << "task " << task << " did not see the stop";
+      continue;
+    }
     EXPECT_TRUE(pid != ::getpid() && joblib_test::process_gone(pid)) << "task " << task << " still runs";
   }
   // No worker process of the call is left, but the idle ones a reusable pool keeps (loky).
+  // (MPI ranks serve the whole job: their tasks ended above.)
   std::set<pid_t> workers;
+  if (GetParam() == "mpi") {
+    fs::remove_all(marks);
+    return;
+  }
   for (const auto& entry : started)
     if (entry.second != ::getpid()) workers.insert(entry.second);
   for (pid_t worker : workers) {
@@ -238,6 +261,7 @@ TEST(ConformanceList, CoversEveryAvailableBackend) {
   for (const std::string& name : joblib::available_backends()) {
     if (name.rfind("fake_", 0) == 0 || name == "default_probe" || name == "throws" || name == "mine_from_toml")
       continue;  // registered by other tests
+    if (name == "mpi" && !in_mpi_job()) continue;  // its conformance run is under mpirun (mpi.conformance)
     EXPECT_NE(std::find(kBackends.begin(), kBackends.end(), name), kBackends.end())
         << "backend '" << name << "' is built but not in the conformance list";
   }

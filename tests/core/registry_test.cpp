@@ -768,14 +768,14 @@ TEST(RegistryDocMessagesTest, AnUnknownBackendListsTheAvailableOnes) {
   const auto here = joblib::available_backends();
   std::string list;
   std::size_t shipped = 0;
-  for (const char* n : {"loky", "multiprocessing", "openmp", "sequential", "tbb", "threading"}) {
+  for (const char* n : {"loky", "mpi", "multiprocessing", "openmp", "sequential", "tbb", "threading"}) {
     if (std::find(here.begin(), here.end(), n) == here.end()) continue;
     list += std::string(list.empty() ? "" : ", ") + "\"" + n + "\"";
     ++shipped;
   }
   const std::string expected = "Invalid backend: 'no_such_backend', expected one of [" + list + "]";
   EXPECT_EQ(child_message(c), expected) << c.output;
-  if (shipped == 6) expect_doc_quotes("errors.md", "`" + expected + "`");
+  if (shipped == 7) expect_doc_quotes("errors.md", "`" + expected + "`");
 }
 
 TEST(RegistryDocMessagesTest, PreferProcessesFallsBackToThreadsWithAWarningWhenLokyIsMissing) {

@@ -470,7 +470,15 @@ TEST_P(ProcessBackends, FolderIsRemovedWhenATaskFails) {
   fs::remove_all(root);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ProcessBackends, ::testing::Values("loky", "multiprocessing"));
+// Under mpirun (ctest's mpi.process), the mpi backend joins; the cases that
+// kill or time out a worker have their MPI versions in tests/mpi/mpi_app.cpp.
+std::vector<std::string> process_backends() {
+  std::vector<std::string> names{"loky", "multiprocessing"};
+  const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
+  if (size && std::atoi(size) > 1) names.push_back("mpi");
+  return names;
+}
+INSTANTIATE_TEST_SUITE_P(Backends, ProcessBackends, ::testing::ValuesIn(process_backends()));
 
 TEST(MemmapTest, FoldersOfDeadProcessesAreRemovedAtTheNextStart) {
   // A root of its own per run: a program sweeps each root once.

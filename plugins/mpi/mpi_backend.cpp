@@ -1,0 +1,661 @@
+// The mpi backend: tasks run on the other ranks of an Open MPI job, built on
+// the worker SDK (joblib/worker_sdk.hpp). Under `mpirun -np N ./app` every
+// rank starts through the main guard; this plugin's takeover (plugins.toml:
+// takes_over_when = "OMPI_COMM_WORLD_SIZE") makes ranks 1..N-1 serve tasks
+// before main runs, and lets rank 0 run main. In rank 0 one communication
+// thread owns every MPI call of the backend: it hands batches to idle ranks
+// and completes them from their replies. See docs/mpi.md.
+#include <joblib/backend.hpp>
+#include <joblib/config.hpp>
+#include <joblib/errors.hpp>
+#include <joblib/worker_sdk.hpp>
+
+#define OMPI_SKIP_MPICXX 1  // the C API only (no libmpi_cxx)
+#include <mpi.h>
+
+#include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <optional>
+#include <span>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace sdk = joblib::worker_sdk;
+using namespace std::chrono_literals;
+
+// ---- messages ------------------------------------------------------------------------
+// One MPI message per request or reply, tagged with its kind; a message over
+// kChunk bytes travels as a size then chunks, its tag marked kBig.
+
+enum Tag : int { kRun = 1, kReply = 2, kInit = 3, kExit = 4, kHello = 5, kCancel = 6, kBig = 0x100 };
+constexpr std::size_t kChunk = std::size_t{1} << 30;
+// How long a batch waits for a rank held by a task whose call stopped.
+constexpr auto kHeldGrace = std::chrono::seconds(2);
+
+void send_message(int dest, int tag, std::span<const std::byte> bytes) {
+  if (bytes.size() <= kChunk) {
+    MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, dest, tag, MPI_COMM_WORLD);
+    return;
+  }
+  const std::uint64_t n = bytes.size();
+  MPI_Send(&n, sizeof n, MPI_BYTE, dest, tag | kBig, MPI_COMM_WORLD);
+  for (std::size_t off = 0; off < n; off += kChunk)
+    MPI_Send(bytes.data() + off, static_cast<int>(std::min(kChunk, n - off)), MPI_BYTE, dest, tag | kBig,
+             MPI_COMM_WORLD);
+}
+
+// Receives the message that `st` (from a probe) announces.
+std::vector<std::byte> receive_message(const MPI_Status& st) {
+  int count = 0;
+  MPI_Get_count(&st, MPI_BYTE, &count);
+  if (!(st.MPI_TAG & kBig)) {
+    std::vector<std::byte> buf(static_cast<std::size_t>(count));
+    MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    return buf;
+  }
+  std::uint64_t n = 0;
+  MPI_Recv(&n, sizeof n, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  std::vector<std::byte> buf(static_cast<std::size_t>(n));
+  for (std::size_t off = 0; off < n; off += kChunk)
+    MPI_Recv(buf.data() + off, static_cast<int>(std::min<std::size_t>(kChunk, n - off)), MPI_BYTE, st.MPI_SOURCE,
+             st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  return buf;
+}
+
+// Waits for a message from `source` without holding a core: spins briefly
+// (a reply to a short task comes within microseconds), then sleeps in
+// growing steps up to 1 ms.
+void wait_for_message(int source, MPI_Status* st) {
+  for (int i = 0;; ++i) {
+    int flag = 0;
+    MPI_Iprobe(source, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, st);
+    if (flag) return;
+    if (i > 2000) std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, (i - 2000) * 5)));
+  }
+}
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+int world_size_from_env() { return env_int("OMPI_COMM_WORLD_SIZE", 0); }
+int world_rank_from_env() { return env_int("OMPI_COMM_WORLD_RANK", 0); }
+
+std::string host_name() {
+  char name[MPI_MAX_PROCESSOR_NAME] = {};
+  int len = 0;
+  MPI_Get_processor_name(name, &len);
+  return std::string(name, static_cast<std::size_t>(len));
+}
+
+// ---- a worker rank ------------------------------------------------------------------
+// The main thread serves requests; while one runs, a watcher thread looks for
+// a cancel of it (rank 0's call was stopped) every millisecond and raises the
+// flag that joblib::stop_requested() reads in the task. Every MPI call holds
+// g_mpi (MPI_THREAD_SERIALIZED). A run message is [8-byte sequence][request];
+// a cancel names the sequence it stops.
+
+std::mutex g_mpi;
+std::atomic<bool> g_stop{false};
+std::atomic<std::uint64_t> g_running_seq{0};  // 0: nothing runs
+
+void watch_cancels() {
+  for (;;) {
+    std::this_thread::sleep_for(1ms);
+    if (g_running_seq.load() == 0) continue;
+    std::lock_guard lock(g_mpi);
+    int flag = 0;
+    MPI_Status st;
+    MPI_Iprobe(0, kCancel, MPI_COMM_WORLD, &flag, &st);
+    if (!flag) continue;
+    std::uint64_t seq = 0;
+    MPI_Recv(&seq, sizeof seq, MPI_BYTE, 0, kCancel, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if (seq == g_running_seq.load()) g_stop = true;
+  }
+}
+
+[[noreturn]] void serve_rank() {
+  int provided = 0;
+  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+  std::thread(watch_cancels).detach();
+  for (;;) {
+    MPI_Status st;
+    std::vector<std::byte> msg;
+    for (int i = 0;; ++i) {
+      {
+        std::lock_guard lock(g_mpi);
+        int flag = 0;
+        MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &st);
+        if (flag) {
+          msg = receive_message(st);
+          break;
+        }
+      }
+      if (i > 2000) std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, (i - 2000) * 5)));
+    }
+    const int tag = st.MPI_TAG & ~kBig;
+    if (tag == kExit) {
+      int status = 0;
+      if (msg.size() >= sizeof status) std::memcpy(&status, msg.data(), sizeof status);
+      std::fflush(nullptr);
+      std::lock_guard lock(g_mpi);
+      MPI_Finalize();
+      ::_exit(status);
+    }
+    if (tag == kHello) {
+      const std::string info = host_name() + "\n" + std::to_string(::getpid());
+      std::lock_guard lock(g_mpi);
+      send_message(0, kHello, std::as_bytes(std::span(info)));
+    } else if ((tag == kRun || tag == kInit) && msg.size() >= sizeof(std::uint64_t)) {
+      std::uint64_t seq = 0;
+      std::memcpy(&seq, msg.data(), sizeof seq);
+      g_stop = false;
+      g_running_seq = seq;
+      sdk::serve_request(
+          std::span<const std::byte>(msg).subspan(sizeof seq),
+          [](std::span<const std::byte> head, std::span<const std::byte> body) {
+            g_running_seq = 0;
+            std::vector<std::byte> reply(head.size() + body.size());
+            std::memcpy(reply.data(), head.data(), head.size());
+            if (!body.empty()) std::memcpy(reply.data() + head.size(), body.data(), body.size());
+            std::lock_guard lock(g_mpi);
+            send_message(0, kReply, reply);
+          },
+          &g_stop);
+    }
+    // A cancel that came after its task ended is dropped.
+  }
+}
+
+// ---- rank 0: the engine ---------------------------------------------------------------
+
+struct Job {
+  joblib::Batch* batch = nullptr;
+  const void* call = nullptr;
+  sdk::CallMemmap* memmap = nullptr;
+  std::vector<std::byte> initializer;
+};
+
+struct Rank {
+  int rank = 0;
+  std::string host;
+  pid_t pid = 0;
+  bool same_host = false;
+  bool busy = false;      // a request of ours is out
+  std::uint64_t seq = 0;  // the request's sequence number
+  bool cancel = false;    // its call stopped: tell the rank
+  std::chrono::steady_clock::time_point cancelled_at{};  // when its call stopped
+  Job job;                // its batch (null once aborted: the reply will be dropped)
+  bool dead = false;
+  std::vector<std::byte> initializer_done;  // the initializer this rank has run
+  std::string where() const { return fmt::format("rank {} (host {}, pid {})", rank, host, pid); }
+};
+
+std::exception_ptr cancelled() { return std::make_exception_ptr(joblib::Error("cancelled")); }
+
+class Engine {
+ public:
+  static Engine& get() {
+    static auto* e = new Engine();  // never destroyed: the exit handler stops it
+    return *e;
+  }
+
+  // Starts the communication thread (MPI init, hello) once; throws its error.
+  void ensure_started() {
+    std::unique_lock lock(m_);
+    if (!started_) {
+      started_ = true;
+      comm_ = std::thread([this] { run(); });
+    }
+    cv_.wait(lock, [this] { return ready_ || error_; });
+    if (error_) std::rethrow_exception(error_);
+  }
+
+  int worker_count() const {
+    std::lock_guard lock(m_);
+    return static_cast<int>(ranks_.size());
+  }
+
+  void submit(Job job) {
+    {
+      std::unique_lock lock(m_);
+      if (aborted_.count(job.call)) {
+        lock.unlock();
+        job.batch->fail(cancelled());
+        return;
+      }
+      queue_.push_back(std::move(job));
+    }
+    cv_.notify_all();
+  }
+
+  void abort(const void* call) noexcept {
+    std::vector<joblib::Batch*> dropped;
+    {
+      std::lock_guard lock(m_);
+      aborted_.insert(call);
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if (it->call == call) {
+          dropped.push_back(it->batch);
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      // A rank cannot be stopped from here: its batch fails now, and the
+      // reply it sends when its task ends is dropped.
+      for (Rank& r : ranks_)
+        if (r.busy && r.job.batch && r.job.call == call) {
+          dropped.push_back(std::exchange(r.job.batch, nullptr));
+          r.cancel = true;
+          r.cancelled_at = std::chrono::steady_clock::now();
+        }
+    }
+    cv_.notify_all();
+    for (joblib::Batch* b : dropped) b->fail(cancelled());
+  }
+
+  void forget(const void* call) noexcept {
+    std::lock_guard lock(m_);
+    aborted_.erase(call);
+  }
+
+  // Rank 0 is ending with `status`: the workers are told to end with it.
+  void shutdown(int status) noexcept {
+    {
+      std::lock_guard lock(m_);
+      if (!started_) {
+        started_ = true;  // never used: start only to release the workers
+        stopping_ = true;
+        exit_status_ = status;
+        comm_ = std::thread([this] { run(); });
+      } else {
+        stopping_ = true;
+        exit_status_ = status;
+      }
+    }
+    cv_.notify_all();
+    if (comm_.joinable()) comm_.join();
+  }
+
+ private:
+  void run() {
+    try {
+      int initialised = 0;
+      MPI_Initialized(&initialised);
+      if (!initialised) {
+        int provided = 0;
+        MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+        we_initialised_ = true;
+      } else {
+        int provided = 0;
+        MPI_Query_thread(&provided);
+        if (provided < MPI_THREAD_MULTIPLE)
+          throw joblib::BackendError(
+              "this program initialised MPI without MPI_THREAD_MULTIPLE, and the mpi backend calls MPI from a "
+              "thread of its own: initialise it with MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided)");
+      }
+      int size = 0, me = 0;
+      MPI_Comm_size(MPI_COMM_WORLD, &size);
+      MPI_Comm_rank(MPI_COMM_WORLD, &me);
+      const std::string my_host = host_name();
+      std::vector<Rank> ranks;
+      for (int r = 1; r < size; ++r) {
+        send_message(r, kHello, {});
+        MPI_Status st;
+        MPI_Probe(r, kHello, MPI_COMM_WORLD, &st);
+        const std::vector<std::byte> info = receive_message(st);
+        const std::string text(reinterpret_cast<const char*>(info.data()), info.size());
+        Rank rk;
+        rk.rank = r;
+        rk.host = text.substr(0, text.find('\n'));
+        rk.pid = static_cast<pid_t>(std::atol(text.substr(text.find('\n') + 1).c_str()));
+        rk.same_host = rk.host == my_host;
+        ranks.push_back(std::move(rk));
+      }
+      {
+        std::lock_guard lock(m_);
+        ranks_ = std::move(ranks);
+        ready_ = true;
+      }
+      cv_.notify_all();
+      loop();
+    } catch (...) {
+      {
+        std::lock_guard lock(m_);
+        error_ = std::current_exception();
+      }
+      cv_.notify_all();
+    }
+  }
+
+  // Hands queued jobs to idle ranks, completes batches from replies, watches
+  // ranks on this host for death; ends when rank 0 ends.
+  void loop() {
+    auto last_death_check = std::chrono::steady_clock::now();
+    int idle_rounds = 0;
+    for (;;) {
+      bool progressed = dispatch();
+      send_cancels();
+      int flag = 0;
+      MPI_Status st;
+      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &st);
+      if (flag) {
+        progressed = true;
+        std::vector<std::byte> msg = receive_message(st);
+        reply_from(st.MPI_SOURCE, (st.MPI_TAG & ~kBig) == kReply ? &msg : nullptr);
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_death_check > 100ms) {
+        last_death_check = now;
+        check_deaths();
+      }
+      std::unique_lock lock(m_);
+      const bool any_busy = std::any_of(ranks_.begin(), ranks_.end(), [](const Rank& r) { return r.busy; });
+      if (stopping_ && !any_busy) break;
+      if (stopping_ && now - stop_seen(now) > 2s) break;  // a rank still runs an abandoned task
+      if (progressed) {
+        idle_rounds = 0;
+        continue;
+      }
+      ++idle_rounds;
+      if (idle_rounds < 2000) continue;
+      const bool work_waiting = !queue_.empty() && std::any_of(ranks_.begin(), ranks_.end(), [](const Rank& r) {
+        return !r.busy && !r.dead;
+      });
+      if (work_waiting) continue;
+      // Nothing to do at once: sleep until a submit, a stop, or the next look.
+      cv_.wait_for(lock, any_busy ? std::chrono::microseconds(std::min(1000, (idle_rounds - 2000) * 5 + 5))
+                                  : std::chrono::microseconds(100000));
+    }
+    finish();
+  }
+
+  std::chrono::steady_clock::time_point stop_seen(std::chrono::steady_clock::time_point now) {
+    if (!stop_time_) stop_time_ = now;
+    return *stop_time_;
+  }
+
+  // Gives queued jobs to idle ranks; true if one was sent.
+  bool dispatch() {
+    bool sent = false;
+    for (;;) {
+      Job job;
+      Rank* rank = nullptr;
+      {
+        std::lock_guard lock(m_);
+        if (queue_.empty()) return sent;
+        for (Rank& r : ranks_)
+          if (!r.busy && !r.dead) {
+            rank = &r;
+            break;
+          }
+        if (!rank) {
+          // Every rank is dead, or held for over kHeldGrace by a task whose
+          // call stopped (it ignores joblib::stop_requested(), or timed
+          // out): nothing queued can run. (A task that sees the stop ends at
+          // once and frees its rank well within the grace.)
+          const auto now = std::chrono::steady_clock::now();
+          if (std::all_of(ranks_.begin(), ranks_.end(), [&](const Rank& r) {
+                return r.dead || (r.busy && !r.job.batch && now - r.cancelled_at > kHeldGrace);
+              })) {
+            std::string held;
+            for (const Rank& r : ranks_)
+              held += (held.empty() ? "" : ", ") + r.where() + (r.dead ? " is dead" : " still runs an abandoned task");
+            std::deque<Job> failed = std::move(queue_);
+            queue_.clear();
+            for (Job& j : failed)
+              j.batch->fail(std::make_exception_ptr(joblib::BackendError(
+                  "no MPI worker rank can take this batch: " + (held.empty() ? std::string("there are none") : held))));
+          }
+          return sent;
+        }
+        job = std::move(queue_.front());
+        queue_.pop_front();
+        rank->busy = true;
+        rank->job.batch = job.batch;
+        rank->job.call = job.call;
+      }
+      // Outside the lock: encoding may write memmap files. A rank on another
+      // host cannot map this host's files: its buffers travel in the message.
+      try {
+        if (!job.initializer.empty() && rank->initializer_done != job.initializer) {
+          std::vector<std::byte> init(sizeof(std::uint64_t) + job.initializer.size());
+          const std::uint64_t seq = ++next_seq_;
+          std::memcpy(init.data(), &seq, sizeof seq);
+          std::memcpy(init.data() + sizeof seq, job.initializer.data(), job.initializer.size());
+          send_message(rank->rank, kInit, init);
+          MPI_Status st;
+          MPI_Probe(rank->rank, MPI_ANY_TAG, MPI_COMM_WORLD, &st);
+          std::vector<std::byte> reply = receive_message(st);
+          if (std::exception_ptr failed = sdk::initializer_outcome(reply)) std::rethrow_exception(failed);
+          rank->initializer_done = job.initializer;
+        }
+        std::vector<std::byte> request = sdk::encode_request(*job.batch, rank->same_host ? job.memmap : nullptr, sizeof(std::uint64_t));
+        const std::uint64_t seq = ++next_seq_;
+        std::memcpy(request.data(), &seq, sizeof seq);  // in the headroom encode_request left
+        {
+          std::lock_guard lock(m_);
+          rank->seq = seq;
+        }
+        job.batch->started();
+        send_message(rank->rank, kRun, request);
+        sent = true;
+      } catch (...) {
+        joblib::Batch* b = nullptr;
+        {
+          std::lock_guard lock(m_);
+          rank->busy = false;
+          b = std::exchange(rank->job.batch, nullptr);
+        }
+        if (b) b->fail(std::current_exception());
+      }
+    }
+  }
+
+  // Tells ranks whose batch's call stopped to stop it (their tasks see
+  // joblib::stop_requested()).
+  void send_cancels() {
+    std::vector<std::pair<int, std::uint64_t>> todo;
+    {
+      std::lock_guard lock(m_);
+      for (Rank& r : ranks_)
+        if (r.cancel) {
+          r.cancel = false;
+          if (r.busy) todo.emplace_back(r.rank, r.seq);
+        }
+    }
+    for (auto& [rank, seq] : todo) MPI_Send(&seq, sizeof seq, MPI_BYTE, rank, kCancel, MPI_COMM_WORLD);
+  }
+
+  void reply_from(int source, std::vector<std::byte>* reply) {
+    joblib::Batch* batch = nullptr;
+    {
+      std::lock_guard lock(m_);
+      for (Rank& r : ranks_)
+        if (r.rank == source) {
+          r.busy = false;
+          r.cancel = false;
+          batch = std::exchange(r.job.batch, nullptr);
+        }
+    }
+    if (batch) {
+      if (reply) sdk::complete_batch(*batch, *reply);
+      else batch->fail(std::make_exception_ptr(joblib::SerializationError("an MPI worker sent an unexpected message")));
+    }
+    cv_.notify_all();
+  }
+
+  void check_deaths() {
+    std::vector<std::pair<joblib::Batch*, std::string>> lost;
+    {
+      std::lock_guard lock(m_);
+      for (Rank& r : ranks_) {
+        if (r.dead || !r.same_host || r.pid <= 0) continue;
+        if (::kill(r.pid, 0) != 0 && errno == ESRCH) {
+          r.dead = true;
+          if (r.busy && r.job.batch) lost.emplace_back(std::exchange(r.job.batch, nullptr), r.where());
+          r.busy = false;
+        }
+      }
+    }
+    for (auto& [b, where] : lost)
+      b->fail(std::make_exception_ptr(joblib::TerminatedWorkerError(fmt::format(
+          "the MPI worker {} died while running a batch of {} task{} (killed, or it called abort or exit)", where,
+          b->size(), b->size() == 1 ? "" : "s"))));
+  }
+
+  // Tells every rank to end with rank 0's status, then finalizes MPI (when
+  // we initialised it) or aborts the job (when a rank still runs a task).
+  void finish() {
+    bool stuck = false;
+    int status = 0;
+    {
+      std::lock_guard lock(m_);
+      status = exit_status_;
+      for (Rank& r : ranks_) {
+        if (r.dead) continue;
+        if (r.busy) {
+          stuck = true;
+          continue;
+        }
+        send_message(r.rank, kExit, std::as_bytes(std::span(&status, 1)));
+      }
+    }
+    if (stuck) {
+      std::fprintf(stderr, "joblib: an MPI worker rank still runs a task at exit: ending the job with MPI_Abort\n");
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, status ? status : 1);
+    }
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+  }
+
+  mutable std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  std::set<const void*> aborted_;
+  std::vector<Rank> ranks_;
+  std::thread comm_;
+  bool started_ = false, ready_ = false, stopping_ = false, we_initialised_ = false;
+  int exit_status_ = 0;
+  std::exception_ptr error_;
+  std::optional<std::chrono::steady_clock::time_point> stop_time_;
+  std::uint64_t next_seq_ = 0;  // comm thread only
+};
+
+// This program's arguments, for the mpirun line of a message.
+std::vector<std::string> command_line() {
+  std::vector<std::string> out;
+  std::FILE* f = std::fopen("/proc/self/cmdline", "rb");
+  if (!f) return {"./app"};
+  std::string cur;
+  for (int c; (c = std::fgetc(f)) != EOF;) {
+    if (c == 0) {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += static_cast<char>(c);
+    }
+  }
+  std::fclose(f);
+  if (out.empty()) out.push_back("./app");
+  return out;
+}
+
+// ---- start-up and exit of rank 0 --------------------------------------------------------
+
+bool g_in_mpi_job = false;  // rank 0 of an mpirun job (set by the takeover)
+
+void at_rank0_exit(int status, void*) { Engine::get().shutdown(status); }
+
+void takeover(int argc, char** argv) {
+  (void)argc;
+  (void)argv;
+  const char* opt_out = std::getenv("JOBLIB_MPI_TAKEOVER");
+  if (opt_out && std::string(opt_out) == "0") return;
+  if (world_size_from_env() < 2) return;  // a job of one rank runs main alone
+  if (world_rank_from_env() > 0) serve_rank();
+  g_in_mpi_job = true;
+  ::on_exit(at_rank0_exit, nullptr);  // workers end with rank 0's exit status
+}
+
+// ---- the backend ------------------------------------------------------------------------
+
+class MpiBackend final : public joblib::ParallelBackendBase {
+ public:
+  using ParallelBackendBase::ParallelBackendBase;
+  static std::unique_ptr<joblib::ParallelBackendBase> make(const joblib::BackendInit& init) {
+    return std::make_unique<MpiBackend>(init);
+  }
+  std::string name() const override { return "mpi"; }
+  joblib::BackendCapabilities capabilities() const noexcept override {
+    joblib::BackendCapabilities c;
+    c.needs_encoded_tasks = true;
+    return c;
+  }
+  // Every worker rank of the job serves every call (at least 2, so that a
+  // job with one worker rank still sends tasks to it).
+  int effective_n_jobs(int n_jobs) const noexcept override {
+    if (!g_in_mpi_job) return std::max(n_jobs, 2);
+    return std::max(world_size_from_env() - 1, 2);
+  }
+  std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
+    try {
+      if (!g_in_mpi_job) {
+        std::string line = "mpirun -np " + std::to_string(std::max(s.n_jobs, 1) + 1);
+        for (const std::string& a : command_line()) line += " " + a;
+        throw joblib::BackendError(fmt::format(
+            "the mpi backend runs tasks on the other ranks of an MPI job, and this program was not started by "
+            "mpirun with more than one rank: start it as `{}` (rank 0 runs main; the other ranks run tasks)",
+            line));
+      }
+      sdk::clear_interrupted();
+      Engine::get().ensure_started();
+      memmap_ = std::make_unique<sdk::CallMemmap>(s);
+      initializer_ = s.initializer;
+    } catch (...) {
+      return std::current_exception();
+    }
+    return {};
+  }
+  void submit(joblib::Batch& batch) noexcept override {
+    try {
+      Engine::get().submit({&batch, this, memmap_.get(), initializer_});
+    } catch (...) {
+      batch.fail(std::current_exception());
+    }
+  }
+  void abort() noexcept override { Engine::get().abort(this); }
+  void stop_call() noexcept override {
+    if (memmap_) memmap_->cleanup();
+    if (g_in_mpi_job) Engine::get().forget(this);
+  }
+  ~MpiBackend() override { stop_call(); }
+
+ private:
+  std::unique_ptr<sdk::CallMemmap> memmap_;
+  std::vector<std::byte> initializer_;
+};
+
+}  // namespace
+
+JOBLIB_EXPORT_BACKEND_FACTORY(MpiBackend::make)
+JOBLIB_EXPORT_WORKER_TAKEOVER(takeover)
