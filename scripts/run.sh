@@ -14,6 +14,7 @@ packages=(
   libzstd-dev liblz4-dev zlib1g-dev libbz2-dev liblzma-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev clang-16
+  iproute2
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -29,10 +29,25 @@ int rank_of(int) {
   const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
   return r ? std::atoi(r) : -1;
 }
+// The host (and network namespace: the multi-host test's two "hosts" share
+// one machine) and rank a task ran on.
 std::string where(int) {
   char host[256] = {};
   ::gethostname(host, sizeof host - 1);
-  return std::string(host) + " rank " + std::to_string(rank_of(0));
+  char ns[128] = {};
+  const ssize_t n = ::readlink("/proc/self/ns/net", ns, sizeof ns - 1);
+  return std::string(host) + " netns " + (n > 0 ? std::string(ns, static_cast<std::size_t>(n)) : "?") + " rank " +
+         std::to_string(rank_of(0));
+}
+// Runs until its call is stopped (20 s at most).
+int hang_until_stopped(int x) {
+  for (int i = 0; i < 20000 && !joblib::stop_requested(); ++i) ::usleep(1000);
+  return x;
+}
+int die_at_1(int x) {
+  if (x == 1) ::_exit(7);
+  ::usleep(200000);
+  return x;
 }
 int fail_at_3(int x) {
   if (x == 3) throw std::invalid_argument("bad input: 3");
@@ -63,6 +78,24 @@ int run(int argc, char** argv) {
     expect(r == std::vector<double>{2}, "one task");
     std::printf("OK fail (returning 3)\n");
     return 3;
+  } else if (scenario == "timeout") {
+    try {
+      joblib::Parallel({.n_jobs = -1, .backend = "mpi", .timeout = 0.5}).map(hang_until_stopped, std::vector{1});
+      expect(false, "a TimeoutError");
+    } catch (const joblib::TimeoutError& e) {
+      expect(std::string(e.what()).find("timeout of 0.5 s") != std::string::npos, e.what());
+    }
+    // The stopped task freed its rank: a later call runs on every worker rank.
+    std::vector<int> ranks =
+        joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(rank_of, std::vector<int>(200, 0));
+    expect(std::set<int>(ranks.begin(), ranks.end()) == std::set<int>{1, 2}, "both ranks serve after a timeout");
+  } else if (scenario == "rank_death") {
+    try {
+      joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(die_at_1, std::vector{0, 1, 2, 3});
+      expect(false, "a TerminatedWorkerError");
+    } catch (const joblib::TerminatedWorkerError& e) {
+      std::printf("TerminatedWorkerError: %s\n", e.what());
+    }
   } else if (scenario == "hosts") {
     std::vector<std::string> w =
         joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(where, std::vector<int>(64, 0));
