@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The mpi backend's figures beside raw MPI, in one run:
+#   bash bench/run_mpi_bench.sh [build/bench]
+set -euo pipefail
+build="${1:-build/bench}"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
+  OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none
+raw="$(JOBLIB_MPI_TAKEOVER=0 mpirun -np 2 -x JOBLIB_MPI_TAKEOVER "$build/bin/bench_mpi" raw)"
+echo "$raw"
+lib="$(mpirun -np 3 "$build/bin/bench_mpi" joblib)"
+echo "$lib"
+rt="$(echo "$raw" | awk '/raw_round_trip/ {print $2}')"
+one="$(echo "$lib" | awk '/batch_size_1_per_task/ {print $2}')"
+xfer="$(echo "$raw" | awk '/raw_400MB_transfer/ {print $2}')"
+arr="$(echo "$lib" | awk '/max_nbytes_none/ {print $2}')"
+awk -v a="$one" -v b="$rt" 'BEGIN {printf "batch_size=1 per task / raw MPI round trip: %.1fx\n", a / b}'
+awk -v a="$arr" -v b="$xfer" 'BEGIN {printf "400 MB to 8 tasks (no memmap) / raw 400 MB transfer: %.1fx\n", a / b}'
