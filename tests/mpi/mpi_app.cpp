@@ -44,6 +44,11 @@ int hang_until_stopped(int x) {
   for (int i = 0; i < 20000 && !joblib::stop_requested(); ++i) ::usleep(1000);
   return x;
 }
+// Ignores stops: holds its rank for 6 s.
+int ignore_stop(int x) {
+  ::usleep(6000000);
+  return x;
+}
 int die_at_1(int x) {
   if (x == 1) ::_exit(7);
   ::usleep(200000);
@@ -89,6 +94,22 @@ int run(int argc, char** argv) {
     std::vector<int> ranks =
         joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(rank_of, std::vector<int>(200, 0));
     expect(std::set<int>(ranks.begin(), ranks.end()) == std::set<int>{1, 2}, "both ranks serve after a timeout");
+  } else if (scenario == "held") {
+    // Both ranks held by tasks that ignore the stop of their timed-out call:
+    // a later call fails with a message naming them (after the 2 s grace),
+    // and rank 0's exit, finding a rank still busy, ends the job with MPI_Abort.
+    try {
+      joblib::Parallel({.n_jobs = -1, .backend = "mpi", .timeout = 0.3, .batch_size = 1})
+          .map(ignore_stop, std::vector{0, 1});
+      expect(false, "a TimeoutError");
+    } catch (const joblib::TimeoutError&) {
+    }
+    try {
+      joblib::Parallel({.n_jobs = -1, .backend = "mpi"}).map(root, std::vector{4});
+      expect(false, "a BackendError");
+    } catch (const joblib::BackendError& e) {
+      std::printf("BackendError: %s\n", e.what());
+    }
   } else if (scenario == "rank_death") {
     try {
       joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(die_at_1, std::vector{0, 1, 2, 3});
