@@ -216,6 +216,65 @@ PluginList parse_list(const fs::path& file) {
   return list;
 }
 
+// The main list: JOBLIB_PLUGINS_TOML, else (or if that one cannot be used)
+// joblib/plugins.toml beside libjoblib.so; each with whether
+// JOBLIB_PLUGINS_TOML named it.
+std::vector<std::pair<fs::path, bool>> main_list_candidates() {
+  std::vector<std::pair<fs::path, bool>> candidates;
+  if (const char* env = std::getenv("JOBLIB_PLUGINS_TOML"); env && *env)
+    candidates.emplace_back(absolute_or_same(env), true);
+  if (const fs::path dir = core_library_dir(); !dir.empty()) {
+    for (fs::path c : {dir / "joblib" / "plugins.toml", dir.parent_path() / "lib" / "joblib" / "plugins.toml"}) {
+      c = c.lexically_normal();
+      if (std::none_of(candidates.begin(), candidates.end(), [&](auto& x) { return x.first == c; }))
+        candidates.emplace_back(c, false);
+    }
+  }
+  return candidates;
+}
+
+// The extra lists JOBLIB_PLUGINS names (colon-separated).
+std::vector<fs::path> extra_lists() {
+  std::vector<fs::path> out;
+  if (const char* extra = std::getenv("JOBLIB_PLUGINS"); extra && *extra) {
+    std::stringstream ss(extra);
+    for (std::string item; std::getline(ss, item, ':');)
+      if (!item.empty()) out.push_back(absolute_or_same(item));
+  }
+  return out;
+}
+
+// Whether a variable that some start-up list names in `takes_over_when` is
+// set: a look at the lists' text, so that a program started by no launcher
+// never builds the registry before main (that costs a few milliseconds).
+bool takeover_variable_set() {
+  std::vector<fs::path> files = extra_lists();
+  for (auto& [file, named] : main_list_candidates()) files.push_back(file);
+  for (const fs::path& file : files) {
+    // Regular files only (a FIFO named by JOBLIB_PLUGINS must not block
+    // the start of the program), read without an ifstream's locale set-up.
+    std::string text;
+    const int fd = ::open(file.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      char buf[4096];
+      for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    std::stringstream lines(text);
+    for (std::string line; std::getline(lines, line);) {
+      const auto key = line.find("takes_over_when");
+      const auto open = line.find('"', key);
+      const auto close = open == std::string::npos ? open : line.find('"', open + 1);
+      if (key == std::string::npos || close == std::string::npos) continue;
+      const std::string var = line.substr(open + 1, close - open - 1);
+      if (const char* v = std::getenv(var.c_str()); v && *v) return true;
+    }
+  }
+  return false;
+}
+
 class Registry {
  public:
   static Registry& instance() {
@@ -288,19 +347,7 @@ class Registry {
   }
 
   void read_start_up_lists() {
-    // The main list: JOBLIB_PLUGINS_TOML, else (or if that one cannot be
-    // used) joblib/plugins.toml beside libjoblib.so.
-    std::vector<std::pair<fs::path, bool>> candidates;  // (file, named by JOBLIB_PLUGINS_TOML)
-    if (const char* env = std::getenv("JOBLIB_PLUGINS_TOML"); env && *env)
-      candidates.emplace_back(absolute_or_same(env), true);
-    if (const fs::path dir = core_library_dir(); !dir.empty()) {
-      for (fs::path c : {dir / "joblib" / "plugins.toml", dir.parent_path() / "lib" / "joblib" / "plugins.toml"}) {
-        c = c.lexically_normal();
-        if (std::none_of(candidates.begin(), candidates.end(), [&](auto& x) { return x.first == c; }))
-          candidates.emplace_back(c, false);
-      }
-    }
-    for (const auto& [file, named] : candidates) {
+    for (const auto& [file, named] : main_list_candidates()) {
       std::string brief;
       if (try_read(file, named, &brief)) {
         main_found = true;
@@ -309,11 +356,7 @@ class Registry {
       looked_for.push_back(brief == "no such file" ? fmt::format("'{}'", file.string())
                                                    : fmt::format("'{}' ({})", file.string(), brief));
     }
-    if (const char* extra = std::getenv("JOBLIB_PLUGINS"); extra && *extra) {
-      std::stringstream ss(extra);
-      for (std::string item; std::getline(ss, item, ':');)
-        if (!item.empty()) try_read(absolute_or_same(item), true);
-    }
+    for (const fs::path& file : extra_lists()) try_read(file, true);
   }
 
   std::set<std::string> reported_;
@@ -385,6 +428,7 @@ std::string unknown_backend_message_locked(Registry& r, const std::string& name)
 }  // namespace
 
 void run_worker_takeovers(int argc, char** argv) {
+  if (!takeover_variable_set()) return;
   using Takeover = void(int, char**);
   std::vector<std::pair<std::string, Takeover*>> todo;
   {

@@ -134,11 +134,6 @@ bool write_frame(const WatchedChannel& ch, FrameKind kind, std::span<const std::
          send_watched(ch, b.data(), b.size());
 }
 
-bool write_frame(int fd, FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b) {
-  return write_frame(WatchedChannel{fd, 0, -1}, kind, a, b);
-}
-
-std::optional<WireFrame> read_frame(int fd) { return read_frame(WatchedChannel{fd, 0, -1}).frame; }
 
 bool write_frame_raw(const WatchedChannel& ch, std::string_view bytes) {
   return send_watched(ch, bytes.data(), bytes.size());

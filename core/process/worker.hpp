@@ -32,10 +32,7 @@ namespace joblib::detail {
 using worker_sdk::FrameKind;
 using WireFrame = worker_sdk::Frame;
 
-/// Writes one frame (header + the parts). False when the peer is gone.
-bool write_frame(int fd, FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b = {});
-/// Reads one frame; nullopt at end of file or on error.
-std::optional<WireFrame> read_frame(int fd);
+// Frames over a plain descriptor: worker_sdk::write_frame / read_frame.
 
 /// The parent's end of a worker's socket, with the worker's process: reads
 /// and writes end when the worker exits, even while a process it started
