@@ -19,7 +19,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <optional>
 #include <span>
 #include <chrono>
 #include <condition_variable>
@@ -76,18 +75,6 @@ std::vector<std::byte> receive_message(const MPI_Status& st) {
     MPI_Recv(buf.data() + off, static_cast<int>(std::min<std::size_t>(kChunk, n - off)), MPI_BYTE, st.MPI_SOURCE,
              st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
   return buf;
-}
-
-// Waits for a message from `source` without holding a core: spins briefly
-// (a reply to a short task comes within microseconds), then sleeps in
-// growing steps up to 1 ms.
-void wait_for_message(int source, MPI_Status* st) {
-  for (int i = 0;; ++i) {
-    int flag = 0;
-    MPI_Iprobe(source, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, st);
-    if (flag) return;
-    if (i > 2000) std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, (i - 2000) * 5)));
-  }
 }
 
 int env_int(const char* name, int fallback) {
@@ -227,11 +214,6 @@ class Engine {
     if (error_) std::rethrow_exception(error_);
   }
 
-  int worker_count() const {
-    std::lock_guard lock(m_);
-    return static_cast<int>(ranks_.size());
-  }
-
   void submit(Job job) {
     {
       std::unique_lock lock(m_);
@@ -280,14 +262,12 @@ class Engine {
   void shutdown(int status) noexcept {
     {
       std::lock_guard lock(m_);
+      stopping_ = true;
+      exit_status_ = status;
+      stopped_at_ = std::chrono::steady_clock::now();
       if (!started_) {
         started_ = true;  // never used: start only to release the workers
-        stopping_ = true;
-        exit_status_ = status;
         comm_ = std::thread([this] { run(); });
-      } else {
-        stopping_ = true;
-        exit_status_ = status;
       }
     }
     cv_.notify_all();
@@ -302,7 +282,6 @@ class Engine {
       if (!initialised) {
         int provided = 0;
         MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
-        we_initialised_ = true;
       } else {
         int provided = 0;
         MPI_Query_thread(&provided);
@@ -311,9 +290,8 @@ class Engine {
               "this program initialised MPI without MPI_THREAD_MULTIPLE, and the mpi backend calls MPI from a "
               "thread of its own: initialise it with MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided)");
       }
-      int size = 0, me = 0;
+      int size = 0;
       MPI_Comm_size(MPI_COMM_WORLD, &size);
-      MPI_Comm_rank(MPI_COMM_WORLD, &me);
       const std::string my_host = host_name();
       std::vector<Rank> ranks;
       for (int r = 1; r < size; ++r) {
@@ -369,7 +347,7 @@ class Engine {
       std::unique_lock lock(m_);
       const bool any_busy = std::any_of(ranks_.begin(), ranks_.end(), [](const Rank& r) { return r.busy; });
       if (stopping_ && !any_busy) break;
-      if (stopping_ && now - stop_seen(now) > 2s) break;  // a rank still runs an abandoned task
+      if (stopping_ && now - stopped_at_ > 2s) break;  // a rank still runs an abandoned task
       if (progressed) {
         idle_rounds = 0;
         continue;
@@ -387,17 +365,16 @@ class Engine {
     finish();
   }
 
-  std::chrono::steady_clock::time_point stop_seen(std::chrono::steady_clock::time_point now) {
-    if (!stop_time_) stop_time_ = now;
-    return *stop_time_;
-  }
-
-  // Gives queued jobs to idle ranks; true if one was sent.
+  // Gives queued jobs to idle ranks; true if one was sent. A batch stays
+  // this thread's own until it is sent: only then may abort() take it (it
+  // could otherwise fail, and so free, the batch while it is encoded).
   bool dispatch() {
     bool sent = false;
     for (;;) {
       Job job;
       Rank* rank = nullptr;
+      std::deque<Job> failed;
+      std::string held;
       {
         std::lock_guard lock(m_);
         if (queue_.empty()) return sent;
@@ -415,23 +392,23 @@ class Engine {
           if (std::all_of(ranks_.begin(), ranks_.end(), [&](const Rank& r) {
                 return r.dead || (r.busy && !r.job.batch && now - r.cancelled_at > kHeldGrace);
               })) {
-            std::string held;
             for (const Rank& r : ranks_)
               held += (held.empty() ? "" : ", ") + r.where() + (r.dead ? " is dead" : " still runs an abandoned task");
-            std::deque<Job> failed = std::move(queue_);
+            failed = std::move(queue_);
             queue_.clear();
-            for (Job& j : failed)
-              j.batch->fail(std::make_exception_ptr(joblib::BackendError(
-                  "no MPI worker rank can take this batch: " + (held.empty() ? std::string("there are none") : held))));
           }
-          return sent;
+        } else {
+          job = std::move(queue_.front());
+          queue_.pop_front();
+          rank->busy = true;
+          rank->job.batch = nullptr;  // not abort()'s until sent
+          rank->job.call = job.call;
         }
-        job = std::move(queue_.front());
-        queue_.pop_front();
-        rank->busy = true;
-        rank->job.batch = job.batch;
-        rank->job.call = job.call;
       }
+      for (Job& j : failed)  // outside the lock: a failing batch may call back into submit()
+        j.batch->fail(std::make_exception_ptr(joblib::BackendError(
+            "no MPI worker rank can take this batch: " + (held.empty() ? std::string("there are none") : held))));
+      if (!rank) return sent;
       // Outside the lock: encoding may write memmap files. A rank on another
       // host cannot map this host's files: its buffers travel in the message.
       try {
@@ -444,28 +421,39 @@ class Engine {
           MPI_Status st;
           MPI_Probe(rank->rank, MPI_ANY_TAG, MPI_COMM_WORLD, &st);
           std::vector<std::byte> reply = receive_message(st);
-          if (std::exception_ptr failed = sdk::initializer_outcome(reply)) std::rethrow_exception(failed);
+          if (std::exception_ptr failed_init = sdk::initializer_outcome(reply)) std::rethrow_exception(failed_init);
           rank->initializer_done = job.initializer;
         }
-        std::vector<std::byte> request = sdk::encode_request(*job.batch, rank->same_host ? job.memmap : nullptr, sizeof(std::uint64_t));
+        std::vector<std::byte> request =
+            sdk::encode_request(*job.batch, rank->same_host ? job.memmap : nullptr, sizeof(std::uint64_t));
         const std::uint64_t seq = ++next_seq_;
         std::memcpy(request.data(), &seq, sizeof seq);  // in the headroom encode_request left
-        {
-          std::lock_guard lock(m_);
-          rank->seq = seq;
-        }
         job.batch->started();
         send_message(rank->rank, kRun, request);
         sent = true;
       } catch (...) {
-        joblib::Batch* b = nullptr;
         {
           std::lock_guard lock(m_);
           rank->busy = false;
-          b = std::exchange(rank->job.batch, nullptr);
         }
-        if (b) b->fail(std::current_exception());
+        job.batch->fail(std::current_exception());
+        continue;
       }
+      // Sent: the batch is abort()'s to take from now on, unless its call
+      // stopped meanwhile (then the rank is told, and the batch fails here).
+      bool stopped = false;
+      {
+        std::lock_guard lock(m_);
+        rank->seq = next_seq_;
+        stopped = aborted_.count(job.call) > 0;
+        if (stopped) {
+          rank->cancel = true;
+          rank->cancelled_at = std::chrono::steady_clock::now();
+        } else {
+          rank->job.batch = job.batch;
+        }
+      }
+      if (stopped) job.batch->fail(cancelled());
     }
   }
 
@@ -554,10 +542,10 @@ class Engine {
   std::set<const void*> aborted_;
   std::vector<Rank> ranks_;
   std::thread comm_;
-  bool started_ = false, ready_ = false, stopping_ = false, we_initialised_ = false;
+  bool started_ = false, ready_ = false, stopping_ = false;
   int exit_status_ = 0;
   std::exception_ptr error_;
-  std::optional<std::chrono::steady_clock::time_point> stop_time_;
+  std::chrono::steady_clock::time_point stopped_at_{};  // when shutdown() came
   std::uint64_t next_seq_ = 0;  // comm thread only
 };
 
