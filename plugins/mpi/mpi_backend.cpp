@@ -615,7 +615,6 @@ class MpiBackend final : public joblib::ParallelBackendBase {
             "mpirun with more than one rank: start it as `{}` (rank 0 runs main; the other ranks run tasks)",
             line));
       }
-      sdk::clear_interrupted();
       Engine::get().ensure_started();
       memmap_ = std::make_unique<sdk::CallMemmap>(s);
       initializer_ = s.initializer;
