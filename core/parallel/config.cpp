@@ -106,6 +106,9 @@ TaskScope::TaskScope(const NestedBackend& nested, int nesting_level, const std::
   }
 }
 
+StopFlagScope::StopFlagScope(const std::atomic<bool>* stop) noexcept : saved_(t_stop) { t_stop = stop; }
+StopFlagScope::~StopFlagScope() { t_stop = saved_; }
+
 TaskScope::~TaskScope() {
   if (omp_) omp_->set_num_threads(saved_omp_threads_);
   t_frames.pop_back();
@@ -179,6 +182,11 @@ Resolved resolve(const ParallelOptions& o) {
   r.on_progress = o.on_progress;
   r.initializer = o.initializer ? o.initializer.request : f.initializer.request;
   r.progress_bar = o.progress_bar;
+  r.retries = o.retries;
+  r.retry_if = o.retry_if;
+  r.max_tasks_per_child = o.max_tasks_per_child;
+  if (o.worker_memory_limit) r.worker_memory_limit = parse_bytes(*o.worker_memory_limit, "worker_memory_limit");
+  r.stop_token = o.stop_token;
 
   // A negative n_jobs ("all") also asks the backend when it resolves to one
   // CPU here: the backend's workers may be elsewhere (the ranks of an MPI job).

@@ -57,6 +57,20 @@ class TaskScope {
   int saved_omp_threads_ = 0;
 };
 
+/// Sets the flag stop_requested() reads in this thread, and nothing else
+/// (a sequential call's tasks keep the caller's configuration); restores it
+/// on destruction.
+class StopFlagScope {
+ public:
+  explicit StopFlagScope(const std::atomic<bool>* stop) noexcept;
+  ~StopFlagScope();
+  StopFlagScope(const StopFlagScope&) = delete;
+  StopFlagScope& operator=(const StopFlagScope&) = delete;
+
+ private:
+  const std::atomic<bool>* saved_;
+};
+
 /// Everything one call needs, resolved from options, scope and defaults.
 struct Resolved {
   std::string backend_name;                    // "sequential" when running in the caller
@@ -79,6 +93,11 @@ struct Resolved {
   OmpHooks omp;
   ProgressCallback on_progress;
   bool progress_bar = false;
+  int retries = 0;
+  RetryPredicate retry_if;
+  std::optional<int> max_tasks_per_child;
+  std::optional<std::size_t> worker_memory_limit;
+  std::stop_token stop_token;
 };
 
 /// Resolves a call (may load a plugin). Throws BackendError, std::invalid_argument.

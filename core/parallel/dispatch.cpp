@@ -6,6 +6,7 @@
 #include "config.hpp"
 #include "expr.hpp"
 #include "progress.hpp"
+#include "fork_safety.hpp"
 
 #include <joblib/detail/engine.hpp>
 #include <joblib/errors.hpp>
@@ -23,6 +24,8 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <stop_token>
+#include <typeinfo>
 #include <vector>
 
 namespace joblib::detail {
@@ -49,6 +52,37 @@ void spin_until_changed(const std::atomic<std::uint64_t>& value, std::uint64_t s
 
 std::string task_count(std::size_t n) { return fmt::format("{} task{}", n, n == 1 ? "" : "s"); }
 
+// The longest the caller sleeps without looking at a stop_token: a stop
+// request is seen within this (std::stop_callback cannot take the call's
+// lock: it may run in a progress callback that holds it).
+constexpr auto kStopPoll = std::chrono::milliseconds(20);
+
+template <class E>
+bool is_a(const std::exception_ptr& e) {
+  if (!e) return false;
+  try {
+    std::rethrow_exception(e);
+  } catch (const E&) {
+    return true;
+  } catch (...) {
+  }
+  return false;
+}
+
+// "what(e)\n<note>" as an exception of the same joblib type, for the errors a retry can end with.
+std::exception_ptr with_attempts(const std::exception_ptr& e, int attempts, int retries) {
+  const std::string note = fmt::format("The batch was tried {} times (retries = {}).", attempts, retries);
+  try {
+    std::rethrow_exception(e);
+  } catch (const TimeoutError& x) {
+    return std::make_exception_ptr(TimeoutError(fmt::format("{}\n{}", x.what(), note)));
+  } catch (const TerminatedWorkerError& x) {
+    return std::make_exception_ptr(TerminatedWorkerError(fmt::format("{}\n{}", x.what(), note)));
+  } catch (...) {
+  }
+  return e;
+}
+
 // The longest a caller sleeps between two looks at the clock; and the
 // timeout in nanoseconds, saturated (1e10 s would overflow an int64).
 constexpr std::int64_t kMaxWaitNs = std::int64_t{3600} * 1'000'000'000;
@@ -69,6 +103,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
     n_tasks_ = source_->remaining();
     sequential_ = !cfg_.backend;
     generator_ = cfg_.return_as != ReturnAs::list;
+    outcomes_ = source_->gives_outcomes();
   }
 
   ~CallImpl() override = default;
@@ -106,6 +141,10 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   void finish_backend() noexcept;
   std::unique_ptr<BatchBase> take_locked();
   std::unique_ptr<BatchBase> run_inline_locked(Lock& lk);
+  void on_stop_requested() noexcept;
+  void check_cancelled_locked(Lock& lk);
+  bool retry_locked(BatchBase& b);
+  bool give_up_on_locked(BatchBase& b, const std::string& message, std::vector<BatchBase*>& out);
 
   Resolved cfg_;
   std::unique_ptr<Source> source_;
@@ -141,12 +180,32 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   std::size_t dispatched_tasks_ = 0, dispatched_batches_ = 0, completed_tasks_ = 0;
   std::size_t running_tasks_ = 0, done_tasks_ = 0, held_tasks_ = 0;
   AutoBatchSize auto_batch_;
+  bool outcomes_ = false;                 // Parallel::outcomes()
+  // Batches left running on a thread after a timeout, their tasks retried
+  // (or given TimeoutError outcomes) elsewhere: dropped when they end.
+  std::map<const BatchBase*, std::unique_ptr<BatchBase>> abandoned_;
+  std::atomic<bool> cancelled_{false};    // the stop_token was requested
+  bool stop_possible_ = false;
+  // Last: unregistered first, while everything it touches still exists.
+  std::unique_ptr<std::stop_callback<std::function<void()>>> on_stop_;
 };
 
 // ---------------------------------------------------------------------------
 
 void CallImpl::start() {
   if (cfg_.timeout && std::isinf(*cfg_.timeout)) cfg_.timeout.reset();  // infinity: no timeout
+  if (cfg_.stop_token.stop_possible()) {
+    stop_possible_ = true;
+    // Runs at once when a stop was already requested.
+    on_stop_ = std::make_unique<std::stop_callback<std::function<void()>>>(
+        cfg_.stop_token, std::function<void()>([this] { on_stop_requested(); }));
+  }
+  if ((cfg_.max_tasks_per_child || cfg_.worker_memory_limit) && !cfg_.caps.needs_encoded_tasks) {
+    std::fprintf(stderr,
+                 "UserWarning: max_tasks_per_child and worker_memory_limit apply to process backends (loky, "
+                 "multiprocessing); the '%s' backend ignores them.\n",
+                 cfg_.backend_name.c_str());
+  }
   if (sequential_) {
     if (cfg_.timeout) {
       static std::once_flag warned;
@@ -164,6 +223,7 @@ void CallImpl::start() {
         const std::size_t seq = b->seq_;
         done_.put(seq, std::move(b));
       }
+      check_cancelled_locked(lk);
     }
     return;
   }
@@ -201,6 +261,8 @@ void CallImpl::start() {
   settings.temp_folder = cfg_.temp_folder;
   settings.max_nbytes = cfg_.max_nbytes;
   settings.mmap_mode = cfg_.mmap_mode;
+  settings.max_tasks_per_child = cfg_.max_tasks_per_child;
+  settings.worker_memory_limit = cfg_.worker_memory_limit;
   if (std::exception_ptr e = cfg_.backend->start_call(settings)) {
     backend_stopped_ = true;
     std::rethrow_exception(e);
@@ -232,6 +294,9 @@ std::size_t CallImpl::next_batch_size_locked() {
     if (!message.empty()) printer_.message(message);
   }
   if (!sequential_ && n_tasks_) bs = cut_tail(bs, source_->remaining().value_or(0), cfg_.n_jobs);
+  // A worker replaced after N tasks never gets a batch of more than N.
+  if (cfg_.max_tasks_per_child && cfg_.caps.needs_encoded_tasks)
+    bs = std::min(bs, static_cast<std::size_t>(*cfg_.max_tasks_per_child));
   return std::max<std::size_t>(bs, 1);
 }
 
@@ -273,6 +338,10 @@ void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
     b->dispatched_ns_ = now_ns();
     b->clock_each_task_ = cfg_.timeout.has_value();
     b->call_ = this;
+    // A batch on threads cannot be stopped after a timeout: keep copies of
+    // its tasks to try them again on another thread.
+    if (cfg_.timeout && (cfg_.retries > 0 || outcomes_) && !cfg_.caps.needs_encoded_tasks)
+      b->spare_ = b->copy_tasks();
     running_tasks_ += b->size_;
     out.push_back(b.get());
     running_.emplace(b->seq_, std::move(b));
@@ -334,6 +403,67 @@ void CallImpl::report_finished_locked() {
   if (!n_tasks_) call_on_progress_locked();
 }
 
+bool CallImpl::retry_locked(BatchBase& b) {
+  if (!b.error_) return false;
+  // Rethrows to learn types, on a pool's thread beside a fork: see loader_walk_mutex().
+  std::lock_guard walk(loader_walk_mutex());
+  if (b.timed_out_) {
+    // Its worker was killed after the timeout (ParallelOptions::retries, outcomes).
+    b.error_ = std::make_exception_ptr(TimeoutError(
+        fmt::format("a task ran longer than the timeout of {} s (timed as a batch of {} starting at task {})",
+                    cfg_.timeout.value_or(0), task_count(b.size_), b.first_index_)));
+  }
+  if (stop_.load() || closed_) return false;
+  const bool worker_lost = b.from_backend_ && (b.timed_out_ || is_a<TerminatedWorkerError>(b.error_));
+  bool task_error = false;
+  if (!b.from_backend_ && cfg_.retry_if) {
+    try {
+      task_error = cfg_.retry_if(b.error_);
+    } catch (...) {
+      task_error = false;  // a predicate that throws says no
+    }
+  }
+  if (task_error && !cfg_.caps.needs_encoded_tasks && b.completed_ > b.retry_from_) {
+    // A batch on threads resumes at its failing task: a later task that
+    // fails has attempts of its own.
+    b.attempts_ = 1;
+    b.retry_from_ = b.completed_;
+  }
+  if (!(worker_lost || task_error) || b.attempts_ > cfg_.retries) {
+    if (b.attempts_ > 1) b.error_ = with_attempts(b.error_, b.attempts_, cfg_.retries);
+    return false;
+  }
+  if (cfg_.verbose >= 10) {
+    std::string why;
+    try {
+      std::rethrow_exception(b.error_);
+    } catch (const std::exception& e) {
+      why = e.what();
+    } catch (...) {
+      why = "unknown error";
+    }
+    printer_.message(fmt::format("Retrying a batch of {} starting at task {} (attempt {} of {}): {}",
+                                 task_count(b.size_), b.first_index_, b.attempts_ + 1, cfg_.retries + 1,
+                                 why.substr(0, why.find('\n'))));
+  }
+  // A batch on threads goes on from the task that threw; one that travels
+  // to a worker is sent again whole (its results travel together).
+  const bool resume = task_error && !cfg_.caps.needs_encoded_tasks;
+  if (!resume) {
+    b.completed_ = 0;
+    b.reset_results();
+  }
+  b.retry_from_ = b.completed_;
+  b.error_ = nullptr;
+  b.error_offset_ = 0;
+  b.from_backend_ = false;
+  b.timed_out_ = false;
+  ++b.attempts_;
+  b.started_ns_.store(0, std::memory_order_relaxed);
+  b.dispatched_ns_ = now_ns();
+  return true;
+}
+
 void CallImpl::batch_done(BatchBase& b) noexcept {
   // Lifetime: the caller does not let this call go while a worker is in here
   // (in_callback_), except after a timeout, when the call keeps itself alive
@@ -344,51 +474,133 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
   {
     Lock lk(m_);
     ++in_callback_;
-    auto node = running_.extract(b.seq_);
-    running_tasks_ -= b.size_;
-    last_completion_ns_ = now_ns();
-    const double duration = double(last_completion_ns_ - b.dispatched_ns_) * 1e-9;
-    completed_tasks_ += b.completed_;
-    if (b.error_ && b.from_backend_ && stop_.load()) {
-      // A batch the backend dropped or killed because the call was already
-      // stopping: not an error of its own.
-      b.error_ = nullptr;
-    }
-    if (b.error_) {
-      record_error_locked(b.seq_, b.error_);
-    } else if (b.completed_ == b.size_ && !cfg_.batch_size) {
-      auto_batch_.completed(b.size_, duration);  // joblib's batch_completed()
-    }
-    if (closed_ || error_ || b.completed_ < b.size_) {
-      dropped = std::move(node.mapped());
+    if (b.abandoned_) {
+      // Left running after a timeout; its tasks were tried elsewhere.
+      if (auto it = abandoned_.find(&b); it != abandoned_.end()) {
+        dropped = std::move(it->second);
+        abandoned_.erase(it);
+      }
+    } else if (retry_locked(b)) {
+      out.push_back(&b);  // stays in running_; sent again below
     } else {
-      done_tasks_ += b.size_;
-      done_.put(b.seq_, std::move(node.mapped()));
-      if (cfg_.return_as == ReturnAs::generator_unordered) done_order_.push_back(b.seq_);
-    }
-    report_progress_locked();
-    dispatch_locked(out);
-    if (finished_locked()) report_finished_locked();
-    // Wake the caller only when it has something to do: a result to hand out
-    // (generators), the end of the call, an error, or a stop that waits for
-    // running tasks.
-    const bool wake = finished_locked() || error_ || (generator_ && !done_.empty()) ||
-                      (stop_.load(std::memory_order_relaxed) && running_.empty());
-    if (wake) {
-      events_.fetch_add(1, std::memory_order_release);
-      cv_.notify_all();
+      auto node = running_.extract(b.seq_);
+      running_tasks_ -= b.size_;
+      last_completion_ns_ = now_ns();
+      const double duration = double(last_completion_ns_ - b.dispatched_ns_) * 1e-9;
+      if (b.error_ && b.from_backend_ && stop_.load()) {
+        // A batch the backend dropped or killed because the call was already
+        // stopping: not an error of its own.
+        b.error_ = nullptr;
+      }
+      if (b.error_ && outcomes_) {
+        // Parallel::outcomes: a batch that failed as a whole (its worker died
+        // for good) gives its error to each of its tasks.
+        try {
+          if (b.fill_error(b.error_)) b.error_ = nullptr;
+        } catch (...) {
+          b.error_ = std::current_exception();
+        }
+      }
+      completed_tasks_ += b.completed_;
+      if (b.error_) {
+        record_error_locked(b.seq_, b.error_);
+      } else if (b.completed_ == b.size_ && !cfg_.batch_size && b.attempts_ == 1) {
+        auto_batch_.completed(b.size_, duration);  // joblib's batch_completed()
+      }
+      if (closed_ || error_ || b.completed_ < b.size_) {
+        dropped = std::move(node.mapped());
+      } else {
+        done_tasks_ += b.size_;
+        done_.put(b.seq_, std::move(node.mapped()));
+        if (cfg_.return_as == ReturnAs::generator_unordered) done_order_.push_back(b.seq_);
+      }
+      report_progress_locked();
+      dispatch_locked(out);
+      if (finished_locked()) report_finished_locked();
+      // Wake the caller only when it has something to do: a result to hand out
+      // (generators), the end of the call, an error, or a stop that waits for
+      // running tasks.
+      const bool wake = finished_locked() || error_ || (generator_ && !done_.empty()) ||
+                        (stop_.load(std::memory_order_relaxed) && running_.empty());
+      if (wake) {
+        events_.fetch_add(1, std::memory_order_release);
+        cv_.notify_all();
+      }
     }
   }
   if (!out.empty()) submit(out);
   dropped.reset();
   Lock lk(m_);
   if (--in_callback_ == 0) {
-    if (self_ && running_.empty()) last_ref = std::move(self_);
+    if (self_ && running_.empty() && abandoned_.empty()) last_ref = std::move(self_);
     events_.fetch_add(1, std::memory_order_release);
     cv_.notify_all();
   }
   lk.unlock();
   // last_ref (if any) is released here, after the lock: the call may end now.
+}
+
+bool CallImpl::give_up_on_locked(BatchBase& b, const std::string& message, std::vector<BatchBase*>& out) {
+  // A batch on a thread ran over the timeout: it cannot be stopped, so it is
+  // left to finish (its outcome dropped) and its spare copy is tried again,
+  // or, retries spent, gives TimeoutError outcomes.
+  std::unique_ptr<BatchBase> spare = std::move(b.spare_);
+  if (!spare) return false;
+  auto node = running_.extract(b.seq_);
+  spare->seq_ = b.seq_;
+  spare->first_index_ = b.first_index_;
+  spare->stop_ = &stop_;
+  spare->call_ = this;
+  spare->clock_each_task_ = b.clock_each_task_;
+  spare->attempts_ = b.attempts_ + 1;
+  spare->dispatched_ns_ = now_ns();
+  b.abandoned_ = true;
+  abandoned_.emplace(&b, std::move(node.mapped()));
+  const std::size_t seq = spare->seq_;
+  if (b.attempts_ <= cfg_.retries) {
+    if (cfg_.verbose >= 10)
+      printer_.message(fmt::format("Retrying a batch of {} starting at task {} (attempt {} of {}): {}",
+                                   task_count(spare->size_), spare->first_index_, spare->attempts_,
+                                   cfg_.retries + 1, message));
+    spare->spare_ = spare->copy_tasks();
+    out.push_back(spare.get());
+    running_.emplace(seq, std::move(spare));
+    return true;
+  }
+  // Retries spent, and the call gives outcomes: every task of the batch times out.
+  std::exception_ptr e = std::make_exception_ptr(TimeoutError(message));
+  if (b.attempts_ > 1) e = with_attempts(e, b.attempts_, cfg_.retries);
+  spare->fill_error(e);
+  spare->attempts_ = b.attempts_;
+  running_tasks_ -= spare->size_;
+  completed_tasks_ += spare->size_;
+  done_tasks_ += spare->size_;
+  done_.put(seq, std::move(spare));
+  if (cfg_.return_as == ReturnAs::generator_unordered) done_order_.push_back(seq);
+  report_progress_locked();
+  dispatch_locked(out);
+  if (finished_locked()) report_finished_locked();
+  return true;
+}
+
+void CallImpl::on_stop_requested() noexcept {
+  // Runs in the thread that called request_stop(): flags only (the caller
+  // sees them within kStopPoll and stops the backend).
+  cancelled_.store(true);
+  stop_.store(true);
+  events_.fetch_add(1, std::memory_order_release);
+  cv_.notify_all();
+}
+
+void CallImpl::check_cancelled_locked(Lock& lk) {
+  if (!cancelled_.load() || raised_) return;
+  if (!error_) {
+    record_error_locked(0, std::make_exception_ptr(CancelledError(fmt::format(
+                               "the call was cancelled: its stop_token was requested ({} of {} done)",
+                               task_count(completed_tasks_), n_tasks_ ? task_count(*n_tasks_) : std::string("?")))));
+    error_seq_ = 0;
+  }
+  raise_locked(lk);
 }
 
 void CallImpl::raise_locked(Lock& lk) {
@@ -430,6 +642,7 @@ void CallImpl::raise_locked(Lock& lk) {
 void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
   bool spun = false;
   for (;;) {
+    check_cancelled_locked(lk);
     if (error_) raise_locked(lk);
     if (ready()) return;
     if (!spun) {
@@ -444,12 +657,16 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
     }
     spun = false;
     if (!cfg_.timeout) {
-      cv_.wait(lk);
+      if (stop_possible_)
+        cv_.wait_for(lk, kStopPoll);
+      else
+        cv_.wait(lk);
       continue;
     }
     const std::int64_t limit = timeout_ns(*cfg_.timeout);
     const std::int64_t now = now_ns();
     std::int64_t deadline = now + std::min(limit, kMaxWaitNs);
+    if (stop_possible_) deadline = std::min<std::int64_t>(deadline, now + kStopPoll.count() * 1'000'000);
     // A batch still waiting for a worker is on the clock too, from when it
     // was dispatched or, if later, from the call's last completed batch or
     // the earliest start of its running batches: a worker that is busy with
@@ -461,12 +678,25 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
       const std::int64_t s = b->started_ns_.load(std::memory_order_relaxed);
       if (s != 0 && (earliest_start == 0 || s < earliest_start)) earliest_start = s;
     }
+    std::vector<BatchBase*> give_up;  // thread batches over the limit, with spare copies
     for (int pass = 0; pass < 2; ++pass)
     for (auto& [seq, b] : running_) {
+      if (b->timed_out_) continue;  // being stopped (retries, outcomes)
       std::int64_t s = b->started_ns_.load(std::memory_order_relaxed);
       const bool waiting = s == 0;
       if (waiting != (pass == 1)) continue;
       if (waiting) s = std::max({b->dispatched_ns_, last_completion_ns_, earliest_start});
+      if (now - s > limit && !waiting && (b->attempts_ <= cfg_.retries || outcomes_)) {
+        // Retries or outcomes: stop this batch only, and go on.
+        if (cfg_.caps.needs_encoded_tasks && cfg_.backend->cancel(*b)) {
+          b->timed_out_ = true;
+          continue;
+        }
+        if (b->spare_) {
+          give_up.push_back(b.get());
+          continue;
+        }
+      }
       if (now - s > limit) {
         timed_out_ = true;
         timeout_message_ =
@@ -477,6 +707,8 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
                                   *cfg_.timeout,
                                   b->clock_each_task_ && !cfg_.caps.needs_encoded_tasks ? "in a" : "timed as a",
                                   task_count(b->size_), b->first_index_);
+        if (!waiting && b->attempts_ > 1)
+          timeout_message_ += fmt::format("\nThe batch was tried {} times (retries = {}).", b->attempts_, cfg_.retries);
         record_error_locked(0, std::make_exception_ptr(TimeoutError(timeout_message_)));
         error_seq_ = 0;
         lk.unlock();
@@ -486,12 +718,40 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
       }
       if (limit < kMaxWaitNs) deadline = std::min(deadline, s + limit + 1);
     }
+    if (!give_up.empty()) {
+      std::vector<BatchBase*> out;
+      for (BatchBase* b : give_up)
+        give_up_on_locked(*b,
+                          fmt::format("a task ran longer than the timeout of {} s (in a batch of {} starting at task {})",
+                                      *cfg_.timeout, task_count(b->size_), b->first_index_),
+                          out);
+      if (!out.empty()) {
+        lk.unlock();
+        submit(out);
+        lk.lock();
+      }
+      events_.fetch_add(1, std::memory_order_release);
+      continue;
+    }
     cv_.wait_for(lk, std::chrono::nanoseconds(std::max<std::int64_t>(deadline - now, 1000)));
   }
 }
 
 void CallImpl::finish_backend() noexcept {
-  if (cfg_.backend && !backend_stopped_.exchange(true)) cfg_.backend->stop_call();
+  if (!cfg_.backend || backend_stopped_.exchange(true)) return;
+  on_stop_.reset();  // a stop requested from now on concerns nothing of this call
+  bool abandon = false;
+  {
+    Lock lk(m_);
+    if (!abandoned_.empty()) {
+      // Batches still running on threads after a timeout: this call stays
+      // alive until they end, and later calls must not wait for them.
+      self_ = shared_from_this();
+      abandon = true;
+    }
+  }
+  if (abandon) cfg_.backend->abandon();
+  cfg_.backend->stop_call();
 }
 
 std::unique_ptr<BatchBase> CallImpl::take_locked() {
@@ -513,6 +773,7 @@ std::unique_ptr<BatchBase> CallImpl::take_locked() {
 }
 
 std::unique_ptr<BatchBase> CallImpl::run_inline_locked(Lock& lk) {
+  check_cancelled_locked(lk);
   if (stop_ || exhausted_) return nullptr;
   const std::size_t bs = next_batch_size_locked();
   bool failed = false;
@@ -526,8 +787,21 @@ std::unique_ptr<BatchBase> CallImpl::run_inline_locked(Lock& lk) {
   // (joblib's SequentialBackend.get_nested_backend).
   const std::int64_t t0 = now_ns();
   lk.unlock();
-  b->run_tasks();
+  {
+    StopFlagScope tasks_see(&stop_);  // joblib::stop_requested() in the tasks
+    b->run_tasks();
+  }
   lk.lock();
+  while (retry_locked(*b)) {  // retry_if: a task's own exception tried again
+    lk.unlock();
+    {
+      StopFlagScope tasks_see(&stop_);
+      b->run_tasks();
+    }
+    lk.lock();
+  }
+  check_cancelled_locked(lk);
+  if (b->error_ && outcomes_ && b->fill_error(b->error_)) b->error_ = nullptr;
   completed_tasks_ += b->completed_;
   if (!cfg_.batch_size && !b->error_) auto_batch_.completed(b->size_, double(now_ns() - t0) * 1e-9);
   if (b->error_) {
@@ -654,20 +928,24 @@ std::string BatchBase::task_function_name(std::size_t index) const noexcept {
 void BatchBase::fail(std::exception_ptr error) noexcept {
   CallImpl* call = call_;
   error_ = error ? error : std::make_exception_ptr(BackendError("a backend failed a batch without saying why"));
-  try {
-    std::rethrow_exception(error_);
-  } catch (const TerminatedWorkerError& e) {
-    // Say which tasks the dead worker was running (joblib users ask which
-    // input killed it).
-    const std::string tasks = size_ == 1 ? fmt::format("task {}", first_index_)
-                                         : fmt::format("tasks {} to {}", first_index_, first_index_ + size_ - 1);
+  const std::string function = size_ ? task_function_name(0) : std::string("?");
+  {
+    // On a pool's thread, beside a fork: see loader_walk_mutex().
+    std::lock_guard walk(loader_walk_mutex());
     try {
-      std::string text = fmt::format("{}\nIt was running {} of the call ({}).", e.what(), tasks,
-                                     size_ ? task_function(0) : std::string("?"));
-      error_ = std::make_exception_ptr(TerminatedWorkerError(text));
+      std::rethrow_exception(error_);
+    } catch (const TerminatedWorkerError& e) {
+      // Say which tasks the dead worker was running (joblib users ask which
+      // input killed it).
+      const std::string tasks = size_ == 1 ? fmt::format("task {}", first_index_)
+                                           : fmt::format("tasks {} to {}", first_index_, first_index_ + size_ - 1);
+      try {
+        std::string text = fmt::format("{}\nIt was running {} of the call ({}).", e.what(), tasks, function);
+        error_ = std::make_exception_ptr(TerminatedWorkerError(text));
+      } catch (...) {
+      }
     } catch (...) {
     }
-  } catch (...) {
   }
   from_backend_ = true;
   call->batch_done(*this);
@@ -686,6 +964,16 @@ void validate(const ParallelOptions& o) {
     (void)amount;
   }
   if (o.max_nbytes && *o.max_nbytes) (void)parse_bytes(**o.max_nbytes, "max_nbytes");
+  if (o.retries < 0) throw std::invalid_argument(fmt::format("retries must be >= 0, got: {}", o.retries));
+  if (o.max_tasks_per_child && *o.max_tasks_per_child < 1)
+    throw std::invalid_argument(
+        fmt::format("max_tasks_per_child must be a positive integer, got: {}", *o.max_tasks_per_child));
+  if (o.worker_memory_limit) {
+    const std::optional<std::size_t> limit = parse_bytes(*o.worker_memory_limit, "worker_memory_limit");
+    if (!limit || *limit == 0)
+      throw std::invalid_argument(fmt::format("worker_memory_limit must be a positive size such as \"2G\", got: '{}'",
+                                              *o.worker_memory_limit));
+  }
 }
 
 std::shared_ptr<Call> start_call(const ParallelOptions& options, std::unique_ptr<Source> source) {

@@ -11,6 +11,7 @@ TerminatedWorkerError::~TerminatedWorkerError() = default;
 SerializationError::~SerializationError() = default;
 BackendError::~BackendError() = default;
 StoreError::~StoreError() = default;
+CancelledError::~CancelledError() = default;
 
 namespace {
 std::string task_error_text(const std::string& type, const std::string& message,

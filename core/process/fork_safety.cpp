@@ -6,6 +6,7 @@
 
 namespace joblib::detail {
 namespace {
+
 std::mutex& list_mutex() {
   static auto* m = new std::mutex();
   return *m;
@@ -15,14 +16,21 @@ std::vector<std::mutex*>& held() {
   return *v;
 }
 void prepare() {
+  loader_walk_mutex().lock();
   list_mutex().lock();
   for (std::mutex* m : held()) m->lock();
 }
 void release() {
   for (auto it = held().rbegin(); it != held().rend(); ++it) (*it)->unlock();
   list_mutex().unlock();
+  loader_walk_mutex().unlock();
 }
 }  // namespace
+
+std::mutex& loader_walk_mutex() {
+  static auto* m = new std::mutex();
+  return *m;
+}
 
 void hold_across_fork(std::mutex& m) {
   static std::once_flag once;

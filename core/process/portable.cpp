@@ -152,6 +152,7 @@ void* resolve_code(const CodeRef& ref) {
 
 
 std::string function_name(const void* address) {
+  std::lock_guard walk(loader_walk_mutex());  // libbacktrace walks the loaded modules
   Dl_info info{};
   if (dladdr(address, &info) && info.dli_sname && info.dli_saddr == address) return demangle(info.dli_sname);
   // Static functions have no dynamic symbol: ask the symbol table (libbacktrace).

@@ -241,6 +241,7 @@ const std::unordered_map<std::string, ErrorFactory>& known_factories() {
     add_known<joblib::SerializationError>(*k);
     add_known<joblib::BackendError>(*k);
     add_known<joblib::StoreError>(*k);
+    add_known<joblib::CancelledError>(*k);
     (*k)[typeid(std::bad_alloc).name()] = [](const std::string&) { return std::make_exception_ptr(std::bad_alloc()); };
     return k;
   }();
@@ -316,6 +317,21 @@ std::vector<std::byte> envelope_of(std::size_t index, std::exception_ptr e, std:
   return {out.bytes().begin(), out.bytes().end()};
 }
 }  // namespace
+
+std::string task_error_envelope(std::size_t index, std::exception_ptr error) noexcept {
+  try {
+    std::vector<std::byte> env = envelope_of(index, std::move(error), take_throw_trace());
+    return {reinterpret_cast<const char*>(env.data()), env.size()};
+  } catch (...) {
+    try {
+      std::vector<std::byte> env =
+          envelope_of(index, std::make_exception_ptr(Error("a task failed and its error could not be encoded")), {});
+      return {reinterpret_cast<const char*>(env.data()), env.size()};
+    } catch (...) {
+      return {};
+    }
+  }
+}
 
 // ---- the worker loop ------------------------------------------------------------
 

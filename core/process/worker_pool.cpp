@@ -12,7 +12,9 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <unistd.h>
 
 namespace joblib::worker_sdk {
 using namespace std::chrono_literals;
@@ -20,6 +22,11 @@ using namespace std::chrono_literals;
 struct WorkerPool::Slot {
   WorkerProcess worker;
   const void* running_call = nullptr;
+  const Batch* running_batch = nullptr;
+  std::size_t memory_limit = 0;      // of the running job (0: none)
+  std::size_t tasks_run = 0;         // by the current worker process
+  const Batch* killed_batch = nullptr;  // cancel(batch) killed it (timeout)
+  std::size_t killed_at_rss = 0;     // the watcher killed it: its resident memory then
   bool retire = false;
   const void* killed_for = nullptr;  // abort(call) killed it: a batch of that call is not a crash
   bool killed_all = false;           // kill_all() (Ctrl-C)
@@ -29,6 +36,49 @@ struct WorkerPool::Slot {
 
 namespace {
 std::exception_ptr cancelled() { return std::make_exception_ptr(Error("cancelled")); }
+
+// Resident memory of a process, in bytes (0 when it cannot be read): the
+// second field of /proc/<pid>/statm, in pages. Cheap; counts the pages a
+// forked worker still shares with its parent.
+std::size_t resident_bytes(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/statm", static_cast<int>(pid));
+  std::FILE* f = std::fopen(path, "r");
+  if (!f) return 0;
+  unsigned long size = 0, resident = 0;
+  const int got = std::fscanf(f, "%lu %lu", &size, &resident);
+  std::fclose(f);
+  if (got != 2) return 0;
+  return static_cast<std::size_t>(resident) * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// The memory a process alone holds (its unique set size): Private_Clean +
+// Private_Dirty of /proc/<pid>/smaps_rollup, in bytes; pages shared with
+// the parent after a fork, with other workers or with other programs are
+// not counted. Walks the page tables: asked only when the resident size is
+// already over the limit. Falls back to the resident size.
+std::size_t private_bytes(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/smaps_rollup", static_cast<int>(pid));
+  std::FILE* f = std::fopen(path, "r");
+  if (!f) return resident_bytes(pid);
+  char line[256];
+  std::size_t kb = 0;
+  bool found = false;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long v = 0;
+    if (std::sscanf(line, "Private_Clean: %lu kB", &v) == 1 || std::sscanf(line, "Private_Dirty: %lu kB", &v) == 1) {
+      kb += v;
+      found = true;
+    }
+  }
+  std::fclose(f);
+  return found ? kb * 1024 : resident_bytes(pid);
+}
+
+std::string mib(std::size_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1024.0 * 1024.0)); }
+
+constexpr auto kMemoryPoll = std::chrono::milliseconds(10);
 }  // namespace
 
 WorkerPool::WorkerPool(WorkerOptions options, int n_workers)
@@ -50,6 +100,7 @@ WorkerPool::~WorkerPool() {
   // Drivers finish the job they run (abort() first if that must not wait).
   for (auto& s : slots_)
     if (s->driver.joinable()) s->driver.join();
+  if (watcher_.joinable()) watcher_.join();
   for (auto& s : slots_) s->worker.stop();
 }
 
@@ -103,6 +154,7 @@ void WorkerPool::resize(int n) {
 void WorkerPool::submit(Job job) {
   {
     std::unique_lock lock(m_);
+    if (job.memory_limit > 0 && !watcher_.joinable()) watcher_ = std::thread([this] { watch_memory(); });
     if (aborted_.count(job.call)) {
       lock.unlock();
       job.batch->fail(cancelled());
@@ -138,6 +190,33 @@ void WorkerPool::abort(const void* call) noexcept {
       }
   }
   for (Job& j : dropped) j.batch->fail(cancelled());
+}
+
+bool WorkerPool::cancel(const Batch* batch) noexcept {
+  std::lock_guard lock(m_);
+  for (auto& s : slots_)
+    if (s->running_batch == batch && s->worker.running()) {
+      s->killed_batch = batch;
+      s->worker.kill();
+      return true;
+    }
+  return false;
+}
+
+void WorkerPool::watch_memory() {
+  std::unique_lock lock(m_);
+  while (!stopping_) {
+    cv_.wait_for(lock, kMemoryPoll);
+    for (auto& s : slots_) {
+      if (s->memory_limit == 0 || !s->running_batch || !s->worker.running() || s->killed_at_rss) continue;
+      if (resident_bytes(s->worker.pid()) <= s->memory_limit) continue;
+      const std::size_t rss = private_bytes(s->worker.pid());
+      if (rss > s->memory_limit) {
+        s->killed_at_rss = rss;
+        s->worker.kill();
+      }
+    }
+  }
 }
 
 void WorkerPool::kill_all(bool and_reap) noexcept {
@@ -197,10 +276,13 @@ bool WorkerPool::ensure_worker(Slot* slot, std::string& why) {
     // A kill was sent (possibly just after its job ended): wait for it to land.
     reap(slot);
   }
+  if (slot->worker.running() && (slot->killed_batch || slot->killed_at_rss)) reap(slot);
   {
     std::lock_guard lock(m_);
     slot->killed_for = nullptr;
     slot->killed_all = false;
+    slot->killed_batch = nullptr;
+    slot->killed_at_rss = 0;
   }
   if (slot->worker.running()) {
     int status = 0;
@@ -214,6 +296,7 @@ bool WorkerPool::ensure_worker(Slot* slot, std::string& why) {
     {
       std::lock_guard lock(m_);  // abort() may kill it from now on
       slot->worker = std::move(fresh);
+      slot->tasks_run = 0;
     }
     slot->worker.handshake(options_);
   } catch (const std::exception& e) {
@@ -257,10 +340,13 @@ void WorkerPool::drive(Slot* slot) {
         continue;
       }
       slot->running_call = job.call;
+      slot->running_batch = job.batch;
     }
     run_job(slot, job);
     std::lock_guard lock(m_);
     slot->running_call = nullptr;
+    slot->running_batch = nullptr;
+    slot->memory_limit = 0;
   }
 }
 
@@ -272,6 +358,13 @@ void WorkerPool::run_job(Slot* slot, const Job& job) {
   } catch (...) {
     batch.fail(std::current_exception());
     return;
+  }
+  const std::size_t n_tasks = batch.size();
+  if (job.max_tasks > 0 && slot->worker.running() && slot->tasks_run > 0 &&
+      slot->tasks_run + n_tasks > job.max_tasks) {
+    // max_tasks_per_child: this worker has done its share; a fresh one takes the batch.
+    slot->worker.send(FrameKind::exit, {});
+    reap(slot, nullptr, 1000ms);
   }
   for (int attempt = 0;; ++attempt) {
     std::string why;
@@ -287,6 +380,10 @@ void WorkerPool::run_job(Slot* slot, const Job& job) {
         batch.fail(cancelled());
         return;
       }
+    }
+    {
+      std::lock_guard lock(m_);
+      slot->memory_limit = job.memory_limit;  // the watcher looks from now on
     }
     batch.started();
     // Read even when the write failed: a worker that left idle just before
@@ -305,13 +402,20 @@ void WorkerPool::run_job(Slot* slot, const Job& job) {
     }
     if (!reply.frame || reply.frame->kind != FrameKind::reply) {
       bool killed = false;
+      std::size_t rss = 0;
       {
         std::lock_guard lock(m_);
-        killed = slot->killed_for == job.call || slot->killed_all;
+        killed = slot->killed_for == job.call || slot->killed_all || slot->killed_batch == job.batch;
+        rss = slot->killed_at_rss;
       }
       bool was_alive = false;
       const int status = reap(slot, &was_alive, reply.garbled ? 0ms : 1000ms);
-      if (killed || interrupted())
+      if (rss > 0 && !killed)
+        batch.fail(std::make_exception_ptr(TerminatedWorkerError(fmt::format(
+            "A worker process (pid {}) was stopped: its memory reached {}, over worker_memory_limit = {} "
+            "({} bytes).\nThe worker was running a batch of {} task{}.",
+            pid, mib(rss), mib(job.memory_limit), job.memory_limit, n_tasks, n_tasks == 1 ? "" : "s"))));
+      else if (killed || interrupted())
         batch.fail(interrupted() ? std::make_exception_ptr(Error("Parallel call interrupted (SIGINT)")) : cancelled());
       else if (was_alive)
         batch.fail(std::make_exception_ptr(TerminatedWorkerError(fmt::format(
@@ -323,6 +427,7 @@ void WorkerPool::run_job(Slot* slot, const Job& job) {
         batch.fail(worker_terminated(status, pid, batch.size()));
       return;
     }
+    slot->tasks_run += n_tasks;  // before completing: the batch may be gone after
     complete_batch(batch, reply.frame->payload);
     return;
   }
@@ -346,6 +451,8 @@ std::exception_ptr PoolBackend::start_call(const CallSettings& s) noexcept {
   try {
     clear_interrupted();  // an earlier Ctrl-C has been reported by the calls it stopped
     memmap_ = std::make_unique<CallMemmap>(s);
+    max_tasks_ = s.max_tasks_per_child ? static_cast<std::size_t>(*s.max_tasks_per_child) : 0;
+    memory_limit_ = s.worker_memory_limit.value_or(0);
     pool_ = make_pool(s);
     if (!pool_) throw BackendError(name() + ": make_pool() gave no pool");
   } catch (...) {
@@ -356,11 +463,13 @@ std::exception_ptr PoolBackend::start_call(const CallSettings& s) noexcept {
 
 void PoolBackend::submit(Batch& batch) noexcept {
   try {
-    pool_->submit({&batch, this, memmap_.get()});
+    pool_->submit({&batch, this, memmap_.get(), max_tasks_, memory_limit_});
   } catch (...) {
     batch.fail(std::current_exception());
   }
 }
+
+bool PoolBackend::cancel(Batch& batch) noexcept { return pool_ && pool_->cancel(&batch); }
 
 void PoolBackend::abort() noexcept {
   if (pool_) pool_->abort(this);

@@ -34,7 +34,7 @@ class OutputStream;
 
 /// Bumped whenever the layout or the virtual interface below changes. A plugin
 /// built against another version is refused with BackendError.
-inline constexpr int plugin_abi_version = 4;
+inline constexpr int plugin_abi_version = 5;
 
 /// What a backend can do; the resolver and the dispatcher ask, never check names.
 struct BackendCapabilities {
@@ -106,6 +106,8 @@ struct CallSettings {
   std::optional<std::size_t> max_nbytes{};
   MmapMode mmap_mode = MmapMode::r;
   std::vector<std::byte> initializer{};  // process backends: request run first in every new worker
+  std::optional<int> max_tasks_per_child{};           // process backends: replace a worker after N tasks
+  std::optional<std::size_t> worker_memory_limit{};   // process backends: bytes of resident memory per worker
 };
 
 /// Backend that tasks of a parallel call see as active (joblib's get_nested_backend).
@@ -150,6 +152,15 @@ class JOBLIB_EXPORT ParallelBackendBase {
   /// backend that reuses engines gives later calls fresh ones
   /// (EngineCache::retire). Called before stop_call().
   virtual void abandon() noexcept {}
+  /// Stops one batch that ran over the call's timeout, so that it can be
+  /// retried (ParallelOptions::retries) or reported while the call goes on:
+  /// a process backend kills the worker running it, and the batch is then
+  /// failed as usual (any error: the dispatcher knows why). Returns false
+  /// when the batch cannot be stopped (it runs on a thread); the default.
+  virtual bool cancel(Batch& batch) noexcept {
+    (void)batch;
+    return false;
+  }
   /// Backend that tasks see as active: by default threading at nesting
   /// level 1 and sequential beyond, as joblib.
   virtual NestedBackend nested_backend() const;

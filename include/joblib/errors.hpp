@@ -70,6 +70,14 @@ class JOBLIB_EXPORT BackendError : public Error {
   ~BackendError() override;
 };
 
+/// The call was cancelled: its ParallelOptions::stop_token was requested
+/// (or its Results was destroyed before the end, where nothing sees it).
+class JOBLIB_EXPORT CancelledError : public Error {
+ public:
+  using Error::Error;
+  ~CancelledError() override;
+};
+
 /// A dump file that is bad, truncated, of another type or of a newer format.
 class JOBLIB_EXPORT StoreError : public Error {
  public:

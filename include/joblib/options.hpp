@@ -2,9 +2,11 @@
 // Options of Parallel and of the configuration scopes (parallel_backend,
 // parallel_config). Aggregates: write `{.n_jobs = 4, .prefer = Prefer::threads}`.
 #include <cstddef>
+#include <exception>
 #include <functional>
 #include <map>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -32,6 +34,34 @@ struct Initializer {
 
 /// Progress callback: tasks done so far, and the total once it is known.
 using ProgressCallback = std::function<void(std::size_t done, std::optional<std::size_t> total)>;
+
+/// Decides whether a task's own exception is worth another attempt
+/// (ParallelOptions::retry_if). Make one with joblib::retry_on<E...>().
+using RetryPredicate = std::function<bool(const std::exception_ptr&)>;
+
+/// A RetryPredicate that accepts the exceptions of the types E... (and of
+/// types derived from them): `.retries = 3, .retry_if = joblib::retry_on<std::system_error>()`.
+/// On process backends a task's exception arrives as its own type when it
+/// is a standard or joblib type or a registered one, else as TaskError.
+template <class... E>
+RetryPredicate retry_on() {
+  static_assert(sizeof...(E) > 0, "joblib::retry_on<E...>(): name at least one exception type");
+  return [](const std::exception_ptr& error) {
+    if (!error) return false;
+    bool match = false;
+    auto try_one = [&]<class T>() {
+      if (match) return;
+      try {
+        std::rethrow_exception(error);
+      } catch (const T&) {
+        match = true;
+      } catch (...) {
+      }
+    };
+    (try_one.template operator()<E>(), ...);
+    return match;
+  };
+}
 
 /// A setting that may be left unset, so that "not written" and "written
 /// with the default value" differ: an unset field of ParallelOptions takes
@@ -70,6 +100,13 @@ struct ParallelOptions {
   ProgressCallback on_progress{};           // called after every finished batch (every task when sequential)
   bool progress_bar = false;                // live bar with rate and ETA on stderr when it is a terminal
   Initializer initializer{};                // process backends: run once per new worker
+  // ---- resilience (beyond joblib; docs/errors.md) ----
+  int retries = 0;                          // a task whose worker died or that timed out runs again, up to N times
+  std::optional<int> max_tasks_per_child{}; // process backends: a worker is replaced after N tasks (leaky tasks)
+  std::optional<std::string> worker_memory_limit{};  // "2G": a process worker above it is replaced; its task fails
+                                            // with TerminatedWorkerError naming the limit (or is retried)
+  std::stop_token stop_token{};             // request_stop() cancels the call: CancelledError
+  RetryPredicate retry_if{};                // a task's own exception is retried (under `retries`) when this says so
 };
 
 /// Options of parallel_backend(name, options).

@@ -7,6 +7,7 @@
 #include <joblib/detail/engine.hpp>
 #include <joblib/detail/process.hpp>
 #include <joblib/options.hpp>
+#include <joblib/outcome.hpp>
 
 #include <cstddef>
 #include <deque>
@@ -55,37 +56,61 @@ class ResultBatch : public BatchBase {
 template <>
 class ResultBatch<void> : public BatchBase {};
 
-/// A batch of tasks of one type: run() is a monomorphic loop.
-template <class TaskT, class R>
-class BatchOf final : public ResultBatch<R> {
+/// What a batch keeps per task: the result, or its Outcome (Parallel::outcomes).
+template <class R, bool Outcomes>
+using batch_value_t = std::conditional_t<Outcomes, Outcome<R>, R>;
+
+/// A batch of tasks of one type: run() is a monomorphic loop. With
+/// `Outcomes`, every task runs and each result is an Outcome<R>.
+template <class TaskT, class R, bool Outcomes = false>
+class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>> {
  public:
   std::vector<TaskT> tasks_;
 
   void run_tasks() noexcept override {
+    // A retried batch (ParallelOptions::retry_if) goes on from its failed task.
     const std::atomic<bool>* stop = this->stop_;
     try {
-      if constexpr (!std::is_void_v<R> && !std::is_same_v<R, bool>) this->results_.reserve(tasks_.size());
+      if constexpr (Outcomes || (!std::is_void_v<R> && !std::is_same_v<R, bool>))
+        this->results_.reserve(tasks_.size());
       const bool clock = this->clock_each_task_;
-      for (auto& task : tasks_) {
+      for (std::size_t i = this->completed_; i < tasks_.size(); ++i) {
         if (stop && stop->load(std::memory_order_relaxed)) break;
         if (clock) this->restart_clock();
-        if constexpr (std::is_void_v<R>)
-          std::invoke(task);
-        else
-          this->results_.emplace_back(std::invoke(task));
+        if constexpr (Outcomes) {
+          try {
+            if constexpr (std::is_void_v<R>) {
+              std::invoke(tasks_[i]);
+              this->results_.emplace_back(std::in_place);
+            } else {
+              this->results_.emplace_back(std::in_place, std::invoke(tasks_[i]));
+            }
+          } catch (...) {
+            this->results_.emplace_back(std::current_exception());
+          }
+        } else if constexpr (std::is_void_v<R>) {
+          std::invoke(tasks_[i]);
+        } else {
+          this->results_.emplace_back(std::invoke(tasks_[i]));
+        }
         ++this->completed_;
       }
     } catch (...) {
       this->error_ = std::current_exception();
       this->error_offset_ = this->completed_;
     }
-    tasks_.clear();
-    tasks_.shrink_to_fit();
+    if (this->completed_ == tasks_.size()) {
+      tasks_.clear();  // kept otherwise: the batch may be tried again
+      tasks_.shrink_to_fit();
+    }
   }
 
   void encode_tasks(CodeRef& entry, OutputStream& out, BufferSink* sink) override {
     if constexpr (PortableTask<TaskT, R>::value) {
-      entry = code_ref(reinterpret_cast<const void*>(&batch_entry<TaskT, R>));
+      if constexpr (Outcomes)
+        entry = code_ref(reinterpret_cast<const void*>(&outcome_entry<TaskT, R>));
+      else
+        entry = code_ref(reinterpret_cast<const void*>(&batch_entry<TaskT, R>));
       EncodeArchive ar(out, sink);
       ar.save_u64(tasks_.size());
       for (const auto& task : tasks_) save_task(ar, task);
@@ -97,7 +122,9 @@ class BatchOf final : public ResultBatch<R> {
 
   void decode_results(std::span<const std::byte> bytes, BufferSource* source) override {
     if constexpr (PortableTask<TaskT, R>::value) {
-      if constexpr (std::is_void_v<R>) {
+      if constexpr (Outcomes) {
+        decode_outcomes(bytes, source);
+      } else if constexpr (std::is_void_v<R>) {
         this->completed_ = static_cast<std::size_t>(decode<std::uint64_t>(bytes, source));
       } else {
         decode_into(this->results_, bytes, source);
@@ -108,6 +135,34 @@ class BatchOf final : public ResultBatch<R> {
                                  std::to_string(tasks_.size()) + " tasks");
       tasks_.clear();
       tasks_.shrink_to_fit();
+    }
+  }
+
+  void reset_results() noexcept override {
+    if constexpr (requires { this->results_.clear(); }) this->results_.clear();
+  }
+
+  bool fill_error(std::exception_ptr error) override {
+    if constexpr (Outcomes) {
+      while (this->results_.size() < this->size_) this->results_.emplace_back(error);
+      this->completed_ = this->size_;
+      tasks_.clear();
+      tasks_.shrink_to_fit();
+      return true;
+    } else {
+      (void)error;
+      return false;
+    }
+  }
+
+  std::unique_ptr<BatchBase> copy_tasks() const override {
+    if constexpr (std::is_copy_constructible_v<TaskT>) {
+      auto copy = std::make_unique<BatchOf>();
+      copy->tasks_ = std::vector<TaskT>(tasks_.begin(), tasks_.end());
+      copy->size_ = this->size_;
+      return copy;
+    } else {
+      return nullptr;
     }
   }
 
@@ -122,11 +177,48 @@ class BatchOf final : public ResultBatch<R> {
       return type_name<TaskT>();
     }
   }
+
+ private:
+  // What outcome_entry wrote: the count, then per task [1][result] or [0][error envelope].
+  void decode_outcomes(std::span<const std::byte> bytes, BufferSource* source) {
+    if constexpr (PortableTask<TaskT, R>::value) {
+      this->results_.clear();
+      decode_with<std::vector<Outcome<R>>>(bytes, source, [&](DecodeArchive& ar) {
+        const std::uint64_t n = ar.load_count();
+        for (std::uint64_t i = 0; i < n; ++i) {
+          std::uint8_t ok = 0;
+          ar(ok);
+          if (ok) {
+            if constexpr (std::is_void_v<R>)
+              this->results_.emplace_back(std::in_place);
+            else
+              this->results_.emplace_back(std::in_place, load_value<R>(ar));
+          } else {
+            std::string envelope;
+            ar(envelope);
+            this->results_.emplace_back(remote_error(envelope, static_cast<std::size_t>(i)));
+          }
+        }
+      });
+      this->completed_ = this->results_.size();
+    }
+  }
+
+  std::exception_ptr remote_error(const std::string& envelope, std::size_t i) const {
+    try {
+      return decode_failure(std::as_bytes(std::span<const char>(envelope.data(), envelope.size())),
+                            this->first_index_, [this](std::size_t k) { return this->task_function_name(k); })
+          .error;
+    } catch (...) {
+      (void)i;
+      return std::current_exception();
+    }
+  }
 };
 
 /// Pulls tasks from an input range. `View` is views::all of what the user
 /// passed: an owning view for rvalue containers, a ref_view for lvalues.
-template <class View, bool Owns>
+template <class View, bool Owns, bool Outcomes = false>
 class RangeSource final : public Source {
  public:
   using TaskT = std::remove_cvref_t<std::ranges::range_reference_t<View>>;
@@ -139,7 +231,7 @@ class RangeSource final : public Source {
   std::unique_ptr<BatchBase> pull(std::size_t max) override {
     const auto end = std::ranges::end(view_);
     if (it_ == end) return nullptr;
-    auto batch = std::make_unique<BatchOf<TaskT, R>>();
+    auto batch = std::make_unique<BatchOf<TaskT, R, Outcomes>>();
     batch->tasks_.reserve(max);
     for (std::size_t k = 0; k < max && it_ != end; ++k) {
       if constexpr (Owns)
@@ -157,6 +249,8 @@ class RangeSource final : public Source {
     if (total_) return *total_ - pulled_;
     return std::nullopt;
   }
+
+  bool gives_outcomes() const noexcept override { return Outcomes; }
 
   std::optional<std::string> portability_problem() const override {
     if constexpr (PortableTask<TaskT, R>::value)
@@ -440,6 +534,25 @@ class Parallel {
     using R = typename SourceT::R;
     auto source = std::make_unique<SourceT>(std::views::all(std::forward<Range>(tasks)));
     return Results<R>(detail::start_call(options_, std::move(source)));
+  }
+
+  /// Runs a range of tasks as operator() does, but never stops at a task's
+  /// error: every task runs, and each element is the task's
+  /// joblib::Outcome<R>, its value or its exception (its own type, across
+  /// processes too). Retries (ParallelOptions::retries) apply first; a task
+  /// whose worker died for good gets TerminatedWorkerError as its outcome.
+  /// The call itself still throws what ends a call: TimeoutError,
+  /// CancelledError, BackendError, or what the input range throws.
+  template <std::ranges::input_range Range>
+    requires std::is_invocable_v<std::remove_cvref_t<std::ranges::range_reference_t<Range>>&>
+  auto outcomes(Range&& tasks) const {
+    using View = std::views::all_t<Range>;
+    constexpr bool owns = !std::is_lvalue_reference_v<Range> &&
+                          !std::ranges::view<std::remove_cvref_t<Range>>;
+    using SourceT = detail::RangeSource<View, owns, true>;
+    using R = typename SourceT::R;
+    auto source = std::make_unique<SourceT>(std::views::all(std::forward<Range>(tasks)));
+    return Results<Outcome<R>>(detail::start_call(options_, std::move(source)));
   }
 
   /// Sugar for (*this)(delayed(f)(x) for x in inputs). Does not compile

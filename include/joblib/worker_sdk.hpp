@@ -266,6 +266,8 @@ class JOBLIB_EXPORT WorkerPool {
     Batch* batch = nullptr;
     const void* call = nullptr;
     CallMemmap* memmap = nullptr;
+    std::size_t max_tasks = 0;     // > 0: the worker is replaced before it would run more tasks than this
+    std::size_t memory_limit = 0;  // > 0: a worker whose resident memory goes over it is killed
   };
 
   /// A pool of `n_workers` (>= 1) workers started with `options`.
@@ -282,6 +284,9 @@ class JOBLIB_EXPORT WorkerPool {
   void abort(const void* call) noexcept;
   /// Forgets an aborted call (it is over).
   void forget(const void* call) noexcept;
+  /// Kills the worker running `batch` (it ran over its timeout); the batch
+  /// is then failed as cancelled. False when no worker runs it now.
+  bool cancel(const Batch* batch) noexcept;
   /// Grows or shrinks to `n` workers (a shrinking worker finishes its batch).
   void resize(int n);
   int size() const;
@@ -301,6 +306,7 @@ class JOBLIB_EXPORT WorkerPool {
   bool ensure_worker(Slot* slot, std::string& why);
   int reap(Slot* slot, bool* was_alive = nullptr, std::chrono::milliseconds grace = std::chrono::milliseconds(0));
   void add_slots_locked(int n);
+  void watch_memory();
 
   WorkerOptions options_;
   int n_workers_ = 1;
@@ -310,6 +316,7 @@ class JOBLIB_EXPORT WorkerPool {
   std::set<const void*> aborted_;
   std::vector<std::unique_ptr<Slot>> slots_;
   bool stopping_ = false;
+  std::thread watcher_;  // worker_memory_limit: samples the workers' resident memory
 };
 
 /// A process backend over a WorkerPool: submit, abort and stop_call are
@@ -327,6 +334,8 @@ class JOBLIB_EXPORT PoolBackend : public ParallelBackendBase {
   void submit(Batch& batch) noexcept override;
   void stop_call() noexcept override;
   void abort() noexcept override;
+  /// Kills the worker running `batch` (timeout with retries or outcomes).
+  bool cancel(Batch& batch) noexcept override;
 
  protected:
   /// The pool this call runs on (called by start_call; may throw).
@@ -335,6 +344,7 @@ class JOBLIB_EXPORT PoolBackend : public ParallelBackendBase {
  private:
   std::shared_ptr<WorkerPool> pool_;
   std::unique_ptr<CallMemmap> memmap_;
+  std::size_t max_tasks_ = 0, memory_limit_ = 0;
 };
 
 }  // namespace joblib::worker_sdk

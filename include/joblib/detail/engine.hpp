@@ -43,6 +43,14 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   virtual void decode_results(std::span<const std::byte> bytes, BufferSource* source) = 0;
   /// Name of the function of task i of the batch, for error messages.
   virtual std::string task_function(std::size_t i) const = 0;
+  /// Drops the results, before the batch is tried again from its start.
+  virtual void reset_results() noexcept = 0;
+  /// Parallel::outcomes: gives `error` as the outcome of every task without
+  /// one and returns true (the batch is then complete); false otherwise.
+  virtual bool fill_error(std::exception_ptr error) = 0;
+  /// A batch holding copies of the tasks, to try them again while this one
+  /// still runs on a thread (after a timeout); null when tasks cannot be copied.
+  virtual std::unique_ptr<BatchBase> copy_tasks() const = 0;
 
   // ---- the dispatcher's bookkeeping ----
   std::size_t size_ = 0;           // tasks in the batch
@@ -57,6 +65,11 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   std::int64_t dispatched_ns_ = 0;
   std::atomic<std::int64_t> started_ns_{0};  // when the batch (or, with a timeout, its current task) started
   bool clock_each_task_ = false;             // a timeout is set: restart the clock at every task
+  int attempts_ = 1;                         // times the batch (or, resumed, its failing task) was tried
+  std::size_t retry_from_ = 0;               // the task a resumed batch was last retried from
+  bool timed_out_ = false;                   // cancelled after running over the timeout (retries)
+  bool abandoned_ = false;                   // left running on a thread after a timeout; its outcome is dropped
+  std::unique_ptr<BatchBase> spare_;         // copies of the tasks (thread backends, timeout and retries)
 
   /// Restarts the timeout clock (called before each task when a timeout is set).
   void restart_clock() noexcept;
@@ -73,6 +86,8 @@ class JOBLIB_EXPORT Source {
   virtual std::optional<std::size_t> remaining() const = 0;
   /// Why the tasks cannot travel to another process (nullopt: they can).
   virtual std::optional<std::string> portability_problem() const = 0;
+  /// True for Parallel::outcomes(): a batch's failure becomes its tasks' outcomes.
+  virtual bool gives_outcomes() const noexcept { return false; }
 };
 
 /// One running Parallel call.

@@ -14,6 +14,7 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <tuple>
@@ -166,6 +167,51 @@ TaskT load_task(DecodeArchive& ar) {
   return std::apply(
       [&f](auto&&... a) { return TaskT(std::in_place, std::move(f), std::forward<decltype(a)>(a)...); },
       std::move(args));
+}
+
+/// The error envelope of a task's exception (Parallel::outcomes), with the
+/// stack trace of its throw: call it from the catch block. Never throws
+/// (an envelope that cannot be made says so in its message).
+JOBLIB_EXPORT std::string task_error_envelope(std::size_t index, std::exception_ptr error) noexcept;
+
+/// The entry point a worker runs for a batch of Parallel::outcomes(): every
+/// task runs; each writes [u8 1][its result] or [u8 0][its error envelope],
+/// after the task count.
+template <class TaskT, class R>
+void outcome_entry(WorkerCall& call) {
+  std::size_t index = 0;
+  try {
+    if constexpr (PortableTask<TaskT, R>::value) {
+      InputStream in(call.input());
+      DecodeArchive ar(in, call.source());
+      const std::uint64_t n = ar.load_count();
+      EncodeArchive out(call.output(), call.sink());
+      out.save_u64(n);
+      for (; index < n; ++index) {
+        TaskT task = load_task<TaskT>(ar);
+        std::optional<std::conditional_t<std::is_void_v<R>, char, R>> value;
+        std::string envelope;
+        try {
+          if constexpr (std::is_void_v<R>) {
+            task();
+            value.emplace('\0');
+          } else {
+            value.emplace(task());
+          }
+        } catch (...) {
+          envelope = task_error_envelope(index, std::current_exception());
+        }
+        const std::uint8_t ok = value ? 1 : 0;
+        out(ok);
+        if (!value)
+          out(envelope);
+        else if constexpr (!std::is_void_v<R>)
+          out(*value);
+      }
+    }
+  } catch (...) {
+    call.fail(index, std::current_exception());
+  }
 }
 
 /// The entry point a worker runs for a batch of Delayed<F, Args...> tasks.
