@@ -596,8 +596,8 @@ void CallImpl::check_cancelled_locked(Lock& lk) {
   if (!cancelled_.load() || raised_) return;
   if (!error_) {
     record_error_locked(0, std::make_exception_ptr(CancelledError(fmt::format(
-                               "the call was cancelled: its stop_token was requested ({} of {} done)",
-                               task_count(completed_tasks_), n_tasks_ ? task_count(*n_tasks_) : std::string("?")))));
+                               "the call was cancelled: its stop_token was requested ({} of {} tasks done)",
+                               completed_tasks_, n_tasks_ ? std::to_string(*n_tasks_) : std::string("?")))));
     error_seq_ = 0;
   }
   raise_locked(lk);

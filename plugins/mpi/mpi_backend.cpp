@@ -615,6 +615,11 @@ class MpiBackend final : public joblib::ParallelBackendBase {
             "mpirun with more than one rank: start it as `{}` (rank 0 runs main; the other ranks run tasks)",
             line));
       }
+      if (s.max_tasks_per_child || s.worker_memory_limit)
+        std::fprintf(stderr,
+                     "UserWarning: max_tasks_per_child and worker_memory_limit apply to process backends (loky, "
+                     "multiprocessing); the 'mpi' backend ignores them (an MPI rank cannot be replaced within its "
+                     "job).\n");
       Engine::get().ensure_started();
       memmap_ = std::make_unique<sdk::CallMemmap>(s);
       initializer_ = s.initializer;

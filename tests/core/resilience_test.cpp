@@ -418,18 +418,31 @@ int hang_first_run(int i) {
   return i;
 }
 
-TEST(ThreadResilience, ATimedOutTaskIsRetriedOnAnotherThreadAndTheFirstResultDropped) {
-  for (const char* backend : {"threading", "tbb"}) {
-    g_hang_runs = 0;
-    std::vector<int> r = Parallel({.n_jobs = 2, .backend = backend, .timeout = 0.3, .batch_size = 1, .retries = 1})
-                             .map(hang_first_run, std::views::iota(0, 4));
-    EXPECT_EQ(r, (std::vector<int>{0, 1, 2, 3})) << backend;
-    EXPECT_EQ(g_hang_runs.load(), 2) << backend;
-  }
-  std::this_thread::sleep_for(3s);  // let the abandoned runs end before the next test
+class ThreadResilience : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ThreadResilience, ATimedOutTaskIsRetriedOnAnotherThreadAndTheFirstResultDropped) {
+  g_hang_runs = 0;
+  std::vector<int> r = Parallel({.n_jobs = 2, .backend = GetParam(), .timeout = 0.3, .batch_size = 1, .retries = 1})
+                           .map(hang_first_run, std::views::iota(0, 4));
+  EXPECT_EQ(r, (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(g_hang_runs.load(), 2);
+  std::this_thread::sleep_for(3s);  // let the abandoned run end before the next test
 }
 
-TEST(ThreadResilience, RetriesSpentATimeoutEndsTheCallAndSaysSo) {
+TEST_P(ThreadResilience, OutcomesGiveTimeoutErrorToAStuckTaskAndTheRestRun) {
+  g_hang_runs = 0;
+  std::vector<Outcome<int>> all = Parallel({.n_jobs = 2, .backend = GetParam(), .timeout = 0.3, .batch_size = 1})
+                                      .outcomes(std::views::iota(0, 4) | std::views::transform([](int i) {
+                                                  return delayed(hang_first_run)(i);
+                                                }));
+  ASSERT_EQ(all.size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(all[i].has_value(), i != 1) << i;
+  EXPECT_THROW(all[1].value(), joblib::TimeoutError);
+  std::this_thread::sleep_for(3s);
+}
+INSTANTIATE_TEST_SUITE_P(Threads, ThreadResilience, ::testing::Values("threading", "tbb"));
+
+TEST(ThreadTimeoutRetries, RetriesSpentATimeoutEndsTheCallAndSaysSo) {
   try {
     Parallel({.n_jobs = 2, .backend = "threading", .timeout = 0.2, .batch_size = 1, .retries = 1})
         .map([](int i) {
@@ -442,6 +455,43 @@ TEST(ThreadResilience, RetriesSpentATimeoutEndsTheCallAndSaysSo) {
     EXPECT_THAT(e.what(), HasSubstr("The batch was tried 2 times (retries = 1)."));
   }
   std::this_thread::sleep_for(1s);
+}
+
+TEST(ResilienceOptions, ThreadBackendsSayTheyIgnoreProcessOnlyOptions) {
+  ::testing::internal::CaptureStderr();
+  std::vector<int> r = Parallel({.n_jobs = 2, .backend = "threading", .max_tasks_per_child = 2}).map(pid_of, std::views::iota(0, 3));
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(r.size(), 3u);
+  EXPECT_THAT(err, HasSubstr("UserWarning: max_tasks_per_child and worker_memory_limit apply to process backends (loky, "
+                             "multiprocessing); the 'threading' backend ignores them."));
+}
+
+TEST(ResilienceOptions, VerboseSaysWhichBatchIsRetried) {
+  TempDir dir;
+  ::testing::internal::CaptureStderr();
+  std::vector<int> r = Parallel({.n_jobs = 2, .backend = "threading", .verbose = 10, .batch_size = 1, .retries = 1,
+                                 .retry_if = joblib::retry_on<std::runtime_error>()})
+                           .map([](std::string d) { return flaky(d, 4); }, std::vector<std::string>{dir.str()});
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(r, std::vector<int>{104});
+  EXPECT_THAT(err, HasSubstr("Retrying a batch of 1 task starting at task 0 (attempt 2 of 2): transient failure"));
+}
+
+TEST(ResilienceOptions, CancelledErrorSaysHowFarTheCallGot) {
+  std::stop_source stop;
+  std::atomic<int> ran{0};
+  try {
+    Parallel({.n_jobs = 1, .batch_size = 1, .stop_token = stop.get_token()})
+        .map([&](int i) {
+          if (++ran == 3) stop.request_stop();
+          return i;
+        }, std::views::iota(0, 10))
+        .to_vector();
+    FAIL();
+  } catch (const joblib::CancelledError& e) {
+    EXPECT_STREQ(e.what(), "the call was cancelled: its stop_token was requested (2 of 10 tasks done)");
+  }
+  EXPECT_EQ(ran.load(), 3);
 }
 
 TEST(ResilienceOptions, BadValuesAreRefusedAndNamed) {
