@@ -414,7 +414,9 @@ bool CallImpl::retry_locked(BatchBase& b) {
                     cfg_.timeout.value_or(0), task_count(b.size_), b.first_index_)));
   }
   if (stop_.load() || closed_) return false;
-  const bool worker_lost = b.from_backend_ && (b.timed_out_ || is_a<TerminatedWorkerError>(b.error_));
+  // A worker that died: reported by the backend, or by a relay in a task's
+  // place (an MPI rank whose child died).
+  const bool worker_lost = b.timed_out_ || is_a<TerminatedWorkerError>(b.error_);
   bool task_error = false;
   if (!b.from_backend_ && cfg_.retry_if) {
     try {
@@ -914,7 +916,29 @@ void BatchBase::fail_task(std::size_t index, std::exception_ptr error) noexcept 
   CallImpl* call = call_;
   completed_ = index < size_ ? index : 0;
   error_ = error ? error : std::make_exception_ptr(BackendError("a backend failed a task without saying why"));
+  name_dead_worker_tasks();
   call->batch_done(*this);  // may destroy *this
+}
+
+void BatchBase::name_dead_worker_tasks() noexcept {
+  // Say which tasks a dead worker was running (joblib users ask which input
+  // killed it).
+  const std::string function = size_ ? task_function_name(0) : std::string("?");
+  // On a pool's thread, beside a fork: see loader_walk_mutex().
+  std::lock_guard walk(loader_walk_mutex());
+  try {
+    std::rethrow_exception(error_);
+  } catch (const TerminatedWorkerError& e) {
+    const std::string tasks = size_ == 1 ? fmt::format("task {}", first_index_)
+                                         : fmt::format("tasks {} to {}", first_index_, first_index_ + size_ - 1);
+    try {
+      if (std::string(e.what()).find("\nIt was running ") == std::string::npos)
+        error_ = std::make_exception_ptr(
+            TerminatedWorkerError(fmt::format("{}\nIt was running {} of the call ({}).", e.what(), tasks, function)));
+    } catch (...) {
+    }
+  } catch (...) {
+  }
 }
 
 std::string BatchBase::task_function_name(std::size_t index) const noexcept {
@@ -928,25 +952,7 @@ std::string BatchBase::task_function_name(std::size_t index) const noexcept {
 void BatchBase::fail(std::exception_ptr error) noexcept {
   CallImpl* call = call_;
   error_ = error ? error : std::make_exception_ptr(BackendError("a backend failed a batch without saying why"));
-  const std::string function = size_ ? task_function_name(0) : std::string("?");
-  {
-    // On a pool's thread, beside a fork: see loader_walk_mutex().
-    std::lock_guard walk(loader_walk_mutex());
-    try {
-      std::rethrow_exception(error_);
-    } catch (const TerminatedWorkerError& e) {
-      // Say which tasks the dead worker was running (joblib users ask which
-      // input killed it).
-      const std::string tasks = size_ == 1 ? fmt::format("task {}", first_index_)
-                                           : fmt::format("tasks {} to {}", first_index_, first_index_ + size_ - 1);
-      try {
-        std::string text = fmt::format("{}\nIt was running {} of the call ({}).", e.what(), tasks, function);
-        error_ = std::make_exception_ptr(TerminatedWorkerError(text));
-      } catch (...) {
-      }
-    } catch (...) {
-    }
-  }
+  name_dead_worker_tasks();
   from_backend_ = true;
   call->batch_done(*this);
 }

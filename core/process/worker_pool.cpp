@@ -37,10 +37,15 @@ struct WorkerPool::Slot {
 namespace {
 std::exception_ptr cancelled() { return std::make_exception_ptr(Error("cancelled")); }
 
+std::string mib(std::size_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1024.0 * 1024.0)); }
+
+constexpr auto kMemoryPoll = std::chrono::milliseconds(10);
+}  // namespace
+
 // Resident memory of a process, in bytes (0 when it cannot be read): the
 // second field of /proc/<pid>/statm, in pages. Cheap; counts the pages a
 // forked worker still shares with its parent.
-std::size_t resident_bytes(pid_t pid) {
+std::size_t resident_memory(pid_t pid) noexcept {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/statm", static_cast<int>(pid));
   std::FILE* f = std::fopen(path, "r");
@@ -57,11 +62,11 @@ std::size_t resident_bytes(pid_t pid) {
 // the parent after a fork, with other workers or with other programs are
 // not counted. Walks the page tables: asked only when the resident size is
 // already over the limit. Falls back to the resident size.
-std::size_t private_bytes(pid_t pid) {
+std::size_t private_memory(pid_t pid) noexcept {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/smaps_rollup", static_cast<int>(pid));
   std::FILE* f = std::fopen(path, "r");
-  if (!f) return resident_bytes(pid);
+  if (!f) return resident_memory(pid);
   char line[256];
   std::size_t kb = 0;
   bool found = false;
@@ -73,13 +78,21 @@ std::size_t private_bytes(pid_t pid) {
     }
   }
   std::fclose(f);
-  return found ? kb * 1024 : resident_bytes(pid);
+  return found ? kb * 1024 : resident_memory(pid);
 }
 
-std::string mib(std::size_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1024.0 * 1024.0)); }
+std::exception_ptr memory_limit_exceeded(pid_t pid, std::size_t memory, std::size_t limit,
+                                         std::size_t batch_size) noexcept {
+  try {
+    return std::make_exception_ptr(TerminatedWorkerError(fmt::format(
+        "A worker process (pid {}) was stopped: its memory reached {}, over worker_memory_limit = {} "
+        "({} bytes).\nThe worker was running a batch of {} task{}.",
+        pid, mib(memory), mib(limit), limit, batch_size, batch_size == 1 ? "" : "s")));
+  } catch (...) {
+    return std::make_exception_ptr(std::bad_alloc());
+  }
+}
 
-constexpr auto kMemoryPoll = std::chrono::milliseconds(10);
-}  // namespace
 
 WorkerPool::WorkerPool(WorkerOptions options, int n_workers)
     : options_(std::move(options)), n_workers_(std::max(n_workers, 1)) {
@@ -209,8 +222,8 @@ void WorkerPool::watch_memory() {
     cv_.wait_for(lock, kMemoryPoll);
     for (auto& s : slots_) {
       if (s->memory_limit == 0 || !s->running_batch || !s->worker.running() || s->killed_at_rss) continue;
-      if (resident_bytes(s->worker.pid()) <= s->memory_limit) continue;
-      const std::size_t rss = private_bytes(s->worker.pid());
+      if (resident_memory(s->worker.pid()) <= s->memory_limit) continue;
+      const std::size_t rss = private_memory(s->worker.pid());
       if (rss > s->memory_limit) {
         s->killed_at_rss = rss;
         s->worker.kill();
@@ -411,10 +424,7 @@ void WorkerPool::run_job(Slot* slot, const Job& job) {
       bool was_alive = false;
       const int status = reap(slot, &was_alive, reply.garbled ? 0ms : 1000ms);
       if (rss > 0 && !killed)
-        batch.fail(std::make_exception_ptr(TerminatedWorkerError(fmt::format(
-            "A worker process (pid {}) was stopped: its memory reached {}, over worker_memory_limit = {} "
-            "({} bytes).\nThe worker was running a batch of {} task{}.",
-            pid, mib(rss), mib(job.memory_limit), job.memory_limit, n_tasks, n_tasks == 1 ? "" : "s"))));
+        batch.fail(memory_limit_exceeded(pid, rss, job.memory_limit, n_tasks));
       else if (killed || interrupted())
         batch.fail(interrupted() ? std::make_exception_ptr(Error("Parallel call interrupted (SIGINT)")) : cancelled());
       else if (was_alive)

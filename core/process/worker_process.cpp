@@ -5,6 +5,8 @@
 #include "memmap.hpp"
 #include "worker.hpp"
 
+#include <joblib/detail/process.hpp>
+
 #include <joblib/errors.hpp>
 #include <joblib/worker_sdk.hpp>
 
@@ -421,6 +423,18 @@ void WorkerProcess::handshake(const WorkerOptions& options) {
   wait();
   close();
   std::rethrow_exception(failed);
+}
+
+std::vector<std::byte> failure_reply(std::size_t index, std::exception_ptr error) noexcept {
+  try {
+    const std::string envelope = detail::task_error_envelope(index, std::move(error));
+    std::vector<std::byte> out(1 + envelope.size());
+    out[0] = std::byte{static_cast<std::uint8_t>(detail::ReplyStatus::error)};
+    std::memcpy(out.data() + 1, envelope.data(), envelope.size());
+    return out;
+  } catch (...) {
+    return {};
+  }
 }
 
 std::exception_ptr initializer_outcome(std::span<const std::byte> reply) noexcept {

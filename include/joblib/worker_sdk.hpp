@@ -124,6 +124,24 @@ JOBLIB_EXPORT void complete_batch(Batch& batch, std::span<const std::byte> reply
 /// The outcome of an initializer from its reply payload: null when it ran,
 /// else BackendError("the worker initializer failed: <its error>").
 JOBLIB_EXPORT std::exception_ptr initializer_outcome(std::span<const std::byte> reply) noexcept;
+/// Resident memory of process `pid` in bytes (/proc/<pid>/statm), 0 when it
+/// cannot be read. Cheap; counts pages a forked child shares with its parent.
+JOBLIB_EXPORT std::size_t resident_memory(pid_t pid) noexcept;
+/// The memory process `pid` alone holds, in bytes: Private_Clean +
+/// Private_Dirty of /proc/<pid>/smaps_rollup (its resident memory where that
+/// cannot be read). Walks its page tables: ask when resident_memory() is
+/// already over a limit. What worker_memory_limit measures.
+JOBLIB_EXPORT std::size_t private_memory(pid_t pid) noexcept;
+/// The TerminatedWorkerError of a worker stopped for going over
+/// worker_memory_limit: names the pid, the memory, the limit and the batch size.
+JOBLIB_EXPORT std::exception_ptr memory_limit_exceeded(pid_t pid, std::size_t memory, std::size_t limit,
+                                                       std::size_t batch_size) noexcept;
+
+/// A reply payload that fails task `index` of the request's batch with
+/// `error`, as serve_request() replies when a task throws: for a backend
+/// that relays requests and must answer for a worker that died. Never throws
+/// (empty only when memory runs out).
+JOBLIB_EXPORT std::vector<std::byte> failure_reply(std::size_t index, std::exception_ptr error) noexcept;
 
 /// Worker side: runs one request (the payload of a `run` or `init` frame)
 /// in this process and calls `reply(head, body)` once with the reply

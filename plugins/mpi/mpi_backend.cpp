@@ -117,10 +117,108 @@ void watch_cancels() {
   }
 }
 
+// max_tasks_per_child and worker_memory_limit: a rank cannot be replaced
+// within its job, so it runs such requests in a child it forks (a worker
+// that uses no MPI), replaced after max_tasks tasks, killed when its memory
+// goes over the limit (and then replaced), and killed when its call is
+// cancelled. The rank's own memory never grows with the tasks'.
+struct RankChild {
+  sdk::WorkerProcess worker;
+  std::size_t tasks = 0;
+  bool running = false;
+};
+RankChild g_child;                            // the serving thread's
+std::vector<std::byte> g_last_init;           // replayed in each new child
+std::atomic<pid_t> g_busy_child{0};           // the child running a request (0: none)
+std::atomic<std::size_t> g_busy_limit{0};     // its memory limit (0: none)
+std::atomic<std::size_t> g_killed_at{0};      // the watcher killed it at this memory
+std::atomic<bool> g_killed_for_stop{false};   // the call was cancelled: it was killed
+
+// Run message header after the sequence: max tasks per child, memory limit, tasks in the batch.
+struct RunLimits {
+  std::uint64_t max_tasks = 0;
+  std::uint64_t memory_limit = 0;
+  std::uint64_t batch_size = 0;
+};
+
+void watch_child() {
+  for (;;) {
+    std::this_thread::sleep_for(10ms);
+    const pid_t pid = g_busy_child.load();
+    if (pid <= 0) continue;
+    if (g_stop.load() && !g_killed_for_stop.exchange(true)) {
+      ::kill(pid, SIGKILL);
+      continue;
+    }
+    const std::size_t limit = g_busy_limit.load();
+    if (limit == 0 || g_killed_at.load() != 0 || sdk::resident_memory(pid) <= limit) continue;
+    const std::size_t memory = sdk::private_memory(pid);
+    if (memory > limit) {
+      g_killed_at = memory;
+      ::kill(pid, SIGKILL);
+    }
+  }
+}
+
+// Runs one request in the rank's child; returns the reply payload.
+std::vector<std::byte> run_in_child(std::span<const std::byte> request, const RunLimits& limits) {
+  if (g_child.running && limits.max_tasks > 0 && g_child.tasks > 0 &&
+      g_child.tasks + limits.batch_size > limits.max_tasks) {
+    g_child.worker.stop();  // its share is done: a fresh child takes this batch
+    g_child = RankChild{};
+  }
+  if (!g_child.running) {
+    sdk::WorkerOptions options;
+    options.start = sdk::StartMethod::fork;
+    options.initializer = g_last_init;
+    try {
+      g_child.worker = sdk::WorkerProcess::start(options);
+    } catch (...) {
+      return sdk::failure_reply(0, std::current_exception());
+    }
+    g_child.running = true;
+    g_child.tasks = 0;
+  }
+  const pid_t pid = g_child.worker.pid();
+  g_killed_at = 0;
+  g_killed_for_stop = false;
+  g_busy_limit = static_cast<std::size_t>(limits.memory_limit);
+  g_busy_child = pid;
+  g_child.worker.send(sdk::FrameKind::run, request);
+  sdk::Received reply = g_child.worker.receive();
+  g_busy_child = 0;
+  if (reply.frame && reply.frame->kind == sdk::FrameKind::reply) {
+    g_child.tasks += static_cast<std::size_t>(limits.batch_size);
+    return std::move(reply.frame->payload);
+  }
+  const int status = g_child.worker.wait(1000ms);
+  g_child.worker.close();
+  g_child = RankChild{};
+  std::exception_ptr why;
+  if (g_killed_at.load() != 0)
+    why = sdk::memory_limit_exceeded(pid, g_killed_at.load(), static_cast<std::size_t>(limits.memory_limit),
+                                     static_cast<std::size_t>(limits.batch_size));
+  else if (g_killed_for_stop.load())
+    why = std::make_exception_ptr(joblib::Error("cancelled"));
+  else
+    why = sdk::worker_terminated(status, pid, static_cast<std::size_t>(limits.batch_size));
+  return sdk::failure_reply(0, why);
+}
+
+void reply_to_rank0(std::span<const std::byte> head, std::span<const std::byte> body) {
+  g_running_seq = 0;
+  std::vector<std::byte> reply(head.size() + body.size());
+  std::memcpy(reply.data(), head.data(), head.size());
+  if (!body.empty()) std::memcpy(reply.data() + head.size(), body.data(), body.size());
+  std::lock_guard lock(g_mpi);
+  send_message(0, kReply, reply);
+}
+
 [[noreturn]] void serve_rank() {
   int provided = 0;
   MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
   std::thread(watch_cancels).detach();
+  std::thread(watch_child).detach();
   for (;;) {
     MPI_Status st;
     std::vector<std::byte> msg;
@@ -140,6 +238,7 @@ void watch_cancels() {
     if (tag == kExit) {
       int status = 0;
       if (msg.size() >= sizeof status) std::memcpy(&status, msg.data(), sizeof status);
+      if (g_child.running) g_child.worker.stop();
       std::fflush(nullptr);
       std::lock_guard lock(g_mpi);
       MPI_Finalize();
@@ -149,22 +248,32 @@ void watch_cancels() {
       const std::string info = host_name() + "\n" + std::to_string(::getpid());
       std::lock_guard lock(g_mpi);
       send_message(0, kHello, std::as_bytes(std::span(info)));
-    } else if ((tag == kRun || tag == kInit) && msg.size() >= sizeof(std::uint64_t)) {
+    } else if (tag == kInit && msg.size() >= sizeof(std::uint64_t)) {
       std::uint64_t seq = 0;
       std::memcpy(&seq, msg.data(), sizeof seq);
       g_stop = false;
       g_running_seq = seq;
-      sdk::serve_request(
-          std::span<const std::byte>(msg).subspan(sizeof seq),
-          [](std::span<const std::byte> head, std::span<const std::byte> body) {
-            g_running_seq = 0;
-            std::vector<std::byte> reply(head.size() + body.size());
-            std::memcpy(reply.data(), head.data(), head.size());
-            if (!body.empty()) std::memcpy(reply.data() + head.size(), body.data(), body.size());
-            std::lock_guard lock(g_mpi);
-            send_message(0, kReply, reply);
-          },
-          &g_stop);
+      const auto init = std::span<const std::byte>(msg).subspan(sizeof seq);
+      g_last_init.assign(init.begin(), init.end());  // a child started later runs it too
+      if (g_child.running) {  // the child ran another initializer: a fresh one runs this one
+        g_child.worker.stop();
+        g_child = RankChild{};
+      }
+      sdk::serve_request(init, reply_to_rank0, &g_stop);
+    } else if (tag == kRun && msg.size() >= sizeof(std::uint64_t) + sizeof(RunLimits)) {
+      std::uint64_t seq = 0;
+      std::memcpy(&seq, msg.data(), sizeof seq);
+      RunLimits limits;
+      std::memcpy(&limits, msg.data() + sizeof seq, sizeof limits);
+      g_stop = false;
+      g_running_seq = seq;
+      const auto request = std::span<const std::byte>(msg).subspan(sizeof seq + sizeof limits);
+      if (limits.max_tasks == 0 && limits.memory_limit == 0) {
+        sdk::serve_request(request, reply_to_rank0, &g_stop);
+      } else {
+        const std::vector<std::byte> reply = run_in_child(request, limits);
+        reply_to_rank0(reply, {});
+      }
     }
     // A cancel that came after its task ended is dropped.
   }
@@ -177,6 +286,8 @@ struct Job {
   const void* call = nullptr;
   sdk::CallMemmap* memmap = nullptr;
   std::vector<std::byte> initializer;
+  std::uint64_t max_tasks = 0;      // max_tasks_per_child (0: none)
+  std::uint64_t memory_limit = 0;   // worker_memory_limit in bytes (0: none)
 };
 
 struct Rank {
@@ -424,10 +535,12 @@ class Engine {
           if (std::exception_ptr failed_init = sdk::initializer_outcome(reply)) std::rethrow_exception(failed_init);
           rank->initializer_done = job.initializer;
         }
-        std::vector<std::byte> request =
-            sdk::encode_request(*job.batch, rank->same_host ? job.memmap : nullptr, sizeof(std::uint64_t));
+        std::vector<std::byte> request = sdk::encode_request(*job.batch, rank->same_host ? job.memmap : nullptr,
+                                                             sizeof(std::uint64_t) + sizeof(RunLimits));
         const std::uint64_t seq = ++next_seq_;
+        const RunLimits limits{job.max_tasks, job.memory_limit, job.batch->size()};
         std::memcpy(request.data(), &seq, sizeof seq);  // in the headroom encode_request left
+        std::memcpy(request.data() + sizeof seq, &limits, sizeof limits);
         job.batch->started();
         send_message(rank->rank, kRun, request);
         sent = true;
@@ -574,12 +687,20 @@ bool g_in_mpi_job = false;  // rank 0 of an mpirun job (set by the takeover)
 
 void at_rank0_exit(int status, void*) { Engine::get().shutdown(status); }
 
+// A worker forked by a process of the MPI job (a rank's child, or a
+// multiprocessing worker of rank 0) uses no MPI: it dies of its own
+// signals, without Open MPI's handlers printing a backtrace for it.
+void default_crash_signals_in_fork_child() noexcept {
+  for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) ::signal(sig, SIG_DFL);
+}
+
 void takeover(int argc, char** argv) {
   (void)argc;
   (void)argv;
   const char* opt_out = std::getenv("JOBLIB_MPI_TAKEOVER");
   if (opt_out && std::string(opt_out) == "0") return;
   if (world_size_from_env() < 2) return;  // a job of one rank runs main alone
+  sdk::at_fork_child(default_crash_signals_in_fork_child);
   if (world_rank_from_env() > 0) serve_rank();
   g_in_mpi_job = true;
   ::on_exit(at_rank0_exit, nullptr);  // workers end with rank 0's exit status
@@ -615,11 +736,8 @@ class MpiBackend final : public joblib::ParallelBackendBase {
             "mpirun with more than one rank: start it as `{}` (rank 0 runs main; the other ranks run tasks)",
             line));
       }
-      if (s.max_tasks_per_child || s.worker_memory_limit)
-        std::fprintf(stderr,
-                     "UserWarning: max_tasks_per_child and worker_memory_limit apply to process backends (loky, "
-                     "multiprocessing); the 'mpi' backend ignores them (an MPI rank cannot be replaced within its "
-                     "job).\n");
+      max_tasks_ = s.max_tasks_per_child ? static_cast<std::uint64_t>(*s.max_tasks_per_child) : 0;
+      memory_limit_ = s.worker_memory_limit.value_or(0);
       Engine::get().ensure_started();
       memmap_ = std::make_unique<sdk::CallMemmap>(s);
       initializer_ = s.initializer;
@@ -630,7 +748,7 @@ class MpiBackend final : public joblib::ParallelBackendBase {
   }
   void submit(joblib::Batch& batch) noexcept override {
     try {
-      Engine::get().submit({&batch, this, memmap_.get(), initializer_});
+      Engine::get().submit({&batch, this, memmap_.get(), initializer_, max_tasks_, memory_limit_});
     } catch (...) {
       batch.fail(std::current_exception());
     }
@@ -645,6 +763,7 @@ class MpiBackend final : public joblib::ParallelBackendBase {
  private:
   std::unique_ptr<sdk::CallMemmap> memmap_;
   std::vector<std::byte> initializer_;
+  std::uint64_t max_tasks_ = 0, memory_limit_ = 0;
 };
 
 }  // namespace

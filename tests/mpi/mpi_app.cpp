@@ -10,7 +10,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <ranges>
 #include <set>
+#include <stop_token>
+#include <thread>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -57,6 +63,24 @@ int die_at_1(int x) {
 int fail_at_3(int x) {
   if (x == 3) throw std::invalid_argument("bad input: 3");
   return x;
+}
+// Kills its process the first time it sees `i` (a marker file in `dir`).
+int die_once(std::string dir, int i) {
+  const std::string marker = dir + "/" + std::to_string(i);
+  if (!std::filesystem::exists(marker)) {
+    std::ofstream(marker) << 1;
+    std::abort();
+  }
+  return i * 10;
+}
+// The process a task ran in, and its rank.
+std::string pid_and_rank(int) { return std::to_string(::getpid()) + "@" + std::to_string(rank_of(0)); }
+// Touches `mb` MiB.
+int use_memory(int mb) {
+  std::vector<char> block(static_cast<std::size_t>(mb) << 20);
+  for (std::size_t i = 0; i < block.size(); i += 4096) block[i] = 1;
+  ::usleep(100000);
+  return mb;
 }
 }  // namespace
 
@@ -117,6 +141,82 @@ int run(int argc, char** argv) {
     } catch (const joblib::TerminatedWorkerError& e) {
       std::printf("TerminatedWorkerError: %s\n", e.what());
     }
+  } else if (scenario == "resilience") {
+    // max_tasks_per_child: each rank runs tasks in children it replaces after 3 tasks.
+    std::vector<std::string> who =
+        joblib::Parallel({.n_jobs = -1, .backend = "mpi", .max_tasks_per_child = 3}).map(pid_and_rank, std::vector<int>(30, 0));
+    std::map<std::string, int> per;
+    std::set<std::string> ranks;
+    for (const std::string& w : who) {
+      ++per[w];
+      ranks.insert(w.substr(w.find('@')));
+    }
+    for (auto& [w, n] : per) expect(n <= 3, "at most 3 tasks in " + w + ", got " + std::to_string(n));
+    expect(per.size() >= 10, "workers replaced: " + std::to_string(per.size()) + " processes");
+    expect(ranks.size() == 2 && !ranks.count("@0"), "tasks on ranks 1 and 2");
+    // worker_memory_limit: the child over the limit is stopped and named; the next call works.
+    try {
+      joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1, .worker_memory_limit = "100M"})
+          .map(use_memory, std::vector<int>{10, 800})
+          .to_vector();
+      expect(false, "no TerminatedWorkerError");
+    } catch (const joblib::TerminatedWorkerError& e) {
+      std::printf("memory: %s\n", e.what());
+      expect(std::string(e.what()).find("over worker_memory_limit = 100.0 MiB (104857600 bytes)") != std::string::npos,
+             std::string("the limit is named: ") + e.what());
+      expect(std::string(e.what()).find("It was running task 1 of the call") != std::string::npos,
+             std::string("the task is named: ") + e.what());
+    }
+    std::vector<int> small = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .worker_memory_limit = "100M"})
+                                 .map(use_memory, std::vector<int>{10, 10, 10});
+    expect(small == std::vector<int>({10, 10, 10}), "the next call works");
+    // Retries: a child that dies is replaced by its rank, and its task runs again.
+    const std::string dir = "/tmp/mpi_app_retries_" + std::to_string(::getpid());
+    std::filesystem::create_directories(dir);
+    std::vector<int> again = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1, .retries = 1,
+                                               .max_tasks_per_child = 100})(
+        std::views::iota(0, 6) | std::views::transform([&](int i) { return joblib::delayed(die_once)(dir, i); }));
+    std::filesystem::remove_all(dir);
+    expect(again == std::vector<int>({0, 10, 20, 30, 40, 50}), "every result after the children died once");
+    // Outcomes: every task runs, over the ranks.
+    std::vector<joblib::Outcome<int>> outcomes = joblib::Parallel({.n_jobs = -1, .backend = "mpi"})
+        .outcomes(std::views::iota(0, 10) | std::views::transform([](int i) { return joblib::delayed(fail_at_3)(i); }));
+    int bad = 0;
+    for (auto& o : outcomes) bad += o ? 0 : 1;
+    expect(outcomes.size() == 10 && bad == 1, "10 outcomes, 1 error");
+    // Cancellation: the ranks' tasks see stop_requested(), the call ends with CancelledError.
+    std::stop_source stop;
+    std::thread canceller([&] {
+      ::usleep(300000);
+      stop.request_stop();
+    });
+    try {
+      joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1, .stop_token = stop.get_token()})
+          .map(hang_until_stopped, std::views::iota(0, 8))
+          .to_vector();
+      expect(false, "no CancelledError");
+    } catch (const joblib::CancelledError& e) {
+      std::printf("cancelled: %s\n", e.what());
+    }
+    canceller.join();
+    // ... and with max_tasks_per_child, by killing the children.
+    std::stop_source stop2;
+    std::thread canceller2([&] {
+      ::usleep(300000);
+      stop2.request_stop();
+    });
+    try {
+      joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1, .max_tasks_per_child = 1,
+                        .stop_token = stop2.get_token()})
+          .map(ignore_stop, std::views::iota(0, 8))
+          .to_vector();
+      expect(false, "no CancelledError (children)");
+    } catch (const joblib::CancelledError& e) {
+      std::printf("cancelled children: %s\n", e.what());
+    }
+    canceller2.join();
+    std::vector<int> after = joblib::Parallel({.n_jobs = -1, .backend = "mpi"}).map(fail_at_3, std::vector<int>{1, 2});
+    expect(after == std::vector<int>({1, 2}), "a call after the cancellations works");
   } else if (scenario == "hosts") {
     std::vector<std::string> w =
         joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(where, std::vector<int>(64, 0));

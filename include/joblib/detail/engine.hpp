@@ -73,6 +73,8 @@ class JOBLIB_EXPORT BatchBase : public Batch {
 
   /// Restarts the timeout clock (called before each task when a timeout is set).
   void restart_clock() noexcept;
+  /// A TerminatedWorkerError in error_ gets "It was running task(s) ... of the call (function)."
+  void name_dead_worker_tasks() noexcept;
 };
 
 /// The input of one call: pulls tasks lazily into batches.
