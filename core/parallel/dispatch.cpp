@@ -293,6 +293,13 @@ std::size_t CallImpl::next_batch_size_locked() {
     bs = auto_batch_.next(cfg_.verbose >= 10 ? &message : nullptr);
     if (!message.empty()) printer_.message(message);
   }
+  if (!sequential_ && window_ == 0 && !cfg_.batch_size && n_tasks_) {
+    // pre_dispatch = "all": the whole input is dispatched before any batch
+    // completes, so auto batching has no measure yet; batches of 1 would
+    // cost a round trip per task. Cut it into about 8 batches per worker.
+    const std::size_t per = (*n_tasks_ + 8 * std::size_t(cfg_.n_jobs) - 1) / (8 * std::size_t(cfg_.n_jobs));
+    bs = std::max(bs, per);
+  }
   if (!sequential_ && n_tasks_) bs = cut_tail(bs, source_->remaining().value_or(0), cfg_.n_jobs);
   // A worker replaced after N tasks never gets a batch of more than N.
   if (cfg_.max_tasks_per_child && cfg_.caps.needs_encoded_tasks)
@@ -331,7 +338,17 @@ std::unique_ptr<BatchBase> CallImpl::pull_batch_locked(std::size_t bs, bool& fai
 void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
   while (!stop_.load(std::memory_order_relaxed) && !exhausted_ && (window_ == 0 || in_window_locked() < window_)) {
     std::size_t bs = next_batch_size_locked();
-    if (generator_ && window_ != 0) bs = std::min(bs, window_ - in_window_locked());
+    if (generator_ && window_ != 0) {
+      // The window counts tasks. Refilling it slot by slot would keep every
+      // batch at the size of the one that just completed, so auto batching
+      // could never grow: wait until a whole batch fits (a batch is at most
+      // the window's share of one worker), unless nothing is running.
+      const std::size_t share = std::max<std::size_t>(1, window_ / std::size_t(std::max(cfg_.n_jobs, 1)));
+      const std::size_t want = std::min(bs, share);
+      const std::size_t free = window_ - in_window_locked();
+      if (free < want && running_tasks_ > 0) break;
+      bs = std::min(want, free);
+    }
     bool failed = false;
     std::unique_ptr<BatchBase> b = pull_batch_locked(bs, failed);
     if (!b) break;

@@ -390,6 +390,36 @@ TEST(DispatchTest, DroppingAGeneratorStopsTheRest) {
   EXPECT_EQ(started.load(), after);
 }
 
+// Batches of a call, counted by on_progress (called once per finished batch).
+std::size_t batches_of(joblib::ParallelOptions o, int n) {
+  std::atomic<std::size_t> batches{0};
+  o.on_progress = [&](std::size_t, std::optional<std::size_t>) { ++batches; };
+  auto r = Parallel(o).map([](int i) { return i + 1; }, std::views::iota(0, n));
+  long sum = 0;
+  for (int v : r) sum += v;
+  EXPECT_EQ(sum, long(n) * (n + 1) / 2);
+  return batches.load();
+}
+
+TEST(DispatchTest, AutoBatchesGrowUnderAGeneratorWindow) {
+  // The window counts tasks; refilled slot by slot, every batch stayed the
+  // size of the one that completed (1 task): 20000 batches.
+  const std::size_t b = batches_of({.n_jobs = 2, .backend = "threading", .pre_dispatch = "64",
+                                    .return_as = ReturnAs::generator}, 20000);
+  EXPECT_LT(b, 20000u / 4);
+}
+
+TEST(DispatchTest, AllPreDispatchCutsTheInputIntoBatchesNotSingleTasks) {
+  // "all" dispatches everything before any batch completes: auto batching
+  // has no measure yet, and batches of one task would cost a round trip each.
+  EXPECT_LE(batches_of({.n_jobs = 2, .backend = "threading", .pre_dispatch = "all"}, 20000), 200u);
+  EXPECT_LE(batches_of({.n_jobs = 2, .backend = "threading", .pre_dispatch = "all", .return_as = ReturnAs::generator},
+                       20000),
+            200u);
+  // A fixed batch_size is kept.
+  EXPECT_EQ(batches_of({.n_jobs = 2, .backend = "threading", .pre_dispatch = "all", .batch_size = 1}, 100), 100u);
+}
+
 TEST(DispatchTest, FixedBatchSizeGroupsTasks) {
   std::vector<std::thread::id> ids = Parallel({.n_jobs = 2, .pre_dispatch = "all", .batch_size = 5})(
       std::views::iota(0, 20) | std::views::transform([](int) {
