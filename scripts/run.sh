@@ -16,6 +16,8 @@ packages=(
   clang libclang-rt-14-dev clang-16
   iproute2
 )
+# The interop tests check .npy files against Debian's numpy itself.
+if [[ "$mode" == test ]]; then packages+=(python3-numpy); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

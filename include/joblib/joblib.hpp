@@ -10,3 +10,4 @@
 #include <joblib/codec.hpp>
 #include <joblib/persistence.hpp>
 #include <joblib/memory.hpp>
+#include <joblib/numpy.hpp>
