@@ -1,4 +1,4 @@
-// libFuzzer target for joblib::load: every input is a file (after a
+// libFuzzer target for joblib::load (and joblib::load_npy, selector 5): every input is a file (after a
 // selector byte) that must load or fail with StoreError, never crash, hang,
 // leak or allocate beyond the limits. The same bytes are also decoded
 // directly by the codec, which must load or fail with SerializationError.
@@ -7,6 +7,7 @@
 #include "fuzz_types.hpp"
 
 #include <joblib/codec.hpp>
+#include <joblib/numpy.hpp>
 #include <joblib/persistence.hpp>
 
 #include <fcntl.h>
@@ -75,6 +76,21 @@ void load_and_decode(const std::uint8_t* data, std::size_t size, joblib::MmapMod
   }
 }
 
+// A .npy file (numpy's format, a Python dict literal for a header): loads
+// or fails with StoreError, as double and as float, read or mapped.
+void load_npy(joblib::MmapMode mode) {
+  try {
+    volatile double s = touch(joblib::load_npy<double>(scratch_file(), {.mmap_mode = mode}));
+    (void)s;
+  } catch (const joblib::StoreError&) {
+  }
+  try {
+    volatile double s = touch(joblib::load_npy<float>(scratch_file(), {.mmap_mode = mode}));
+    (void)s;
+  } catch (const joblib::StoreError&) {
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -82,12 +98,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::uint8_t selector = data[0];
   write_file(data + 1, size - 1);
   const auto mode = joblib_fuzz::mode_of(selector);
-  switch ((selector & 7) % joblib_fuzz::type_count) {
+  switch ((selector & 7) % (joblib_fuzz::type_count + 1)) {
     case 0: load_and_decode<joblib_fuzz::Record>(data + 1, size - 1, mode); break;
     case 1: load_and_decode<joblib_fuzz::ArrayD>(data + 1, size - 1, mode); break;
     case 2: load_and_decode<joblib_fuzz::Nested>(data + 1, size - 1, mode); break;
     case 3: load_and_decode<joblib_fuzz::Strings>(data + 1, size - 1, mode); break;
     case 4: load_and_decode<joblib_fuzz::Mixed>(data + 1, size - 1, mode); break;
+    case joblib_fuzz::type_count: load_npy(mode); break;
   }
   ::unlink(scratch_file().c_str());
   return 0;
