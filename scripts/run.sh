@@ -11,13 +11,14 @@ packages=(
   cmake ninja-build g++ pkg-config
   libboost1.81-dev libtbb-dev libopenmpi-dev openmpi-bin
   libcereal-dev libtomlplusplus-dev libfmt-dev
-  libzstd-dev liblz4-dev zlib1g-dev libbz2-dev liblzma-dev libxxhash-dev
+  libzstd-dev liblz4-dev zlib1g-dev libbz2-dev liblzma-dev libxxhash-dev libzip-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev clang-16
   iproute2
 )
-# The interop tests check .npy files against Debian's numpy itself.
-if [[ "$mode" == test ]]; then packages+=(python3-numpy); fi
+# The interop tests check .npy/.npz files and Python joblib's own files
+# against Debian's numpy, joblib and lz4 themselves.
+if [[ "$mode" == test ]]; then packages+=(python3-numpy python3-joblib python3-lz4); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

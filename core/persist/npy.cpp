@@ -3,6 +3,7 @@
 // UTF-8 header), then a Python dict literal {'descr': '<f8',
 // 'fortran_order': False, 'shape': (3, 4), } padded with spaces to a
 // multiple of 64 bytes and ended by '\n', then the data.
+#include "npy_format.hpp"
 #include "store_io.hpp"
 
 #include <joblib/errors.hpp>
@@ -34,19 +35,8 @@ constexpr std::size_t kMagicLen = 6;
 // ours for 32 dimensions is far shorter. A cap keeps a hostile length cheap.
 constexpr std::size_t kMaxHeader = 1 << 20;
 
-[[noreturn]] void bad(const fs::path& path, const std::string& why) {
-  throw StoreError(fmt::format("{}: not a valid .npy file: {}", path.string(), why));
-}
-
-std::string dtype_name(char kind, std::size_t size) {
-  switch (kind) {
-    case 'b': return "bool";
-    case 'i': return fmt::format("int{}", size * 8);
-    case 'u': return fmt::format("uint{}", size * 8);
-    case 'f': return fmt::format("float{}", size * 8);
-    case 'c': return fmt::format("complex{}", size * 8);
-    default: return fmt::format("'{}{}'", kind, size);
-  }
+[[noreturn]] void bad(const std::string& name, const std::string& why) {
+  throw StoreError(fmt::format("{}: not a valid .npy file: {}", name, why));
 }
 
 // The header dict: a small parser for the literal numpy writes (and any
@@ -59,7 +49,7 @@ struct Header {
 
 class HeaderParser {
  public:
-  HeaderParser(std::string_view text, const fs::path& path) : s_(text), path_(path) {}
+  HeaderParser(std::string_view text, const std::string& path) : s_(text), path_(path) {}
 
   Header parse() {
     Header h;
@@ -168,55 +158,9 @@ class HeaderParser {
   }
 
   std::string_view s_;
-  const fs::path& path_;
+  const std::string& path_;
   std::size_t i_ = 0;
 };
-
-// "<f8" -> kind 'f', size 8, swapped (on this little-endian machine) when '>'.
-struct Descr {
-  char kind = 0;
-  std::size_t size = 0;
-  bool swapped = false;
-};
-Descr parse_descr(const std::string& d, const fs::path& path) {
-  if (d.size() < 3) bad(path, fmt::format("its dtype '{}' is not a numeric dtype", d));
-  Descr out;
-  const char order = d[0];
-  if (order != '<' && order != '>' && order != '|' && order != '=')
-    bad(path, fmt::format("its dtype '{}' is not a numeric dtype", d));
-  out.kind = d[1];
-  std::size_t size = 0;
-  for (std::size_t k = 2; k < d.size(); ++k) {
-    if (!std::isdigit(static_cast<unsigned char>(d[k])) || size > 1000)
-      bad(path, fmt::format("its dtype '{}' is not a numeric dtype", d));
-    size = size * 10 + static_cast<std::size_t>(d[k] - '0');
-  }
-  out.size = size;
-  const bool known = (out.kind == 'b' && size == 1) ||
-                     ((out.kind == 'i' || out.kind == 'u') && (size == 1 || size == 2 || size == 4 || size == 8)) ||
-                     (out.kind == 'f' && (size == 4 || size == 8)) || (out.kind == 'c' && (size == 8 || size == 16));
-  if (!known) bad(path, fmt::format("its dtype '{}' is not one of b1, i1-i8, u1-u8, f4, f8, c8, c16", d));
-  constexpr bool little = std::endian::native == std::endian::little;
-  out.swapped = size > 1 && ((order == '>' && little) || (order == '<' && !little));
-  return out;
-}
-
-std::size_t element_count(const std::vector<std::size_t>& shape, std::size_t item, const fs::path& path) {
-  std::size_t n = 1;
-  for (std::size_t d : shape) {
-    if (d != 0 && n > std::numeric_limits<std::size_t>::max() / d) bad(path, "its shape's size overflows");
-    n *= d;
-  }
-  if (item != 0 && n > std::numeric_limits<std::size_t>::max() / item) bad(path, "its shape's size overflows");
-  return n;
-}
-
-// Swaps each item of `size` bytes (complex: each half on its own).
-void byteswap(std::byte* p, std::size_t n_items, std::size_t size, char kind) {
-  const std::size_t part = kind == 'c' ? size / 2 : size;
-  const std::size_t parts = n_items * (size / part);
-  for (std::size_t i = 0; i < parts; ++i) std::reverse(p + i * part, p + (i + 1) * part);
-}
 
 // Fortran order (first index fastest) to C order (last index fastest).
 void fortran_to_c(const std::byte* src, std::byte* dst, const std::vector<std::size_t>& shape, std::size_t item) {
@@ -242,95 +186,127 @@ void fortran_to_c(const std::byte* src, std::byte* dst, const std::vector<std::s
   }
 }
 
+// Swaps each item of `size` bytes (complex: each half on its own).
+void byteswap(std::byte* p, std::size_t n_items, std::size_t size, char kind) {
+  const std::size_t part = kind == 'c' ? size / 2 : size;
+  const std::size_t parts = n_items * (size / part);
+  for (std::size_t i = 0; i < parts; ++i) std::reverse(p + i * part, p + (i + 1) * part);
+}
+
 }  // namespace
 
-NpyData load_npy_data(const fs::path& path, char kind, std::size_t item_size, MmapMode mode) {
-  if (mode == MmapMode::w_plus)
-    throw std::invalid_argument("joblib::load_npy: mmap_mode w+ would create a new file; use r, r+ or c");
-  const int raw = ::open(path.c_str(), (mode == MmapMode::r_plus ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-  if (raw < 0) throw fs::filesystem_error("joblib::load_npy: cannot open", path, std::error_code(errno, std::generic_category()));
-  Fd fd(raw);
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0)
-    throw fs::filesystem_error("joblib::load_npy: cannot open", path, std::error_code(errno, std::generic_category()));
-  if (!S_ISREG(st.st_mode)) bad(path, "it is not a regular file");
-  const std::size_t file_size = static_cast<std::size_t>(st.st_size);
+std::string npy_dtype_name(char kind, std::size_t size) {
+  switch (kind) {
+    case 'b': return "bool";
+    case 'i': return fmt::format("int{}", size * 8);
+    case 'u': return fmt::format("uint{}", size * 8);
+    case 'f': return fmt::format("float{}", size * 8);
+    case 'c': return fmt::format("complex{}", size * 8);
+    default: return fmt::format("'{}{}'", kind, size);
+  }
+}
 
+bool parse_npy_descr(std::string_view d, NpyDescr& out, char order) {
+  if (!d.empty() && (d[0] == '<' || d[0] == '>' || d[0] == '|' || d[0] == '=')) {
+    order = d[0];
+    d.remove_prefix(1);
+  }
+  if (d.size() < 2 || d.size() > 4) return false;
+  out.kind = d[0];
+  std::size_t size = 0;
+  for (std::size_t k = 1; k < d.size(); ++k) {
+    if (!std::isdigit(static_cast<unsigned char>(d[k]))) return false;
+    size = size * 10 + static_cast<std::size_t>(d[k] - '0');
+  }
+  out.size = size;
+  const bool known = (out.kind == 'b' && size == 1) ||
+                     ((out.kind == 'i' || out.kind == 'u') && (size == 1 || size == 2 || size == 4 || size == 8)) ||
+                     (out.kind == 'f' && (size == 4 || size == 8)) || (out.kind == 'c' && (size == 8 || size == 16));
+  if (!known) return false;
+  constexpr bool little = std::endian::native == std::endian::little;
+  out.swapped = size > 1 && ((order == '>' && little) || (order == '<' && !little));
+  return true;
+}
+
+std::size_t npy_checked_bytes(const std::vector<std::size_t>& shape, std::size_t item, const std::string& name,
+                              std::string_view what) {
+  std::size_t n = 1;
+  for (std::size_t d : shape) {
+    if (d != 0 && n > std::numeric_limits<std::size_t>::max() / d)
+      throw StoreError(fmt::format("{}: {} has a shape whose size overflows", name, what));
+    n *= d;
+  }
+  if (item != 0 && n > std::numeric_limits<std::size_t>::max() / item)
+    throw StoreError(fmt::format("{}: {} has a shape whose size overflows", name, what));
+  return n * item;
+}
+
+bool npy_fortran_differs(const std::vector<std::size_t>& shape) {
+  return std::count_if(shape.begin(), shape.end(), [](std::size_t s) { return s > 1; }) > 1;
+}
+
+SharedBuffer npy_to_native(SharedBuffer raw, const NpyDescr& d, bool fortran, const std::vector<std::size_t>& shape,
+                           std::size_t count) {
+  if (count == 0) return raw;
+  if (d.swapped) byteswap(raw.data.get(), count, d.size, d.kind);
+  if (fortran && npy_fortran_differs(shape)) {
+    SharedBuffer c_order = allocate_buffer(count * d.size, /*zero=*/false);
+    fortran_to_c(raw.data.get(), c_order.data.get(), shape, d.size);
+    raw = std::move(c_order);
+  }
+  if (d.kind == 'b')
+    for (std::size_t i = 0; i < count; ++i)  // a bool must be 0 or 1
+      if (std::to_integer<unsigned>(raw.data.get()[i]) > 1) raw.data.get()[i] = std::byte{1};
+  return raw;
+}
+
+SharedBuffer npy_allocate(std::size_t bytes, const std::string& name) {
+  try {
+    return allocate_buffer(bytes, /*zero=*/false);
+  } catch (const std::bad_alloc&) {
+    throw StoreError(fmt::format("{}: it declares an array of {} bytes, more than can be allocated", name, bytes));
+  }
+}
+
+NpyLayout read_npy_header(const NpyRead& read, const std::string& name) {
   std::byte pre[12] = {};
-  const std::size_t got = pread_full(fd.get(), std::span<std::byte>(pre, std::min<std::size_t>(12, file_size)), 0, path);
-  if (got < 10 || std::memcmp(pre, kMagic, kMagicLen) != 0) bad(path, "it does not start with numpy's magic \\x93NUMPY");
+  std::size_t got = read(std::span<std::byte>(pre, 10));
+  if (got < 10 || std::memcmp(pre, kMagic, kMagicLen) != 0) bad(name, "it does not start with numpy's magic \\x93NUMPY");
   const int major = static_cast<int>(pre[6]), minor = static_cast<int>(pre[7]);
   std::size_t header_len = 0, header_start = 0;
   if (major == 1) {
     header_len = static_cast<std::size_t>(pre[8]) | (static_cast<std::size_t>(pre[9]) << 8);
     header_start = 10;
   } else if (major == 2 || major == 3) {
-    if (got < 12) bad(path, "it is truncated in its header");
-    header_len = 0;
+    if (read(std::span<std::byte>(pre + 10, 2)) < 2) bad(name, "it is truncated in its header");
     for (int k = 3; k >= 0; --k) header_len = (header_len << 8) | static_cast<std::size_t>(pre[8 + k]);
     header_start = 12;
   } else {
-    bad(path, fmt::format("its format version {}.{} is not 1.0, 2.0 or 3.0", major, minor));
+    bad(name, fmt::format("its format version {}.{} is not 1.0, 2.0 or 3.0", major, minor));
   }
-  if (minor != 0) bad(path, fmt::format("its format version {}.{} is not 1.0, 2.0 or 3.0", major, minor));
-  if (header_len > kMaxHeader) bad(path, fmt::format("its header claims {} bytes (at most {} are read)", header_len, kMaxHeader));
-  if (header_start + header_len > file_size) bad(path, "it is truncated in its header");
+  if (minor != 0) bad(name, fmt::format("its format version {}.{} is not 1.0, 2.0 or 3.0", major, minor));
+  if (header_len > kMaxHeader) bad(name, fmt::format("its header claims {} bytes (at most {} are read)", header_len, kMaxHeader));
   std::string header(header_len, '\0');
-  pread_full(fd.get(), std::as_writable_bytes(std::span<char>(header.data(), header.size())), header_start, path);
+  if (read(std::as_writable_bytes(std::span<char>(header.data(), header.size()))) < header_len)
+    bad(name, "it is truncated in its header");
   if (major < 3)
     for (char c : header)
-      if (static_cast<unsigned char>(c) >= 0x80) bad(path, "its header is not latin-1 text");
-  const Header h = HeaderParser(header, path).parse();
-  const Descr d = parse_descr(h.descr, path);
-  if (d.kind != kind || d.size != item_size)
-    throw StoreError(fmt::format("{}: the .npy file holds {} ('{}'), not {}", path.string(), dtype_name(d.kind, d.size),
-                                 h.descr, dtype_name(kind, item_size)));
-  const std::size_t n = element_count(h.shape, item_size, path);
-  const std::size_t offset = header_start + header_len;
-  const std::size_t bytes = n * item_size;
-  if (file_size - offset < bytes)
-    bad(path, fmt::format("its data is truncated: {} bytes for a shape of {} elements of {} bytes", file_size - offset, n,
-                          item_size));
-
-  NpyData out;
+      if (static_cast<unsigned char>(c) >= 0x80) bad(name, "its header is not latin-1 text");
+  const Header h = HeaderParser(header, name).parse();
+  NpyLayout out;
+  if (h.descr.size() < 2 || !std::strchr("<>|=", h.descr[0]) || !parse_npy_descr(h.descr, out.descr))
+    bad(name, fmt::format("its dtype '{}' is not one of b1, i1-i8, u1-u8, f4, f8, c8, c16", h.descr));
+  out.descr_text = h.descr;
+  out.fortran = h.fortran;
   out.shape = h.shape;
-  if (bytes == 0) return out;
-  const bool fortran_layout = h.fortran && std::count_if(h.shape.begin(), h.shape.end(), [](std::size_t s) { return s > 1; }) > 1;
-
-  if (mode != MmapMode::none) {
-    if (d.swapped)
-      bad(path, "its data is in the other byte order and cannot be mapped: load it without mmap_mode");
-    if (fortran_layout)
-      bad(path, "its data is in Fortran order and cannot be mapped as a C-order Array: load it without mmap_mode");
-    if (offset % item_size != 0)  // item sizes are powers of two up to 16: their alignment
-      bad(path, "its data is not aligned for mapping: load it without mmap_mode");
-    std::shared_ptr<Mapping> mapping = map_file(fd.get(), file_size, mode, path);
-    out.buffer.data = std::shared_ptr<std::byte>(mapping, mapping->addr + offset);
-    out.buffer.size = bytes;
-    out.buffer.writable = mode != MmapMode::r;
-    out.buffer.mapped = true;
-    out.buffer.file = std::make_shared<const std::string>(fs::absolute(path).string());
-    return out;
-  }
-
-  SharedBuffer raw_data = allocate_buffer(bytes, /*zero=*/false);
-  if (pread_full(fd.get(), std::span<std::byte>(raw_data.data.get(), bytes), offset, path) != bytes)
-    bad(path, "its data is truncated (the file shrank while it was read)");
-  if (d.swapped) byteswap(raw_data.data.get(), n, item_size, d.kind);
-  if (fortran_layout) {
-    SharedBuffer c_order = allocate_buffer(bytes, /*zero=*/false);
-    fortran_to_c(raw_data.data.get(), c_order.data.get(), h.shape, item_size);
-    raw_data = std::move(c_order);
-  }
-  if (kind == 'b')
-    for (std::size_t i = 0; i < n; ++i)  // a bool must be 0 or 1
-      if (std::to_integer<unsigned>(raw_data.data.get()[i]) > 1) raw_data.data.get()[i] = std::byte{1};
-  out.buffer = std::move(raw_data);
+  out.bytes = npy_checked_bytes(h.shape, out.descr.size, name, "its array");
+  out.count = out.bytes / out.descr.size;
+  if (out.bytes == 0) out.count = 0;
+  out.data_offset = header_start + header_len;
   return out;
 }
 
-void save_npy_data(const fs::path& path, char kind, std::size_t item_size, const std::vector<std::size_t>& shape,
-                   const std::byte* bytes) {
+std::string npy_header(char kind, std::size_t item_size, const std::vector<std::size_t>& shape) {
   constexpr bool little = std::endian::native == std::endian::little;
   const char order = item_size == 1 ? '|' : (little ? '<' : '>');
   // numpy's spelling: (), (3,) and (3, 4).
@@ -357,7 +333,69 @@ void save_npy_data(const fs::path& path, char kind, std::size_t item_size, const
   head += dict;
   head.append(total - head.size() - 1, ' ');
   head += '\n';
+  return head;
+}
 
+NpyData load_npy_data(const fs::path& path, char kind, std::size_t item_size, MmapMode mode) {
+  if (mode == MmapMode::w_plus)
+    throw std::invalid_argument("joblib::load_npy: mmap_mode w+ would create a new file; use r, r+ or c");
+  const int raw = ::open(path.c_str(), (mode == MmapMode::r_plus ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  if (raw < 0) throw fs::filesystem_error("joblib::load_npy: cannot open", path, std::error_code(errno, std::generic_category()));
+  Fd fd(raw);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0)
+    throw fs::filesystem_error("joblib::load_npy: cannot open", path, std::error_code(errno, std::generic_category()));
+  const std::string name = path.string();
+  if (!S_ISREG(st.st_mode)) bad(name, "it is not a regular file");
+  const std::size_t file_size = static_cast<std::size_t>(st.st_size);
+
+  std::uint64_t pos = 0;
+  const NpyLayout h = read_npy_header(
+      [&](std::span<std::byte> dest) {
+        const std::size_t n = pread_full(fd.get(), dest, pos, path);
+        pos += n;
+        return n;
+      },
+      name);
+  const NpyDescr& d = h.descr;
+  if (d.kind != kind || d.size != item_size)
+    throw StoreError(fmt::format("{}: the .npy file holds {} ('{}'), not {}", name, npy_dtype_name(d.kind, d.size),
+                                 h.descr_text, npy_dtype_name(kind, item_size)));
+  const std::size_t offset = h.data_offset;
+  const std::size_t bytes = h.bytes;
+  if (file_size - offset < bytes)
+    bad(name, fmt::format("its data is truncated: {} bytes for a shape of {} elements of {} bytes", file_size - offset,
+                          h.count, item_size));
+
+  NpyData out;
+  out.shape = h.shape;
+  if (bytes == 0) return out;
+
+  if (mode != MmapMode::none) {
+    if (d.swapped) bad(name, "its data is in the other byte order and cannot be mapped: load it without mmap_mode");
+    if (h.fortran && npy_fortran_differs(h.shape))
+      bad(name, "its data is in Fortran order and cannot be mapped as a C-order Array: load it without mmap_mode");
+    if (offset % item_size != 0)  // item sizes are powers of two up to 16: their alignment
+      bad(name, "its data is not aligned for mapping: load it without mmap_mode");
+    std::shared_ptr<Mapping> mapping = map_file(fd.get(), file_size, mode, path);
+    out.buffer.data = std::shared_ptr<std::byte>(mapping, mapping->addr + offset);
+    out.buffer.size = bytes;
+    out.buffer.writable = mode != MmapMode::r;
+    out.buffer.mapped = true;
+    out.buffer.file = std::make_shared<const std::string>(fs::absolute(path).string());
+    return out;
+  }
+
+  SharedBuffer raw_data = npy_allocate(bytes, name);
+  if (pread_full(fd.get(), std::span<std::byte>(raw_data.data.get(), bytes), offset, path) != bytes)
+    bad(name, "its data is truncated (the file shrank while it was read)");
+  out.buffer = npy_to_native(std::move(raw_data), d, h.fortran, h.shape, h.count);
+  return out;
+}
+
+void save_npy_data(const fs::path& path, char kind, std::size_t item_size, const std::vector<std::size_t>& shape,
+                   const std::byte* bytes) {
+  const std::string head = npy_header(kind, item_size, shape);
   std::size_t n = 1;
   for (std::size_t dim : shape) n *= dim;
   TempFile tmp(path);

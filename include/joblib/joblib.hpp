@@ -11,3 +11,4 @@
 #include <joblib/persistence.hpp>
 #include <joblib/memory.hpp>
 #include <joblib/numpy.hpp>
+#include <joblib/python.hpp>

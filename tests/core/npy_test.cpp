@@ -8,6 +8,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "py_interop.hpp"
+
 #include <unistd.h>
 
 #include <complex>
@@ -22,28 +24,11 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-// Debian's interpreter (the one python3-numpy installs into), whatever
-// python3 comes first on PATH.
-std::string python() { return fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3"; }
-bool have_numpy() {
-  static const bool yes = std::system((python() + " -c 'import numpy' 2>/dev/null").c_str()) == 0;
-  return yes;
-}
-// Runs a Python script; true when it exits 0.
-bool run_python(const std::string& script, const fs::path& dir) {
-  const fs::path file = dir / "script.py";
-  std::ofstream(file) << script;
-  return std::system((python() + " " + file.string()).c_str()) == 0;
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int n = 0;
-    path = fs::temp_directory_path() / ("joblib_npy_" + std::to_string(::getpid()) + "_" + std::to_string(++n));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
+using joblib_test::have_numpy;
+using joblib_test::run_python;
+using joblib_test::write_bytes;
+struct TempDir : joblib_test::TempDir {
+  TempDir() : joblib_test::TempDir("joblib_npy") {}
 };
 
 class NumpyWrites : public ::testing::Test {
@@ -217,7 +202,6 @@ with open(os.path.join(d, "a.npy"), "rb") as f:
 
 // ---- hostile files ------------------------------------------------------------------
 
-void write_bytes(const fs::path& p, const std::string& bytes) { std::ofstream(p, std::ios::binary) << bytes; }
 std::string npy_v1(const std::string& dict, const std::string& data = "") {
   std::string head = "\x93NUMPY";
   head += '\x01';
@@ -248,7 +232,7 @@ TEST(NpyHostileFiles, AreRefusedWithStoreErrorNamingTheProblem) {
   refused(npy_v1("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }", std::string(16, '\0')),
           "its data is truncated");
   refused(npy_v1("{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (1,), }"), "structured");
-  refused(npy_v1("{'descr': '<O', 'fortran_order': False, 'shape': (1,), }"), "not a numeric dtype");
+  refused(npy_v1("{'descr': '<O', 'fortran_order': False, 'shape': (1,), }"), "its dtype '<O' is not one of b1, i1-i8, u1-u8, f4, f8, c8, c16");
   refused(npy_v1("{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999, 99999999999, 99999999999), }"),
           "overflows");
   refused(npy_v1("{'descr': '<f8', 'fortran_order': 1, 'shape': (1,), }"), "not True or False");
