@@ -201,14 +201,19 @@ class Reader {
 
   // On failure, every container made so far is emptied first, so that no
   // cycle a hostile file made leaks and no deep nesting is freed by recursion.
+  // On success, so are the containers the result does not hold (a deep
+  // chain a file built and dropped).
   ~Reader() {
-    if (done_) return;
+    // Hold every container first, so that emptying one frees no other.
+    std::vector<NodePtr> alive;
+    alive.reserve(made_.size());
     for (const auto& weak : made_)
       if (auto n = weak.lock())
-        if (n->c) {
-          n->c->items.clear();
-          n->c->dict.clear();
-        }
+        if (n->c && !(done_ && reachable_.count(n.get()))) alive.push_back(std::move(n));
+    for (const NodePtr& n : alive) {
+      n->c->items.clear();
+      n->c->dict.clear();
+    }
   }
 
   PyValue run() {
@@ -224,10 +229,10 @@ class Reader {
       step(op);
     }
     if (stack_.empty()) bad("STOP with an empty stack");
-    NodePtr result = pop();
-    check_result(result);
+    result_ = pop();
+    check_result(result_);
     done_ = true;
-    return PyValue(std::move(result));
+    return PyValue(std::move(result_));
   }
 
  private:
@@ -759,7 +764,12 @@ class Reader {
       }
       case 'U': push(text(latin1_to_utf8(in_.string(in_.byte("a SHORT_BINSTRING"), "a str")))); return;
       case ']': push(container(PyKind::list)); return;
-      case ')': push(container(PyKind::tuple)); return;
+      case ')': {
+        NodePtr n = container(PyKind::tuple);
+        detail::py_finish_tuple(*n);
+        push(std::move(n));
+        return;
+      }
       case '}': push(container(PyKind::dict)); return;
       case 0x8f: push(container(PyKind::set)); return;
       case 'l':
@@ -773,6 +783,7 @@ class Reader {
           else
             n->c->items.emplace_back(std::move(v));
         }
+        if (op == 't') detail::py_finish_tuple(*n);
         push(std::move(n));
         return;
       }
@@ -784,6 +795,7 @@ class Reader {
         NodePtr n = container(PyKind::tuple);
         for (std::size_t j = stack_.size() - k; j < stack_.size(); ++j) n->c->items.emplace_back(std::move(stack_[j]));
         stack_.resize(stack_.size() - k);
+        detail::py_finish_tuple(*n);
         push(std::move(n));
         return;
       }
@@ -903,7 +915,7 @@ class Reader {
     if (!stack_.empty() || !marks_.empty()) {
       // Python ignores what is left; a joblib file never leaves anything.
     }
-    std::unordered_set<const PyNode*> finished;
+    std::unordered_set<const PyNode*>& finished = reachable_;
     std::unordered_set<const PyNode*> open;
     struct Frame {
       const PyNode* node;
@@ -958,6 +970,8 @@ class Reader {
   std::vector<std::weak_ptr<PyNode>> made_;
   std::shared_ptr<detail::Mapping> mapping_;
   std::shared_ptr<const std::string> file_;
+  NodePtr result_;
+  std::unordered_set<const PyNode*> reachable_;  // the result's containers
   std::size_t arrays_ = 0;
   bool done_ = false;
 };

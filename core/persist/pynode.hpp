@@ -36,10 +36,22 @@ enum class PyGlobal : std::uint8_t {
   encode,       // _codecs.encode (protocol 2's bytes)
 };
 
+/// Python's hash identity of a hashable value: a 128-bit digest of a
+/// canonical encoding (equal keys as Python compares them: 1, 1.0 and True
+/// are one key). Fixed-size, so that a long key used many times costs its
+/// length once.
+struct PyDigest {
+  std::uint64_t lo = 0, hi = 0;
+  bool operator==(const PyDigest&) const = default;
+};
+struct PyDigestHash {
+  std::size_t operator()(const PyDigest& d) const noexcept { return static_cast<std::size_t>(d.lo); }
+};
+
 struct PyContainer {
   std::vector<PyValue> items;                      // list, tuple, set
   std::vector<std::pair<PyValue, PyValue>> dict;   // dict
-  std::unordered_map<std::string, std::size_t> index;  // hash key -> position (dict, set)
+  std::unordered_map<PyDigest, std::size_t, PyDigestHash> index;  // key digest -> position (dict, set)
 };
 
 struct PyNode {
@@ -54,17 +66,35 @@ struct PyNode {
   std::unique_ptr<PyContainer> c;  // list, tuple, dict, set
   std::unique_ptr<AnyArray> array;  // array
   NpyDescr dtype{};        // special == dtype
+  // The digest of a str, bytes or tuple, once computed (a tuple's when it is
+  // made: py_finish_tuple); `unhashable` for a tuple holding a list, dict...
+  mutable bool has_digest = false;
+  mutable bool unhashable = false;
+  mutable PyDigest digest{};
 
   PyContainer& container() {
     if (!c) c = std::make_unique<PyContainer>();
     return *c;
   }
+
+  PyNode() = default;
+  PyNode(const PyNode&) = delete;
+  PyNode& operator=(const PyNode&) = delete;
+  /// Frees the nodes only this one holds without recursion, so that a list
+  /// nested a million deep (a hostile file) is freed in constant stack.
+  ~PyNode();
 };
 
-/// Python's hash identity of a node as a string (equal keys as Python
-/// compares them: 1, 1.0 and True are one key); false when Python cannot
-/// hash the node (list, dict, array, or a reader-only node).
-bool py_hash_key(const PyNode* node, std::string& out);
+/// The digest of a node; false when Python cannot hash it (list, dict,
+/// array, a reader-only node, a tuple holding one of those). Never recurses:
+/// a tuple's digest is made from its items' when the tuple is finished.
+bool py_digest(const PyNode* node, PyDigest& out);
+
+/// The digest of the str `key`, as a dict lookup needs it.
+PyDigest py_str_digest(std::string_view key);
+
+/// Computes and caches the digest of a tuple whose items are all set.
+void py_finish_tuple(const PyNode& tuple);
 
 /// Adds `value` under `key` to the dict `d` (replacing the value of an
 /// equal key). Throws StoreError "{where}: ..." for an unhashable key.

@@ -4,6 +4,7 @@
 #include <joblib/errors.hpp>
 
 #include <fmt/format.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <bit>
@@ -21,79 +22,170 @@ std::shared_ptr<PyNode> make(PyKind kind) {
   return n;
 }
 
-void put_len(std::string& out, std::size_t n) { out.append(reinterpret_cast<const char*>(&n), sizeof n); }
+PyDigest finish(XXH3_state_t* st) {
+  const XXH128_hash_t h = XXH3_128bits_digest(st);
+  return {h.low64, h.high64};
+}
+
+struct KeyHasher {
+  KeyHasher() : st(XXH3_createState()) {
+    if (!st) throw std::bad_alloc();
+    XXH3_128bits_reset(st);
+  }
+  ~KeyHasher() { XXH3_freeState(st); }
+  KeyHasher(const KeyHasher&) = delete;
+  KeyHasher& operator=(const KeyHasher&) = delete;
+  void add(const void* p, std::size_t n) { XXH3_128bits_update(st, p, n); }
+  void tag(char t) { add(&t, 1); }
+  template <class T>
+  void word(T v) {
+    add(&v, sizeof v);
+  }
+  void digest(const PyDigest& d) {
+    word(d.lo);
+    word(d.hi);
+  }
+  PyDigest done() { return finish(st); }
+  XXH3_state_t* st;
+};
+
+// Python: a float equal to an int is the same key as the int; a complex
+// with no imaginary part the same as its real part.
+void number(KeyHasher& h, double v) {
+  if (std::isfinite(v) && v == std::trunc(v) && v >= -9.2e18 && v <= 9.2e18) {
+    h.tag('i');
+    h.word(static_cast<std::int64_t>(v));
+    return;
+  }
+  h.tag('f');
+  h.word(std::bit_cast<std::uint64_t>(v));
+}
+
+// A set's digest: its members' digests in a fixed order.
+PyDigest set_digest(const PyNode* node) {
+  std::vector<PyDigest> members;
+  if (node->c)
+    for (const auto& [d, pos] : node->c->index) members.push_back(d);
+  std::sort(members.begin(), members.end(),
+            [](const PyDigest& a, const PyDigest& b) { return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo; });
+  KeyHasher h;
+  h.tag('S');
+  h.word(members.size());
+  for (const PyDigest& d : members) h.digest(d);
+  return h.done();
+}
 
 }  // namespace
 
-bool py_hash_key(const PyNode* node, std::string& out) {
+PyNode::~PyNode() {
+  if (!c) return;
+  std::vector<std::shared_ptr<PyNode>> work;
+  // Moves out the children no one else holds; the others stay with their
+  // other owners.
+  auto take = [&work](PyContainer& pc) {
+    auto grab = [&work](PyValue& v) {
+      if (v.node_ && v.node_->c && v.node_.use_count() == 1) work.push_back(std::move(v.node_));
+    };
+    for (PyValue& v : pc.items) grab(v);
+    for (auto& [k, v] : pc.dict) {
+      grab(k);
+      grab(v);
+    }
+    pc.items.clear();
+    pc.dict.clear();
+  };
+  take(*c);
+  while (!work.empty()) {
+    std::shared_ptr<PyNode> n = std::move(work.back());
+    work.pop_back();
+    take(*n->c);
+  }  // n goes with an empty container: no recursion
+}
+
+PyDigest py_str_digest(std::string_view key) {
+  KeyHasher h;
+  h.tag('s');
+  h.word(key.size());
+  h.add(key.data(), key.size());
+  return h.done();
+}
+
+void py_finish_tuple(const PyNode& t) {
+  KeyHasher h;
+  h.tag('t');
+  const std::size_t n = t.c ? t.c->items.size() : 0;
+  h.word(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    PyDigest d;
+    if (!py_digest(t.c->items[k].node().get(), d)) {
+      t.unhashable = true;
+      t.has_digest = true;
+      return;
+    }
+    h.digest(d);
+  }
+  t.digest = h.done();
+  t.has_digest = true;
+}
+
+bool py_digest(const PyNode* node, PyDigest& out) {
+  KeyHasher h;
   if (!node) {
-    out += 'N';
+    h.tag('N');
+    out = h.done();
     return true;
   }
   if (node->special != PySpecial::none) return false;
-  auto integer = [&](std::int64_t v) {
-    out += 'i';
-    out.append(reinterpret_cast<const char*>(&v), sizeof v);
-  };
-  auto floating = [&](double v) {
-    // Python: a float equal to an int is the same key as the int.
-    if (std::isfinite(v) && v == std::trunc(v) && v >= -9.2e18 && v <= 9.2e18) return integer(static_cast<std::int64_t>(v));
-    out += 'f';
-    const auto bits = std::bit_cast<std::uint64_t>(v == 0.0 ? 0.0 : v);
-    out.append(reinterpret_cast<const char*>(&bits), sizeof bits);
-  };
+  if (node->has_digest) {
+    out = node->digest;
+    return !node->unhashable;
+  }
   switch (node->kind) {
-    case PyKind::none: out += 'N'; return true;
-    case PyKind::boolean: integer(node->i); return true;
+    case PyKind::none: h.tag('N'); break;
+    case PyKind::boolean:
+      h.tag('i');
+      h.word(node->i);
+      break;
     case PyKind::integer:
       if (node->big) {
-        out += 'u';
-        out.append(reinterpret_cast<const char*>(&node->u), sizeof node->u);
+        h.tag('u');
+        h.word(node->u);
       } else {
-        integer(node->i);
+        h.tag('i');
+        h.word(node->i);
       }
-      return true;
-    case PyKind::floating: floating(node->f); return true;
+      break;
+    case PyKind::floating: number(h, node->f); break;
     case PyKind::complex:
       if (node->im == 0.0) {
-        floating(node->f);
+        number(h, node->f);
       } else {
-        out += 'c';
-        const auto re = std::bit_cast<std::uint64_t>(node->f), im = std::bit_cast<std::uint64_t>(node->im);
-        out.append(reinterpret_cast<const char*>(&re), sizeof re);
-        out.append(reinterpret_cast<const char*>(&im), sizeof im);
+        h.tag('c');
+        h.word(std::bit_cast<std::uint64_t>(node->f));
+        h.word(std::bit_cast<std::uint64_t>(node->im));
       }
-      return true;
+      break;
     case PyKind::string:
     case PyKind::bytes:
-      out += node->kind == PyKind::string ? 's' : 'b';
-      put_len(out, node->s.size());
-      out += node->s;
+      node->digest = node->kind == PyKind::string ? py_str_digest(node->s) : [&] {
+        h.tag('b');
+        h.word(node->s.size());
+        h.add(node->s.data(), node->s.size());
+        return h.done();
+      }();
+      node->has_digest = true;
+      out = node->digest;
       return true;
-    case PyKind::tuple: {
-      out += 't';
-      const auto& items = node->c ? node->c->items : std::vector<PyValue>{};
-      put_len(out, items.size());
-      for (const PyValue& v : items)
-        if (!py_hash_key(v.node().get(), out)) return false;
-      return true;
-    }
-    case PyKind::set: {
-      // A frozenset: the same members in any order are one key.
-      std::vector<std::string> keys;
-      if (node->c)
-        for (const auto& [k, pos] : node->c->index) keys.push_back(k);
-      std::sort(keys.begin(), keys.end());
-      out += 'S';
-      put_len(out, keys.size());
-      for (const std::string& k : keys) {
-        put_len(out, k.size());
-        out += k;
-      }
-      return true;
-    }
+    case PyKind::tuple:
+      // Finished when made; a tuple built by hand without it is finished now.
+      py_finish_tuple(*node);
+      out = node->digest;
+      return !node->unhashable;
+    case PyKind::set: out = set_digest(node); return true;  // a frozenset
     default: return false;
   }
+  out = h.done();
+  return true;
 }
 
 std::string py_type_name(const PyNode* node) {
@@ -109,11 +201,11 @@ std::string py_type_name(const PyNode* node) {
 }
 
 void py_dict_set(PyNode& d, PyValue key, PyValue value, const char* where) {
-  std::string k;
-  if (!py_hash_key(key.node().get(), k))
+  PyDigest k;
+  if (!py_digest(key.node().get(), k))
     throw StoreError(fmt::format("{}: a dict key of type {} cannot be hashed", where, py_type_name(key.node().get())));
   PyContainer& c = d.container();
-  const auto [it, fresh] = c.index.try_emplace(std::move(k), c.dict.size());
+  const auto [it, fresh] = c.index.try_emplace(k, c.dict.size());
   if (fresh)
     c.dict.emplace_back(std::move(key), std::move(value));
   else
@@ -121,11 +213,11 @@ void py_dict_set(PyNode& d, PyValue key, PyValue value, const char* where) {
 }
 
 void py_set_add(PyNode& s, PyValue item, const char* where) {
-  std::string k;
-  if (!py_hash_key(item.node().get(), k))
+  PyDigest k;
+  if (!py_digest(item.node().get(), k))
     throw StoreError(fmt::format("{}: a set item of type {} cannot be hashed", where, py_type_name(item.node().get())));
   PyContainer& c = s.container();
-  if (c.index.try_emplace(std::move(k), c.items.size()).second) c.items.push_back(std::move(item));
+  if (c.index.try_emplace(k, c.items.size()).second) c.items.push_back(std::move(item));
 }
 
 }  // namespace detail
@@ -186,6 +278,7 @@ PyValue::PyValue(std::vector<PyValue> list) : node_(detail::make(PyKind::list)) 
 PyValue PyValue::tuple(std::vector<PyValue> items) {
   PyValue out(detail::make(PyKind::tuple));
   out.node_->container().items = std::move(items);
+  detail::py_finish_tuple(*out.node_);
   return out;
 }
 PyValue PyValue::set(std::vector<PyValue> items) {
@@ -237,12 +330,8 @@ std::size_t PyValue::size() const {
 
 const PyValue& PyValue::operator[](std::string_view key) const {
   if (kind() != PyKind::dict) wrong(node_.get(), "dict");
-  std::string k = "s";
-  const std::size_t n = key.size();
-  k.append(reinterpret_cast<const char*>(&n), sizeof n);
-  k += key;
   if (node_->c) {
-    const auto it = node_->c->index.find(k);
+    const auto it = node_->c->index.find(detail::py_str_digest(key));
     if (it != node_->c->index.end()) return node_->c->dict[it->second].second;
   }
   throw std::out_of_range(fmt::format("joblib::PyValue: the dict has no key '{}'", key));
@@ -250,11 +339,11 @@ const PyValue& PyValue::operator[](std::string_view key) const {
 
 bool PyValue::contains(std::string_view key) const noexcept {
   if (kind() != PyKind::dict || !node_->c) return false;
-  std::string k = "s";
-  const std::size_t n = key.size();
-  k.append(reinterpret_cast<const char*>(&n), sizeof n);
-  k += key;
-  return node_->c->index.count(k) != 0;
+  try {
+    return node_->c->index.count(detail::py_str_digest(key)) != 0;
+  } catch (...) {
+    return false;
+  }
 }
 
 const PyValue& PyValue::item(std::int64_t index) const {

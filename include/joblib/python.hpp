@@ -216,6 +216,7 @@ class JOBLIB_EXPORT PyValue {
   std::vector<std::byte> as_bytes() const;
   const detail::AnyArray& as_any_array() const;
 
+  friend struct detail::PyNode;  // frees deep trees without recursion
   std::shared_ptr<detail::PyNode> node_;  // null for None
 };
 

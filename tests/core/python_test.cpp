@@ -444,6 +444,36 @@ TEST(PythonHostileFiles, BrokenStreamsAreStoreErrorsNamingTheProblem) {
   for (int i = 0; i < 1499; ++i) deep += "a";
   deep += ".";
   refused(deep, "nested deeper than 1000 levels");
+  // A tuple chain 200000 deep as a dict key (hashing and freeing it must
+  // not recurse), and a list chain built and dropped.
+  std::string chain = "\x80\x04}"s;
+  chain += ")";
+  for (int i = 0; i < 200000; ++i) chain += "\x85";
+  chain += "K\x01s.";
+  refused(chain, "nested deeper than 1000 levels");
+  std::string dropped = "\x80\x04"s;
+  for (int i = 0; i < 200000; ++i) dropped += "]";
+  for (int i = 0; i < 199999; ++i) dropped += "a";
+  dropped += "0N.";
+  joblib_test::write_bytes(p, dropped);
+  EXPECT_TRUE(joblib::load_python(p).is_none());
+  // A chain popped with an error on its way (freed while the error unwinds).
+  std::string unwound = "\x80\x04"s;
+  for (int i = 0; i < 200000; ++i) unwound += "]";
+  for (int i = 0; i < 199999; ++i) unwound += "a";
+  unwound += "Ns";
+  refused(unwound, "an opcode reads an empty stack");
+  // A 1 MB str used 100000 times as a key costs its length once.
+  std::string keys = "\x80\x04}\x8d"s;
+  const std::uint64_t len = 1 << 20;
+  for (int k = 0; k < 8; ++k) keys += static_cast<char>((len >> (8 * k)) & 0xff);
+  keys += std::string(len, 'k') + "\x94" "0";
+  for (int i = 0; i < 100000; ++i) keys += "h\x00K\x01s"s;
+  keys += ".";
+  joblib_test::write_bytes(p, keys);
+  const PyValue d = joblib::load_python(p);
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[std::string(len, 'k')].as<int>(), 1);
   // A zlib header followed by junk.
   refused("\x78\x9c\x01\x02\x03\x04\x05"s, "bad.pkl: ");
   EXPECT_THROW(joblib::load_python(dir.path / "missing.pkl"), fs::filesystem_error);
