@@ -14,6 +14,8 @@
 #include <complex>
 #include <cstdint>
 #include <limits>
+#include <fstream>
+#include <iterator>
 #include <map>
 
 namespace {
@@ -477,6 +479,41 @@ TEST(PythonHostileFiles, BrokenStreamsAreStoreErrorsNamingTheProblem) {
   // A zlib header followed by junk.
   refused("\x78\x9c\x01\x02\x03\x04\x05"s, "bad.pkl: ");
   EXPECT_THROW(joblib::load_python(dir.path / "missing.pkl"), fs::filesystem_error);
+}
+
+}  // namespace
+
+namespace {
+
+// The fuzzer's seeds (tests/fuzz/python_corpus) are files that load, as
+// make_python_corpus.py wrote them.
+TEST(PythonFuzzSeeds, EverySeedLoads) {
+  const fs::path corpus = fs::path(JOBLIB_FUZZ_CORPUS_DIR).parent_path() / "python_corpus";
+  TempDir dir("joblib_python");
+  int seeds = 0;
+  for (const auto& entry : fs::directory_iterator(corpus)) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    ASSERT_FALSE(bytes.empty());
+    const fs::path file = dir.path / "seed";
+    joblib_test::write_bytes(file, bytes.substr(1));
+    const auto selector = static_cast<unsigned char>(bytes[0]);
+    SCOPED_TRACE(entry.path().filename().string());
+    if (selector & 4) {
+      const joblib::NpzFile f = joblib::load_npz(file);
+      EXPECT_EQ(f.at<std::int16_t>("x")[3], 3);
+    } else {
+      const joblib::MmapMode modes[] = {joblib::MmapMode::none, joblib::MmapMode::r, joblib::MmapMode::c,
+                                        joblib::MmapMode::none};
+      const PyValue v = joblib::load_python(file, {.mmap_mode = modes[selector & 3]});
+      EXPECT_EQ(v["n"].as<int>(), 7);
+      EXPECT_EQ(v["a"].as<joblib::Array<double>>()[5], 5.0);
+      EXPECT_EQ(v["f"].as<joblib::Array<std::int32_t>>()[3], 1);
+      EXPECT_EQ(v["big"].as<std::uint64_t>(), std::uint64_t{1} << 63);
+    }
+    ++seeds;
+  }
+  EXPECT_GE(seeds, 15);
 }
 
 }  // namespace
