@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 int main() {
   int failures = 0;
@@ -40,6 +41,15 @@ int main() {
   } catch (const joblib::StoreError& e) {
     std::printf("%s\n", e.what());  // ...: the .npy file holds float64 ('<f8'), not float32
   }
+
+  // .npz: several arrays of any dtypes in one archive (numpy.savez;
+  // {.compress = true} is numpy.savez_compressed).
+  joblib::Array<std::int32_t> labels({1000});
+  for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int32_t>(i % 7);
+  joblib::save_npz(dir / "set.npz", {{"points", points}, {"labels", labels}}, {.compress = true});
+  const joblib::NpzFile set = joblib::load_npz(dir / "set.npz");  // numpy.load(path)["labels"] in Python
+  expect(set.names() == std::vector<std::string>{"points", "labels"}, "the names, in order");
+  expect(set.at<std::int32_t>("labels")[8] == 1 && set.dtype("points") == "float64", "the arrays come back");
 
   std::filesystem::remove_all(dir);
   if (failures == 0) std::printf("npy: all scenarios passed\n");

@@ -233,7 +233,7 @@ struct PythonLoadOptions {
 /// does) or by pickle.dump (protocols 2-5) into a PyValue tree. It runs no
 /// code: a pickle that names any class outside the set in this header's
 /// comment is refused.
-/// Throws StoreError for a refused class ("... names the class os.system,
+/// Throws StoreError for a refused class ("... the pickle names os.system,
 /// which load_python does not read ..."), a file that is not a pickle or is
 /// truncated or corrupted, an int wider than 64 bits, an array of a
 /// non-numeric dtype, or one that cannot be mapped as asked (naming what is
