@@ -64,33 +64,13 @@ np.save(os.path.join(d, "big_header.npy"), np.zeros((1,) * 30))
   fs::path at(const std::string& name) const { return dir.path / name; }
 };
 
-// The values numpy wrote, in C order, as the script made them.
-template <class T>
-void expect_values(const joblib::Array<T>& a, const std::string& code, const std::string& file) {
-  ASSERT_EQ(a.shape(), (std::vector<std::size_t>{2, 3, 4})) << file;
-  for (std::size_t i = 0; i < 24; ++i) {
-    const auto b = static_cast<long long>(i);
-    if constexpr (std::is_same_v<T, bool>) {
-      EXPECT_EQ(a[i], b % 2 == 1) << file << " " << i;
-    } else if constexpr (std::is_same_v<T, std::complex<float>> || std::is_same_v<T, std::complex<double>>) {
-      EXPECT_EQ(a[i], T(double(b), double(b - 1))) << file << " " << i;
-    } else if constexpr (std::is_floating_point_v<T>) {
-      EXPECT_EQ(a[i], T(double(b) * 0.5 - 2)) << file << " " << i;
-    } else if (code[0] == 'i') {
-      EXPECT_EQ(static_cast<long long>(a[i]), static_cast<long long>(static_cast<T>(b * 3 - 5))) << file << " " << i;
-    } else {
-      EXPECT_EQ(static_cast<unsigned long long>(a[i]), static_cast<unsigned long long>(static_cast<T>(b * 3))) << file;
-    }
-  }
-}
-
 template <class T>
 void check_code(const NumpyWrites& t, const std::string& code, const std::function<fs::path(const std::string&)>& at) {
   (void)t;
   for (const char* order : {"le", "be"})
     for (const char* layout : {"", "_fortran"}) {
       const std::string name = code + "_" + order + layout + ".npy";
-      expect_values(joblib::load_npy<T>(at(name)), code, name);
+      joblib_test::expect_numpy_values(joblib::load_npy<T>(at(name)), name);
     }
 }
 
@@ -131,7 +111,7 @@ TEST_F(NumpyWrites, MappedLoadsViewTheFileAndRefuseWhatCannotBeMapped) {
   joblib::Array<double> m = joblib::load_npy<double>(at("f8_le.npy"), {.mmap_mode = joblib::MmapMode::r});
   EXPECT_TRUE(m.is_mapped());
   EXPECT_FALSE(m.is_writable());
-  expect_values(m, "f8", "f8_le.npy mapped");
+  joblib_test::expect_numpy_values(m, "f8_le.npy mapped");
   // r+: writes reach the file.
   {
     joblib::Array<double> w = joblib::load_npy<double>(at("f8_le.npy"), {.mmap_mode = joblib::MmapMode::r_plus});

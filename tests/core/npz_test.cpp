@@ -25,15 +25,7 @@ using joblib_test::run_python;
 using joblib_test::TempDir;
 using ::testing::HasSubstr;
 
-template <class F>
-std::string store_error(F&& f) {
-  try {
-    f();
-  } catch (const joblib::StoreError& e) {
-    return e.what();
-  }
-  return "no StoreError";
-}
+using joblib_test::store_error;
 
 class NumpyWritesNpz : public ::testing::Test {
  protected:

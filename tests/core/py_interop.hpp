@@ -1,8 +1,13 @@
 #pragma once
 // What the interop tests (.npy, .npz, Python joblib files) share: Debian's
 // interpreter, a script runner and a temporary folder.
+#include <joblib/array.hpp>
+#include <joblib/errors.hpp>
+
+#include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <complex>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -50,6 +55,40 @@ struct TempDir {
 
 inline void write_bytes(const fs::path& p, const std::string& bytes) {
   std::ofstream(p, std::ios::binary) << bytes;
+}
+
+// The what() of the StoreError `f` throws ("no StoreError" when none).
+template <class F>
+std::string store_error(F&& f) {
+  try {
+    f();
+  } catch (const joblib::StoreError& e) {
+    return e.what();
+  }
+  return "no StoreError";
+}
+
+// The values the Python writers of these tests give every dtype, from
+// base = np.arange(24).reshape(2, 3, 4): b1 base % 2 == 1, signed ints
+// base * 3 - 5, unsigned base * 3, floats base * 0.5 - 2, complexes
+// base + 1j * (base - 1); checked in C order.
+template <class T>
+void expect_numpy_values(const joblib::Array<T>& a, const std::string& what) {
+  ASSERT_EQ(a.shape(), (std::vector<std::size_t>{2, 3, 4})) << what;
+  for (std::size_t i = 0; i < 24; ++i) {
+    const auto b = static_cast<long long>(i);
+    if constexpr (std::is_same_v<T, bool>) {
+      EXPECT_EQ(a[i], b % 2 == 1) << what << " " << i;
+    } else if constexpr (std::is_same_v<T, std::complex<float>> || std::is_same_v<T, std::complex<double>>) {
+      EXPECT_EQ(a[i], T(double(b), double(b - 1))) << what << " " << i;
+    } else if constexpr (std::is_floating_point_v<T>) {
+      EXPECT_EQ(a[i], T(double(b) * 0.5 - 2)) << what << " " << i;
+    } else if constexpr (std::is_signed_v<T>) {
+      EXPECT_EQ(static_cast<long long>(a[i]), static_cast<long long>(static_cast<T>(b * 3 - 5))) << what << " " << i;
+    } else {
+      EXPECT_EQ(static_cast<unsigned long long>(a[i]), static_cast<unsigned long long>(static_cast<T>(b * 3))) << what;
+    }
+  }
 }
 
 }  // namespace joblib_test

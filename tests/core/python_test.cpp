@@ -28,17 +28,7 @@ using joblib_test::run_python;
 using joblib_test::TempDir;
 using ::testing::HasSubstr;
 
-template <class F>
-std::string store_error(F&& f) {
-  try {
-    f();
-  } catch (const joblib::StoreError& e) {
-    return e.what();
-  }
-  return "no StoreError";
-}
-
-const char* const kCodes[] = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8", "c8", "c16"};
+using joblib_test::store_error;
 
 // The value every Python writer below writes.
 const char* const kPythonValue = R"(
@@ -72,22 +62,7 @@ value = {
 
 template <class T>
 void expect_typed(const PyValue& a, const std::string& code) {
-  const joblib::Array<T> arr = a.as<joblib::Array<T>>();
-  ASSERT_EQ(arr.shape(), (std::vector<std::size_t>{2, 3, 4})) << code;
-  for (std::size_t i = 0; i < 24; ++i) {
-    const auto b = static_cast<long long>(i);
-    if constexpr (std::is_same_v<T, bool>) {
-      EXPECT_EQ(arr[i], b % 2 == 1) << code << " " << i;
-    } else if constexpr (std::is_same_v<T, std::complex<float>> || std::is_same_v<T, std::complex<double>>) {
-      EXPECT_EQ(arr[i], T(double(b), double(b - 1))) << code << " " << i;
-    } else if constexpr (std::is_floating_point_v<T>) {
-      EXPECT_EQ(arr[i], T(double(b) * 0.5 - 2)) << code << " " << i;
-    } else if constexpr (std::is_signed_v<T>) {
-      EXPECT_EQ(static_cast<long long>(arr[i]), static_cast<long long>(static_cast<T>(b * 3 - 5))) << code << " " << i;
-    } else {
-      EXPECT_EQ(static_cast<unsigned long long>(arr[i]), static_cast<unsigned long long>(static_cast<T>(b * 3))) << code;
-    }
-  }
+  joblib_test::expect_numpy_values(a.as<joblib::Array<T>>(), code);
 }
 
 void expect_arrays(const PyValue& arrays) {

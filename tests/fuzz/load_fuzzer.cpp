@@ -10,8 +10,9 @@
 #include <joblib/numpy.hpp>
 #include <joblib/persistence.hpp>
 
-#include <fcntl.h>
 #include <unistd.h>
+
+#include "fuzz_io.hpp"
 
 #include <cstdint>
 #include <cstdlib>
@@ -20,29 +21,8 @@
 
 namespace {
 
-// The file each input is written to: in $JOBLIB_FUZZ_SCRATCH_DIR (run_fuzz.sh
-// gives its own temporary folder), else /dev/shm or /tmp. It is removed after
-// every input, as libFuzzer may end the process without running atexit.
-const std::string& scratch_file() {
-  static const std::string path = [] {
-    std::string dir = std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : "/tmp";
-    if (const char* env = std::getenv("JOBLIB_FUZZ_SCRATCH_DIR")) dir = env;
-    return dir + "/joblib_load_fuzzer_" + std::to_string(::getpid()) + ".bin";
-  }();
-  return path;
-}
-
-void write_file(const std::uint8_t* data, std::size_t size) {
-  const int fd = ::open(scratch_file().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) std::abort();
-  while (size > 0) {
-    const ssize_t n = ::write(fd, data, size);
-    if (n <= 0) std::abort();
-    data += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-}
+const std::string& scratch_file() { return joblib_fuzz::scratch_file("load_fuzzer"); }
+void write_file(const std::uint8_t* data, std::size_t size) { joblib_fuzz::write_file(scratch_file(), data, size); }
 
 // Reads every element, so that a bad mapping or buffer shows up here.
 double touch(const joblib::Array<double>& a) {

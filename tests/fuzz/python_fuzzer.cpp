@@ -8,8 +8,9 @@
 #include <joblib/numpy.hpp>
 #include <joblib/python.hpp>
 
-#include <fcntl.h>
 #include <unistd.h>
+
+#include "fuzz_io.hpp"
 
 #include <complex>
 #include <cstdint>
@@ -19,26 +20,8 @@
 
 namespace {
 
-const std::string& scratch_file() {
-  static const std::string path = [] {
-    std::string dir = std::filesystem::is_directory("/dev/shm") ? "/dev/shm" : "/tmp";
-    if (const char* env = std::getenv("JOBLIB_FUZZ_SCRATCH_DIR")) dir = env;
-    return dir + "/joblib_python_fuzzer_" + std::to_string(::getpid()) + ".bin";
-  }();
-  return path;
-}
-
-void write_file(const std::uint8_t* data, std::size_t size) {
-  const int fd = ::open(scratch_file().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) std::abort();
-  while (size > 0) {
-    const ssize_t n = ::write(fd, data, size);
-    if (n <= 0) std::abort();
-    data += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-}
+const std::string& scratch_file() { return joblib_fuzz::scratch_file("python_fuzzer"); }
+void write_file(const std::uint8_t* data, std::size_t size) { joblib_fuzz::write_file(scratch_file(), data, size); }
 
 template <class T>
 std::uint64_t touch(const joblib::PyValue& v) {
