@@ -110,6 +110,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
 
   void start();
   std::unique_ptr<BatchBase> next() override;
+  std::optional<std::size_t> input_size() const noexcept override { return n_tasks_; }
   void close() noexcept override;
   void batch_done(BatchBase& b) noexcept;
 

@@ -47,11 +47,20 @@ namespace detail {
 template <class R>
 using result_store_t = std::conditional_t<std::is_same_v<R, bool>, std::deque<bool>, std::vector<R>>;
 
-/// A batch's results, typed.
+/// A batch's results, typed: in its own vector, or (list mode over a
+/// sliced input, DirectOutput) written straight into the call's output
+/// vector at the batch's place, so that the list is never copied.
 template <class R>
 class ResultBatch : public BatchBase {
  public:
   result_store_t<R> results_;
+  R* direct_ = nullptr;                        // this batch's first slot in *output_
+  std::shared_ptr<std::vector<R>> output_;     // the call's output (direct batches)
+
+  /// Results available: those made so far.
+  std::size_t result_count() const noexcept { return direct_ ? this->completed_ : results_.size(); }
+  /// Result i of the batch.
+  R& result(std::size_t i) noexcept { return direct_ ? direct_[i] : results_[i]; }
 };
 template <>
 class ResultBatch<void> : public BatchBase {};
@@ -60,38 +69,113 @@ class ResultBatch<void> : public BatchBase {};
 template <class R, bool Outcomes>
 using batch_value_t = std::conditional_t<Outcomes, Outcome<R>, R>;
 
-/// A batch of tasks of one type: run() is a monomorphic loop. With
-/// `Outcomes`, every task runs and each result is an Outcome<R>.
-template <class TaskT, class R, bool Outcomes = false>
-class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>> {
- public:
+/// The tasks of a batch pulled from a lazy input: held in a vector.
+template <class TaskT>
+struct VectorTasks {
   std::vector<TaskT> tasks_;
+  std::size_t task_count() const noexcept { return tasks_.size(); }
+  TaskT& task_at(std::size_t i) noexcept { return tasks_[i]; }
+  const TaskT& task_at(std::size_t i) const noexcept { return tasks_[i]; }
+  /// Frees the tasks once every one has run.
+  void release_tasks() noexcept {
+    tasks_.clear();
+    tasks_.shrink_to_fit();
+  }
+  static constexpr bool copyable = std::is_copy_constructible_v<TaskT>;
+  void copy_tasks_into(VectorTasks& dst) const { dst.tasks_ = std::vector<TaskT>(tasks_.begin(), tasks_.end()); }
+};
+
+/// The tasks of a batch cut from a sized random-access input whose elements
+/// are made on demand (an iota or a vector through a transform): an index
+/// range of the shared input; each task is made where it runs, so that
+/// cutting a batch costs nothing whatever its size.
+template <class View, class TaskT>
+struct SliceTasks {
+  std::shared_ptr<const View> view_;  // keeps first_ valid
+  std::ranges::iterator_t<const View> first_{};  // the batch's first element
+  std::size_t count_ = 0;
+  std::size_t task_count() const noexcept { return count_; }
+  TaskT task_at(std::size_t i) const { return first_[static_cast<std::ptrdiff_t>(i)]; }
+  void release_tasks() noexcept {}
+  static constexpr bool copyable = true;
+  void copy_tasks_into(SliceTasks& dst) const { dst = *this; }
+};
+
+/// An input whose elements can be read from several threads at once with
+/// no effect: an iota, or a contiguous sized range (a vector, an array, a
+/// span), as Parallel::map's input.
+template <class T>
+inline constexpr bool is_iota_view_v = false;
+template <class W, class B>
+inline constexpr bool is_iota_view_v<std::ranges::iota_view<W, B>> = true;
+template <class Inputs>
+inline constexpr bool splittable_input_v = [] {
+  using V = std::remove_cvref_t<std::views::all_t<Inputs>>;
+  if constexpr (is_iota_view_v<V>)
+    return std::ranges::sized_range<const V>;
+  else
+    return std::ranges::contiguous_range<const V> && std::ranges::sized_range<const V>;
+}();
+
+/// True when a call over `View` (map's transform of a splittable input) is
+/// cut into SliceTasks: a sized random-access range, iterable through a
+/// const reference, whose elements are made by value. A user's own range
+/// keeps the lazy path (its producer runs in the caller, in order, as
+/// joblib's does), and so does Parallel::outcomes.
+template <class View, class TaskT, bool Outcomes>
+inline constexpr bool sliceable_v = [] {
+  if constexpr (Outcomes || !std::ranges::random_access_range<const View> || !std::ranges::sized_range<const View>)
+    return false;
+  else
+    return std::is_same_v<std::ranges::range_reference_t<const View>, TaskT> && std::is_move_constructible_v<TaskT>;
+}();
+
+/// A batch of tasks of one type: run() is a monomorphic loop. With
+/// `Outcomes`, every task runs and each result is an Outcome<R>. `Store`
+/// holds the tasks (VectorTasks) or says how to make them (SliceTasks).
+template <class TaskT, class R, bool Outcomes = false, class Store = VectorTasks<TaskT>>
+class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Store {
+ public:
+  using Store::task_at;
+  using Store::task_count;
+
+  /// Where results go straight to (DirectOutput), or null.
+  auto direct() const noexcept {
+    if constexpr (Outcomes || std::is_void_v<R>)
+      return static_cast<void*>(nullptr);
+    else
+      return this->direct_;
+  }
 
   void run_tasks() noexcept override {
     // A retried batch (ParallelOptions::retry_if) goes on from its failed task.
     const std::atomic<bool>* stop = this->stop_;
     try {
+      const std::size_t n = task_count();
       if constexpr (Outcomes || (!std::is_void_v<R> && !std::is_same_v<R, bool>))
-        this->results_.reserve(tasks_.size());
+        if (!direct()) this->results_.reserve(n);
       const bool clock = this->clock_each_task_;
-      for (std::size_t i = this->completed_; i < tasks_.size(); ++i) {
+      for (std::size_t i = this->completed_; i < n; ++i) {
         if (stop && stop->load(std::memory_order_relaxed)) break;
         if (clock) this->restart_clock();
+        decltype(auto) task = task_at(i);  // a reference into the batch, or a task made here
         if constexpr (Outcomes) {
           try {
             if constexpr (std::is_void_v<R>) {
-              std::invoke(tasks_[i]);
+              std::invoke(task);
               this->results_.emplace_back(std::in_place);
             } else {
-              this->results_.emplace_back(std::in_place, std::invoke(tasks_[i]));
+              this->results_.emplace_back(std::in_place, std::invoke(task));
             }
           } catch (...) {
             this->results_.emplace_back(std::current_exception());
           }
         } else if constexpr (std::is_void_v<R>) {
-          std::invoke(tasks_[i]);
+          std::invoke(task);
+        } else if (direct()) {
+          direct()[i] = std::invoke(task);
         } else {
-          this->results_.emplace_back(std::invoke(tasks_[i]));
+          this->results_.emplace_back(std::invoke(task));
         }
         ++this->completed_;
       }
@@ -99,10 +183,7 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>> {
       this->error_ = std::current_exception();
       this->error_offset_ = this->completed_;
     }
-    if (this->completed_ == tasks_.size()) {
-      tasks_.clear();  // kept otherwise: the batch may be tried again
-      tasks_.shrink_to_fit();
-    }
+    if (this->completed_ == task_count()) this->release_tasks();  // kept otherwise: the batch may be tried again
   }
 
   void encode_tasks(CodeRef& entry, OutputStream& out, BufferSink* sink) override {
@@ -112,8 +193,9 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>> {
       else
         entry = code_ref(reinterpret_cast<const void*>(&batch_entry<TaskT, R>));
       EncodeArchive ar(out, sink);
-      ar.save_u64(tasks_.size());
-      for (const auto& task : tasks_) save_task(ar, task);
+      const std::size_t n = task_count();
+      ar.save_u64(n);
+      for (std::size_t i = 0; i < n; ++i) save_task(ar, task_at(i));
     } else {
       throw SerializationError("cannot send tasks of type " + type_name<TaskT>() + " to a worker process: " +
                                PortableTask<TaskT, R>::why());
@@ -129,12 +211,16 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>> {
       } else {
         decode_into(this->results_, bytes, source);
         this->completed_ = this->results_.size();
+        if (direct()) {  // into the call's output
+          for (std::size_t k = 0; k < this->results_.size() && k < task_count(); ++k)
+            direct()[k] = std::move(this->results_[k]);
+          this->results_.clear();
+        }
       }
-      if (this->completed_ != tasks_.size())
+      if (this->completed_ != task_count())
         throw SerializationError("a worker sent " + std::to_string(this->completed_) + " results for " +
-                                 std::to_string(tasks_.size()) + " tasks");
-      tasks_.clear();
-      tasks_.shrink_to_fit();
+                                 std::to_string(task_count()) + " tasks");
+      this->release_tasks();
     }
   }
 
@@ -146,8 +232,7 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>> {
     if constexpr (Outcomes) {
       while (this->results_.size() < this->size_) this->results_.emplace_back(error);
       this->completed_ = this->size_;
-      tasks_.clear();
-      tasks_.shrink_to_fit();
+      this->release_tasks();
       return true;
     } else {
       (void)error;
@@ -156,9 +241,9 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>> {
   }
 
   std::unique_ptr<BatchBase> copy_tasks() const override {
-    if constexpr (std::is_copy_constructible_v<TaskT>) {
+    if constexpr (Store::copyable) {
       auto copy = std::make_unique<BatchOf>();
-      copy->tasks_ = std::vector<TaskT>(tasks_.begin(), tasks_.end());
+      this->copy_tasks_into(*copy);
       copy->size_ = this->size_;
       return copy;
     } else {
@@ -170,7 +255,12 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>> {
     if constexpr (requires(const TaskT& t) { t.function(); }) {
       using F = std::remove_cvref_t<decltype(std::declval<const TaskT&>().function())>;
       if constexpr (std::is_pointer_v<F>) {
-        if (i < tasks_.size()) return function_name(reinterpret_cast<const void*>(tasks_[i].function()));
+        if (i < task_count()) {
+          try {
+            return function_name(reinterpret_cast<const void*>(task_at(i).function()));
+          } catch (...) {  // making the task threw: the type still names it
+          }
+        }
       }
       return type_name<F>();
     } else {
@@ -218,31 +308,65 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>> {
 
 /// Pulls tasks from an input range. `View` is views::all of what the user
 /// passed: an owning view for rvalue containers, a ref_view for lvalues.
-template <class View, bool Owns, bool Outcomes = false>
+/// A sliceable input (sliceable_v) is cut into index ranges instead.
+template <class View, bool Owns, bool Outcomes = false, bool Split = false>
 class RangeSource final : public Source {
  public:
   using TaskT = std::remove_cvref_t<std::ranges::range_reference_t<View>>;
   using R = task_result_t<TaskT>;
+  static constexpr bool sliced = Split && sliceable_v<View, TaskT, Outcomes>;
+  /// Whether a list call over this input can write its results straight
+  /// into the output it returns.
+  static constexpr bool can_write_directly = [] {
+    if constexpr (!sliced || std::is_void_v<R> || std::is_same_v<R, bool>)
+      return false;
+    else
+      return std::is_default_constructible_v<R> && std::is_move_assignable_v<R>;
+  }();
 
-  explicit RangeSource(View view) : view_(std::move(view)), it_(std::ranges::begin(view_)) {
-    if constexpr (std::ranges::sized_range<View>) total_ = static_cast<std::size_t>(std::ranges::size(view_));
+  /// `direct_output`: a list call without a timeout (no batch is ever
+  /// abandoned while running): results go straight into the output.
+  explicit RangeSource(View view, bool direct_output = false)
+      : view_(std::make_shared<View>(std::move(view))), it_(std::ranges::begin(*view_)) {
+    if constexpr (std::ranges::sized_range<View>) total_ = static_cast<std::size_t>(std::ranges::size(*view_));
+    if constexpr (can_write_directly)
+      if (direct_output && *total_ > 0) output_ = std::make_shared<std::vector<R>>(*total_);
   }
 
   std::unique_ptr<BatchBase> pull(std::size_t max) override {
-    const auto end = std::ranges::end(view_);
-    if (it_ == end) return nullptr;
-    auto batch = std::make_unique<BatchOf<TaskT, R, Outcomes>>();
-    batch->tasks_.reserve(max);
-    for (std::size_t k = 0; k < max && it_ != end; ++k) {
-      if constexpr (Owns)
-        batch->tasks_.emplace_back(std::ranges::iter_move(it_));
-      else
-        batch->tasks_.emplace_back(*it_);
-      ++it_;
-      ++pulled_;
+    if constexpr (sliced) {
+      if (pulled_ == *total_) return nullptr;
+      auto batch = std::make_unique<BatchOf<TaskT, R, Outcomes, SliceTasks<View, TaskT>>>();
+      batch->view_ = view_;
+      batch->first_ = std::ranges::begin(std::as_const(*view_)) + static_cast<std::ptrdiff_t>(pulled_);
+      batch->count_ = std::min(max, *total_ - pulled_);
+      batch->size_ = batch->count_;
+      if constexpr (can_write_directly) {
+        if (output_) {
+          batch->output_ = output_;
+          batch->direct_ = output_->data() + pulled_;
+        }
+      }
+      pulled_ += batch->count_;
+      if constexpr (can_write_directly)
+        if (pulled_ == *total_) output_.reset();  // the batches and the Results hold it now
+      return batch;
+    } else {
+      const auto end = std::ranges::end(*view_);
+      if (it_ == end) return nullptr;
+      auto batch = std::make_unique<BatchOf<TaskT, R, Outcomes>>();
+      batch->tasks_.reserve(max);
+      for (std::size_t k = 0; k < max && it_ != end; ++k) {
+        if constexpr (Owns)
+          batch->tasks_.emplace_back(std::ranges::iter_move(it_));
+        else
+          batch->tasks_.emplace_back(*it_);
+        ++it_;
+        ++pulled_;
+      }
+      batch->size_ = batch->tasks_.size();
+      return batch;
     }
-    batch->size_ = batch->tasks_.size();
-    return batch;
   }
 
   std::optional<std::size_t> remaining() const override {
@@ -261,8 +385,9 @@ class RangeSource final : public Source {
   }
 
  private:
-  View view_;
+  std::shared_ptr<View> view_;  // shared with the sliced batches
   std::ranges::iterator_t<View> it_;
+  std::shared_ptr<std::vector<R>> output_;  // list mode, can_write_directly: the call's results
   std::size_t pulled_ = 0;
   std::optional<std::size_t> total_;
 };
@@ -355,8 +480,8 @@ class ResultsCursor {
 
  private:
   static std::size_t available(const B& b) {
-    if constexpr (requires { b.results_.size(); })
-      return b.results_.size();
+    if constexpr (requires { b.result_count(); })
+      return b.result_count();
     else
       return b.completed_;
   }
@@ -423,13 +548,28 @@ class Results : public detail::ResultsCursor<detail::ResultBatch<R>> {
 
   /// Collects the results not yet taken. Throws the call's error.
   std::vector<R> to_vector() {
-    std::vector<R> out;
     fill();
+    if (!done_ && pos_ == 0 && batch_->output_ && batch_->first_index_ == 0) {
+      // The batches wrote into the call's output: hand it over. A batch
+      // with its own results (a copy run after a failure) is moved in.
+      std::shared_ptr<std::vector<R>> output = batch_->output_;
+      while (!done_) {
+        if (!batch_->direct_)
+          for (std::size_t k = pos_; k < batch_->results_.size(); ++k)
+            (*output)[batch_->first_index_ + k] = std::move(batch_->results_[k]);
+        pos_ = batch_->result_count();
+        fill();
+      }
+      if (output.use_count() == 1) return std::move(*output);
+      return *output;
+    }
+    std::vector<R> out;
+    // One allocation, not log2(n) regrowths and their copies and page faults.
+    if (this->call_)
+      if (const std::optional<std::size_t> n = this->call_->input_size()) out.reserve(*n);
     while (!done_) {
-      auto& v = batch_->results_;
-      out.insert(out.end(), std::make_move_iterator(v.begin() + static_cast<std::ptrdiff_t>(pos_)),
-                 std::make_move_iterator(v.end()));
-      pos_ = v.size();
+      for (std::size_t k = pos_, n = batch_->result_count(); k < n; ++k) out.push_back(std::move(batch_->result(k)));
+      pos_ = batch_->result_count();
       fill();
     }
     return out;
@@ -439,7 +579,7 @@ class Results : public detail::ResultsCursor<detail::ResultBatch<R>> {
  private:
   R& current() {
     fill();
-    return batch_->results_[pos_];
+    return batch_->result(pos_);
   }
 };
 
@@ -527,13 +667,7 @@ class Parallel {
   template <std::ranges::input_range Range>
     requires std::is_invocable_v<std::remove_cvref_t<std::ranges::range_reference_t<Range>>&>
   auto operator()(Range&& tasks) const {
-    using View = std::views::all_t<Range>;
-    constexpr bool owns = !std::is_lvalue_reference_v<Range> &&
-                          !std::ranges::view<std::remove_cvref_t<Range>>;
-    using SourceT = detail::RangeSource<View, owns>;
-    using R = typename SourceT::R;
-    auto source = std::make_unique<SourceT>(std::views::all(std::forward<Range>(tasks)));
-    return Results<R>(detail::start_call(options_, std::move(source)));
+    return run<false>(std::forward<Range>(tasks));
   }
 
   /// Runs a range of tasks as operator() does, but never stops at a task's
@@ -557,17 +691,36 @@ class Parallel {
 
   /// Sugar for (*this)(delayed(f)(x) for x in inputs). Does not compile
   /// when f cannot be called with one element of `inputs`.
+  /// An iota or a contiguous input (vector, array, span) is cut into index
+  /// ranges that the workers make their tasks from, as TBB's parallel_for
+  /// does; any other input is pulled lazily, in order, by the caller.
   template <class F, std::ranges::input_range Inputs>
     requires delayable<F, std::ranges::range_reference_t<Inputs>>
   auto map(F&& f, Inputs&& inputs) const {
-    return (*this)(std::views::all(std::forward<Inputs>(inputs)) |
-                   std::views::transform([g = delayed(std::forward<F>(f))](auto&& x) {
-                     return g(std::forward<decltype(x)>(x));
-                   }));
+    return run<detail::splittable_input_v<Inputs>>(
+        std::views::all(std::forward<Inputs>(inputs)) |
+        std::views::transform([g = delayed(std::forward<F>(f))](auto&& x) { return g(std::forward<decltype(x)>(x)); }));
   }
 
   /// The options given to the constructor.
   const ParallelOptions& options() const noexcept { return options_; }
+
+ private:
+  // operator() and map: `Split` lets a sliceable input be cut into index
+  // ranges (detail::SliceTasks), and a list call write into its output.
+  template <bool Split, class Range>
+  auto run(Range&& tasks) const {
+    using View = std::views::all_t<Range>;
+    constexpr bool owns = !std::is_lvalue_reference_v<Range> &&
+                          !std::ranges::view<std::remove_cvref_t<Range>>;
+    using SourceT = detail::RangeSource<View, owns, false, Split>;
+    using R = typename SourceT::R;
+    auto source = std::make_unique<SourceT>(std::views::all(std::forward<Range>(tasks)),
+                                            options_.return_as == ReturnAs::list && !options_.timeout);
+    return Results<R>(detail::start_call(options_, std::move(source)));
+  }
+
+ public:
   /// "Parallel(n_jobs=N)" as joblib prints it in progress messages.
   std::string repr() const { return detail::parallel_repr(options_); }
 

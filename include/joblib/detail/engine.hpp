@@ -104,6 +104,8 @@ class JOBLIB_EXPORT Call {
   /// Abandons the call: nothing more starts, process workers are stopped,
   /// and tasks running on threads are waited for (except after a timeout).
   virtual void close() noexcept = 0;
+  /// The number of tasks of the call, when its input is sized.
+  virtual std::optional<std::size_t> input_size() const noexcept { return std::nullopt; }
 };
 
 /// Validates options that do not depend on the scope; throws

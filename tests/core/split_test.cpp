@@ -1,0 +1,144 @@
+// Parallel::map over an iota or a contiguous range is cut into index ranges
+// that the workers make their tasks from (issue 14, point 1), and a list
+// call writes its results straight into the vector it returns. Values,
+// order, error order and the modes must be those of the lazy path, on every
+// backend; a user's own range is still pulled by the caller, in order.
+#include <joblib/joblib.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <ranges>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using joblib::Parallel;
+using joblib::ReturnAs;
+
+double half(int i) { return i * 0.5; }
+std::string shout(const std::string& s) { return s + "!"; }
+int fails_at_700(int i) {
+  if (i == 700) throw std::out_of_range("task 700 fails");
+  return i;
+}
+
+class Split : public ::testing::TestWithParam<std::string> {
+ protected:
+  joblib::ParallelOptions opts(joblib::ParallelOptions o = {}) const {
+    o.n_jobs = 2;
+    o.backend = GetParam();
+    return o;
+  }
+};
+
+TEST_P(Split, MapOverAnIotaGivesEveryResultInOrderInEveryMode) {
+  const int n = 20000;
+  std::vector<double> expected(n);
+  for (int i = 0; i < n; ++i) expected[std::size_t(i)] = half(i);
+  EXPECT_EQ(std::vector<double>(Parallel(opts()).map(half, std::views::iota(0, n))), expected);
+  // Read one by one instead of converted.
+  std::vector<double> one_by_one;
+  for (double v : Parallel(opts()).map(half, std::views::iota(0, n))) one_by_one.push_back(v);
+  EXPECT_EQ(one_by_one, expected);
+  std::vector<double> gen;
+  for (double v : Parallel(opts({.return_as = ReturnAs::generator})).map(half, std::views::iota(0, n))) gen.push_back(v);
+  EXPECT_EQ(gen, expected);
+  std::vector<double> unordered;
+  for (double v : Parallel(opts({.return_as = ReturnAs::generator_unordered})).map(half, std::views::iota(0, n)))
+    unordered.push_back(v);
+  std::sort(unordered.begin(), unordered.end());
+  EXPECT_EQ(unordered, expected);
+  // Fixed batch sizes and a timeout (its own results per batch) agree.
+  EXPECT_EQ(std::vector<double>(Parallel(opts({.batch_size = 7})).map(half, std::views::iota(0, n))), expected);
+  EXPECT_EQ(std::vector<double>(Parallel(opts({.timeout = 60.0})).map(half, std::views::iota(0, n))), expected);
+}
+
+TEST_P(Split, MapOverAVectorReadsItsElements) {
+  std::vector<std::string> words;
+  for (int i = 0; i < 3000; ++i) words.push_back("w" + std::to_string(i));
+  std::vector<std::string> expected;
+  for (const auto& w : words) expected.push_back(w + "!");
+  EXPECT_EQ(std::vector<std::string>(Parallel(opts()).map(shout, words)), expected);
+  EXPECT_EQ(std::vector<std::string>(Parallel(opts()).map(shout, std::vector<std::string>(words))), expected);
+  EXPECT_TRUE(std::vector<std::string>(Parallel(opts()).map(shout, std::vector<std::string>{})).empty());
+}
+
+TEST_P(Split, TheFirstErrorInSubmissionOrderStillWins) {
+  try {
+    (void)std::vector<int>(Parallel(opts()).map(fails_at_700, std::views::iota(0, 5000)));
+    ADD_FAILURE() << "no error";
+  } catch (const std::out_of_range& e) {
+    EXPECT_STREQ(e.what(), "task 700 fails");
+  }
+  // A generator hands out the results before the failing task, then throws.
+  std::vector<int> got;
+  try {
+    for (int v : Parallel(opts({.batch_size = 50, .return_as = ReturnAs::generator}))
+                     .map(fails_at_700, std::views::iota(0, 5000)))
+      got.push_back(v);
+    ADD_FAILURE() << "no error";
+  } catch (const std::out_of_range&) {
+  }
+  ASSERT_EQ(got.size(), 700u);
+  for (int i = 0; i < 700; ++i) EXPECT_EQ(got[std::size_t(i)], i);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Split,
+                         ::testing::Values("sequential", "threading", "tbb", "openmp", "loky", "multiprocessing"));
+
+// An element whose copy (into its task) takes a moment and counts how many
+// copies run at once.
+struct Probe {
+  static inline std::atomic<int> copying{0}, most{0};
+  int value = 0;
+  Probe() = default;
+  explicit Probe(int v) : value(v) {}
+  Probe(const Probe& o) : value(o.value) {
+    const int now = ++copying;
+    int seen = most.load();
+    while (now > seen && !most.compare_exchange_weak(seen, now)) {
+    }
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+    --copying;
+  }
+  Probe& operator=(const Probe&) = default;
+};
+int probe_value(const Probe& p) { return p.value; }
+
+TEST(SplitThreads, MapMakesItsTasksOnTheWorkersInParallel) {
+  std::vector<Probe> probes;
+  for (int i = 0; i < 4000; ++i) probes.emplace_back(i);
+  Probe::most = 0;
+  const std::vector<int> r = Parallel({.n_jobs = 2, .backend = "threading"}).map(probe_value, probes);
+  ASSERT_EQ(r.size(), 4000u);
+  EXPECT_EQ(r[1234], 1234);
+  // Both workers copied elements into tasks at the same time: the tasks
+  // were not pulled one by one under the call's lock.
+  EXPECT_EQ(Probe::most.load(), 2);
+}
+
+TEST(SplitThreads, AUsersOwnRangeIsStillPulledOneAtATimeInOrder) {
+  // The producer runs under the call's lock (on whichever thread dispatches
+  // next), never concurrently: no lock is needed here.
+  std::vector<int> produced;
+  auto tasks = std::views::iota(0, 5000) | std::views::transform([&](int i) {
+                 produced.push_back(i);
+                 return joblib::delayed(half)(i);
+               });
+  const std::vector<double> r = Parallel({.n_jobs = 2, .backend = "threading"})(tasks);
+  ASSERT_EQ(r.size(), 5000u);
+  ASSERT_EQ(produced.size(), 5000u);
+  for (int i = 0; i < 5000; ++i) EXPECT_EQ(produced[std::size_t(i)], i);
+}
+
+}  // namespace
