@@ -58,6 +58,21 @@ void BM_RawTbbAuto(benchmark::State& state) {
 }
 BENCHMARK(BM_RawTbbAuto)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// The same loop returning a fresh vector, as a function that gives its
+// results back (and as Parallel does) must allocate one.
+void BM_RawTbbAutoAlloc(benchmark::State& state) {
+  tbb::task_arena arena(2);
+  for (auto _ : state) {
+    std::vector<double> out(kTrivial);
+    arena.execute([&] {
+      tbb::parallel_for(0, kTrivial, [&](int i) { out[static_cast<std::size_t>(i)] = trivial(i); });
+    });
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * kTrivial);
+}
+BENCHMARK(BM_RawTbbAutoAlloc)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 void BM_RawOmpFor(benchmark::State& state) {
   std::vector<double> out(kTrivial);
   for (auto _ : state) {
@@ -71,9 +86,10 @@ BENCHMARK(BM_RawOmpFor)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // ---- joblib-cpp ------------------------------------------------------------
 
-void run_trivial(benchmark::State& state, const char* backend) {
+void run_trivial(benchmark::State& state, const char* backend, int n_jobs = 2) {
   for (auto _ : state) {
-    std::vector<double> r = joblib::Parallel({.n_jobs = 2, .backend = backend}).map(trivial, std::views::iota(0, kTrivial));
+    std::vector<double> r =
+        joblib::Parallel({.n_jobs = n_jobs, .backend = backend}).map(trivial, std::views::iota(0, kTrivial));
     benchmark::DoNotOptimize(r.data());
   }
   state.SetItemsProcessed(state.iterations() * kTrivial);
@@ -82,6 +98,11 @@ void BM_AutoBatch_Threading(benchmark::State& s) { run_trivial(s, "threading"); 
 void BM_AutoBatch_Tbb(benchmark::State& s) { run_trivial(s, "tbb"); }
 void BM_AutoBatch_Openmp(benchmark::State& s) { run_trivial(s, "openmp"); }
 void BM_AutoBatch_Sequential(benchmark::State& s) { run_trivial(s, "sequential"); }
+// n_jobs = 1 against 2 on the same backend: two threads must win.
+void BM_AutoBatch_Threading_1Job(benchmark::State& s) { run_trivial(s, "threading", 1); }
+void BM_AutoBatch_Tbb_1Job(benchmark::State& s) { run_trivial(s, "tbb", 1); }
+BENCHMARK(BM_AutoBatch_Threading_1Job)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AutoBatch_Tbb_1Job)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AutoBatch_Threading)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AutoBatch_Tbb)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AutoBatch_Openmp)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -31,6 +31,11 @@ class JOBLIB_EXPORT AutoBatchSize {
   /// changes and `message` is given, joblib's verbose line is put there
   /// ("Batch computation too fast (0.01s.) Setting batch_size=4.").
   std::size_t next(std::string* message = nullptr);
+  /// Starts at `size` instead of 1 (before any batch completed): an input
+  /// that costs nothing to cut and whose size is known starts at a share of
+  /// it, as TBB's auto partitioner does, instead of ramping up from 1 at a
+  /// round trip per doubling. Slow tasks shrink it as usual.
+  void start_at(std::size_t size) noexcept { size_ = size == 0 ? 1 : size; }
 
  private:
   double min_ideal_, max_ideal_;

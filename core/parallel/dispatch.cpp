@@ -104,6 +104,13 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
     sequential_ = !cfg_.backend;
     generator_ = cfg_.return_as != ReturnAs::list;
     outcomes_ = source_->gives_outcomes();
+    // An input cut into index ranges (Parallel::map over an iota or a
+    // vector) starts its auto batches at 1/64 of each worker's share: no
+    // ramp from 1 for a million tiny tasks, and at most 1/64 of a worker's
+    // work in one batch when tasks are long. Generators keep joblib's start
+    // (their window bounds the tasks in flight).
+    if (!cfg_.batch_size && source_->splits() && n_tasks_ && !generator_ && !sequential_)
+      auto_batch_.start_at(*n_tasks_ / (64 * std::size_t(std::max(cfg_.n_jobs, 1))));
   }
 
   ~CallImpl() override = default;
@@ -878,7 +885,7 @@ void CallImpl::close() noexcept {
   closed_ = true;
   if (!sequential_) {
     if (!finished_locked()) {
-      stop_.store(true);
+          stop_.store(true);
       lk.unlock();
       cfg_.backend->abort();
       lk.lock();

@@ -148,15 +148,18 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
   }
 
   void run_tasks() noexcept override {
-    // A retried batch (ParallelOptions::retry_if) goes on from its failed task.
-    const std::atomic<bool>* stop = this->stop_;
+    // A retried batch (ParallelOptions::retry_if) goes on from its failed
+    // task. The count lives in a local while tasks run (a task is an opaque
+    // call: a member would be stored and reloaded around each one).
+    const std::size_t n = task_count();
+    std::size_t i = this->completed_;
     try {
-      const std::size_t n = task_count();
+      [[maybe_unused]] auto* const out = direct();
       if constexpr (Outcomes || (!std::is_void_v<R> && !std::is_same_v<R, bool>))
-        if (!direct()) this->results_.reserve(n);
+        if (!out) this->results_.reserve(n);
       const bool clock = this->clock_each_task_;
-      for (std::size_t i = this->completed_; i < n; ++i) {
-        if (stop && stop->load(std::memory_order_relaxed)) break;
+      for (; i < n; ++i) {
+        if (this->should_stop()) break;
         if (clock) this->restart_clock();
         decltype(auto) task = task_at(i);  // a reference into the batch, or a task made here
         if constexpr (Outcomes) {
@@ -172,18 +175,18 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
           }
         } else if constexpr (std::is_void_v<R>) {
           std::invoke(task);
-        } else if (direct()) {
-          direct()[i] = std::invoke(task);
+        } else if (out) {
+          out[i] = std::invoke(task);
         } else {
           this->results_.emplace_back(std::invoke(task));
         }
-        ++this->completed_;
       }
     } catch (...) {
       this->error_ = std::current_exception();
-      this->error_offset_ = this->completed_;
+      this->error_offset_ = i;
     }
-    if (this->completed_ == task_count()) this->release_tasks();  // kept otherwise: the batch may be tried again
+    this->completed_ = i;
+    if (i == n) this->release_tasks();  // kept otherwise: the batch may be tried again
   }
 
   void encode_tasks(CodeRef& entry, OutputStream& out, BufferSink* sink) override {
@@ -375,6 +378,7 @@ class RangeSource final : public Source {
   }
 
   bool gives_outcomes() const noexcept override { return Outcomes; }
+  bool splits() const noexcept override { return sliced; }
 
   std::optional<std::string> portability_problem() const override {
     if constexpr (PortableTask<TaskT, R>::value)

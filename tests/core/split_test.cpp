@@ -78,7 +78,9 @@ TEST_P(Split, TheFirstErrorInSubmissionOrderStillWins) {
   } catch (const std::out_of_range& e) {
     EXPECT_STREQ(e.what(), "task 700 fails");
   }
-  // A generator hands out the results before the failing task, then throws.
+  // A generator hands out results in order, then throws as soon as the
+  // error is known (joblib's _raise_error_fast): a prefix of the results
+  // before the failing task, never one after it.
   std::vector<int> got;
   try {
     for (int v : Parallel(opts({.batch_size = 50, .return_as = ReturnAs::generator}))
@@ -87,8 +89,8 @@ TEST_P(Split, TheFirstErrorInSubmissionOrderStillWins) {
     ADD_FAILURE() << "no error";
   } catch (const std::out_of_range&) {
   }
-  ASSERT_EQ(got.size(), 700u);
-  for (int i = 0; i < 700; ++i) EXPECT_EQ(got[std::size_t(i)], i);
+  ASSERT_LE(got.size(), 700u);
+  for (std::size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], int(i));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Split,

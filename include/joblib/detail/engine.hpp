@@ -61,6 +61,10 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   std::size_t error_offset_ = 0;   // index within the batch of the task that threw
   bool from_backend_ = false;      // error_ came from Batch::fail
   const std::atomic<bool>* stop_ = nullptr;  // the call's stop flag
+
+  /// True when the call stopped (an error, a cancel, a close): no further
+  /// task of the batch starts. Between tasks only.
+  bool should_stop() const noexcept { return stop_ && stop_->load(std::memory_order_relaxed); }
   CallImpl* call_ = nullptr;                 // set while dispatched
   std::int64_t dispatched_ns_ = 0;
   std::atomic<std::int64_t> started_ns_{0};  // when the batch (or, with a timeout, its current task) started
@@ -90,6 +94,9 @@ class JOBLIB_EXPORT Source {
   virtual std::optional<std::string> portability_problem() const = 0;
   /// True for Parallel::outcomes(): a batch's failure becomes its tasks' outcomes.
   virtual bool gives_outcomes() const noexcept { return false; }
+  /// True when batches are index ranges that cost nothing to cut, whatever
+  /// their size (SliceTasks).
+  virtual bool splits() const noexcept { return false; }
 };
 
 /// One running Parallel call.
