@@ -885,7 +885,7 @@ void CallImpl::close() noexcept {
   closed_ = true;
   if (!sequential_) {
     if (!finished_locked()) {
-          stop_.store(true);
+      stop_.store(true);
       lk.unlock();
       cfg_.backend->abort();
       lk.lock();

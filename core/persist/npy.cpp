@@ -195,7 +195,13 @@ void byteswap(std::byte* p, std::size_t n_items, std::size_t size, char kind) {
 
 }  // namespace
 
-std::string npy_dtype_name(char kind, std::size_t size) {
+void check_dtype(const AnyArray& a, char kind, std::size_t item_size, std::string_view what) {
+  if (a.kind != kind || a.item_size != item_size)
+    throw StoreError(fmt::format("{} holds {}, not {}", what, dtype_name(a.kind, a.item_size),
+                                 dtype_name(kind, item_size)));
+}
+
+std::string dtype_name(char kind, std::size_t size) {
   switch (kind) {
     case 'b': return "bool";
     case 'i': return fmt::format("int{}", size * 8);
@@ -359,8 +365,8 @@ NpyData load_npy_data(const fs::path& path, char kind, std::size_t item_size, Mm
       name);
   const NpyDescr& d = h.descr;
   if (d.kind != kind || d.size != item_size)
-    throw StoreError(fmt::format("{}: the .npy file holds {} ('{}'), not {}", name, npy_dtype_name(d.kind, d.size),
-                                 h.descr_text, npy_dtype_name(kind, item_size)));
+    throw StoreError(fmt::format("{}: the .npy file holds {} ('{}'), not {}", name, dtype_name(d.kind, d.size),
+                                 h.descr_text, dtype_name(kind, item_size)));
   const std::size_t offset = h.data_offset;
   const std::size_t bytes = h.bytes;
   if (file_size - offset < bytes)

@@ -4,6 +4,7 @@
 // source, written for any shape) and the conversion of raw array bytes to a
 // C-order, native-order buffer.
 #include <joblib/array.hpp>
+#include <joblib/numpy.hpp>  // dtype_name, AnyArray
 
 #include <cstddef>
 #include <functional>
@@ -13,9 +14,6 @@
 #include <vector>
 
 namespace joblib::detail {
-
-/// "float64", "int8", "bool", "complex128"...
-std::string npy_dtype_name(char kind, std::size_t size);
 
 /// A numeric dtype: kind b/i/u/f/c, item size, and whether its bytes are in
 /// the other byte order than this machine's.

@@ -19,18 +19,6 @@
 #include <set>
 #include <string>
 
-namespace joblib::detail {
-
-std::string dtype_name(char kind, std::size_t item_size) { return npy_dtype_name(kind, item_size); }
-
-void check_dtype(const AnyArray& a, char kind, std::size_t item_size, std::string_view what) {
-  if (a.kind != kind || a.item_size != item_size)
-    throw StoreError(fmt::format("{} holds {}, not {}", what, npy_dtype_name(a.kind, a.item_size),
-                                 npy_dtype_name(kind, item_size)));
-}
-
-}  // namespace joblib::detail
-
 namespace joblib {
 namespace fs = std::filesystem;
 using detail::AnyArray;

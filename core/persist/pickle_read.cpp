@@ -199,10 +199,10 @@ class Reader {
   Reader(Input& in, const fs::path& path, MmapMode mode, int fd, std::uint64_t file_size)
       : in_(in), path_(path), name_(path.string()), mode_(mode), fd_(fd), file_size_(file_size) {}
 
-  // On failure, every container made so far is emptied first, so that no
-  // cycle a hostile file made leaks and no deep nesting is freed by recursion.
-  // On success, so are the containers the result does not hold (a deep
-  // chain a file built and dropped).
+  // Empties the containers that are not in a returned result (all of them
+  // on failure): a cycle a hostile file made, kept or dropped, would
+  // otherwise leak. (Deep trees need no help: ~PyNode frees them without
+  // recursion.)
   ~Reader() {
     // Hold every container first, so that emptying one frees no other.
     std::vector<NodePtr> alive;
@@ -297,10 +297,9 @@ class Reader {
       if (b.size() < 8) u |= ~std::uint64_t{0} << (8 * b.size());  // sign-extend
       return integer(static_cast<std::int64_t>(u));
     }
-    // Positive: 8 bytes with the top bit set only when a ninth 0x00 byte
-    // was dropped above (a value over INT64_MAX).
+    // Positive with the top bit set: a ninth 0x00 byte was dropped above (a
+    // value over INT64_MAX).
     if (u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-      if (n <= 8) return integer(static_cast<std::int64_t>(u));  // cannot happen: the top bit means negative
       auto out = make(PyKind::integer);
       out->big = true;
       out->u = u;
@@ -690,7 +689,7 @@ class Reader {
       if (why && mode_ == MmapMode::r_plus)
         throw StoreError(fmt::format("{}: array {} ({}, shape ({})) {} and cannot be mapped as a C-order Array for "
                                      "mmap_mode r+: load the file with r, c or without mmap_mode",
-                                     name_, arrays_, detail::npy_dtype_name(d.kind, d.size), fmt::join(shape, ", "), why));
+                                     name_, arrays_, detail::dtype_name(d.kind, d.size), fmt::join(shape, ", "), why));
       map = why == nullptr;
     }
     if (map) {
@@ -912,9 +911,7 @@ class Reader {
 
   // The result: no reader-only node, no cycle, at most kMaxDepth levels.
   void check_result(const NodePtr& root) {
-    if (!stack_.empty() || !marks_.empty()) {
-      // Python ignores what is left; a joblib file never leaves anything.
-    }
+    // What is left on the stack is ignored, as Python does.
     std::unordered_set<const PyNode*>& finished = reachable_;
     std::unordered_set<const PyNode*> open;
     struct Frame {

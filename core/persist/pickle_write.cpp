@@ -124,32 +124,22 @@ class Writer {
     const auto bits = std::bit_cast<std::uint64_t>(f);
     for (int k = 7; k >= 0; --k) op(static_cast<std::uint8_t>((bits >> (8 * k)) & 0xff));
   }
-  void str(std::string_view s) {
+  // A length-prefixed string: the 1-byte, 4-byte or 8-byte length opcode.
+  void sized(std::uint8_t op1, std::uint8_t op4, std::uint8_t op8, std::string_view s) {
     if (s.size() < 256) {
-      op(0x8c);
+      op(op1);
       op(static_cast<std::uint8_t>(s.size()));
     } else if (s.size() <= UINT32_MAX) {
-      op('X');
+      op(op4);
       little<std::uint32_t>(static_cast<std::uint32_t>(s.size()));
     } else {
-      op(0x8d);
+      op(op8);
       little<std::uint64_t>(s.size());
     }
     bytes(s.data(), s.size());
   }
-  void raw_bytes(std::string_view s) {
-    if (s.size() < 256) {
-      op('C');
-      op(static_cast<std::uint8_t>(s.size()));
-    } else if (s.size() <= UINT32_MAX) {
-      op('B');
-      little<std::uint32_t>(static_cast<std::uint32_t>(s.size()));
-    } else {
-      op(0x8e);
-      little<std::uint64_t>(s.size());
-    }
-    bytes(s.data(), s.size());
-  }
+  void str(std::string_view s) { sized(0x8c, 'X', 0x8d, s); }        // SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
+  void raw_bytes(std::string_view s) { sized('C', 'B', 0x8e, s); }  // SHORT_BINBYTES, BINBYTES, BINBYTES8
   void global(std::string_view module, std::string_view name) {
     str(module);
     str(name);

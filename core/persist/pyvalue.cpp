@@ -22,32 +22,32 @@ std::shared_ptr<PyNode> make(PyKind kind) {
   return n;
 }
 
-PyDigest finish(XXH3_state_t* st) {
-  const XXH128_hash_t h = XXH3_128bits_digest(st);
+PyDigest hash_bytes(const void* p, std::size_t n, std::uint64_t seed) {
+  const XXH128_hash_t h = XXH3_128bits_withSeed(p, n, seed);
   return {h.low64, h.high64};
 }
 
+// The canonical encoding of a key, hashed in one shot: a tag and a few
+// words (a str's or bytes' own bytes are hashed in place: text_digest).
 struct KeyHasher {
-  KeyHasher() : st(XXH3_createState()) {
-    if (!st) throw std::bad_alloc();
-    XXH3_128bits_reset(st);
-  }
-  ~KeyHasher() { XXH3_freeState(st); }
-  KeyHasher(const KeyHasher&) = delete;
-  KeyHasher& operator=(const KeyHasher&) = delete;
-  void add(const void* p, std::size_t n) { XXH3_128bits_update(st, p, n); }
-  void tag(char t) { add(&t, 1); }
+  std::string buf;
+  void tag(char t) { buf += t; }
   template <class T>
   void word(T v) {
-    add(&v, sizeof v);
+    buf.append(reinterpret_cast<const char*>(&v), sizeof v);
   }
   void digest(const PyDigest& d) {
     word(d.lo);
     word(d.hi);
   }
-  PyDigest done() { return finish(st); }
-  XXH3_state_t* st;
+  PyDigest done() const { return hash_bytes(buf.data(), buf.size(), 0); }
 };
+
+// A str's or bytes' digest: its bytes in place; the kind and the length in
+// the seed (never 0, the seed of every other key).
+PyDigest text_digest(char tag, std::string_view s) {
+  return hash_bytes(s.data(), s.size(), (std::uint64_t{static_cast<unsigned char>(tag)} << 56) ^ s.size());
+}
 
 // Python: a float equal to an int is the same key as the int; a complex
 // with no imaginary part the same as its real part.
@@ -102,13 +102,7 @@ PyNode::~PyNode() {
   }  // n goes with an empty container: no recursion
 }
 
-PyDigest py_str_digest(std::string_view key) {
-  KeyHasher h;
-  h.tag('s');
-  h.word(key.size());
-  h.add(key.data(), key.size());
-  return h.done();
-}
+PyDigest py_str_digest(std::string_view key) { return text_digest('s', key); }
 
 void py_finish_tuple(const PyNode& t) {
   KeyHasher h;
@@ -167,12 +161,7 @@ bool py_digest(const PyNode* node, PyDigest& out) {
       break;
     case PyKind::string:
     case PyKind::bytes:
-      node->digest = node->kind == PyKind::string ? py_str_digest(node->s) : [&] {
-        h.tag('b');
-        h.word(node->s.size());
-        h.add(node->s.data(), node->s.size());
-        return h.done();
-      }();
+      node->digest = text_digest(node->kind == PyKind::string ? 's' : 'b', node->s);
       node->has_digest = true;
       out = node->digest;
       return true;
@@ -294,7 +283,7 @@ PyValue PyValue::dict(std::vector<std::pair<PyValue, PyValue>> items) {
   return out;
 }
 PyValue PyValue::from_array(detail::AnyArray array) {
-  if (detail::npy_dtype_name(array.kind, array.item_size).front() == '\'')
+  if (detail::dtype_name(array.kind, array.item_size).front() == '\'')
     throw std::invalid_argument("joblib::PyValue: an array of an unknown dtype");
   PyValue out(detail::make(PyKind::array));
   out.node_->array = std::make_unique<detail::AnyArray>(std::move(array));
@@ -339,11 +328,7 @@ const PyValue& PyValue::operator[](std::string_view key) const {
 
 bool PyValue::contains(std::string_view key) const noexcept {
   if (kind() != PyKind::dict || !node_->c) return false;
-  try {
-    return node_->c->index.count(detail::py_str_digest(key)) != 0;
-  } catch (...) {
-    return false;
-  }
+  return node_->c->index.count(detail::py_str_digest(key)) != 0;
 }
 
 const PyValue& PyValue::item(std::int64_t index) const {
@@ -379,7 +364,7 @@ const std::vector<std::pair<PyValue, PyValue>>& PyValue::dict_items() const {
 
 std::string PyValue::dtype() const {
   if (kind() != PyKind::array) wrong(node_.get(), "numpy.ndarray");
-  return detail::npy_dtype_name(node_->array->kind, node_->array->item_size);
+  return detail::dtype_name(node_->array->kind, node_->array->item_size);
 }
 
 const std::vector<std::size_t>& PyValue::shape() const {
