@@ -555,7 +555,8 @@ class Results : public detail::ResultsCursor<detail::ResultBatch<R>> {
     fill();
     if (!done_ && pos_ == 0 && batch_->output_ && batch_->first_index_ == 0) {
       // The batches wrote into the call's output: hand it over. A batch
-      // with its own results (a copy run after a failure) is moved in.
+      // with its own results is moved in (none today: spare copies of
+      // batches exist only with a timeout, which turns direct output off).
       std::shared_ptr<std::vector<R>> output = batch_->output_;
       while (!done_) {
         if (!batch_->direct_)
