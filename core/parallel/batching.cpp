@@ -1,4 +1,5 @@
-// joblib's auto batch size and the cut of a sized input's tail.
+// joblib's auto batch size, the cut of a sized input's tail, and the
+// timeout watchdog's clock.
 #include "batching.hpp"
 
 #include "progress.hpp"
@@ -7,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace joblib::detail {
 
@@ -45,6 +47,35 @@ std::size_t cut_tail(std::size_t batch_size, std::size_t remaining, int n_jobs) 
   const std::size_t jobs = static_cast<std::size_t>(std::max(n_jobs, 1));
   if (remaining < batch_size * jobs) batch_size = std::max<std::size_t>(1, remaining / (10 * jobs));
   return std::max<std::size_t>(batch_size, 1);
+}
+
+TimeoutClock::TimeoutClock(double seconds) noexcept {
+  const double ns = seconds * 1e9;
+  limit_ = ns >= 9e18 ? std::numeric_limits<std::int64_t>::max() / 2 : static_cast<std::int64_t>(ns);
+}
+
+TimeoutClock::Look TimeoutClock::look(std::span<const Batch> batches, std::int64_t last_completion_ns,
+                                      std::int64_t now_ns) const {
+  Look out;
+  out.deadline_ns = now_ns + std::min(limit_, kMaxWaitNs);
+  std::int64_t earliest_start = 0;
+  for (const Batch& b : batches)
+    if (b.started_ns != 0 && (earliest_start == 0 || b.started_ns < earliest_start)) earliest_start = b.started_ns;
+  for (int pass = 0; pass < 2; ++pass) {
+    const bool waiting_pass = pass == 1;
+    for (std::size_t i = 0; i < batches.size(); ++i) {
+      const Batch& b = batches[i];
+      const bool waiting = b.started_ns == 0;
+      if (b.stopping || waiting != waiting_pass) continue;
+      const std::int64_t since =
+          waiting ? std::max({b.dispatched_ns, last_completion_ns, earliest_start}) : b.started_ns;
+      if (now_ns - since > limit_)
+        out.over.push_back({i, waiting});
+      else if (limit_ < kMaxWaitNs)
+        out.deadline_ns = std::min(out.deadline_ns, since + limit_ + 1);
+    }
+  }
+  return out;
 }
 
 }  // namespace joblib::detail

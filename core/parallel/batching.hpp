@@ -1,14 +1,18 @@
 #pragma once
 // Pieces of the dispatcher that can be read and tested alone
 // (docs/architecture.md, "dispatch"): joblib's auto batch size, the cut of
-// a sized input's tail, and the store of finished batches.
+// a sized input's tail, the timeout watchdog's clock, and the store of
+// finished batches.
 #include <joblib/export.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace joblib::detail {
 
@@ -47,6 +51,52 @@ class JOBLIB_EXPORT AutoBatchSize {
 /// than `batch_size * n_jobs` tasks left, batches of remaining/(10*n_jobs)
 /// (at least 1).
 JOBLIB_EXPORT std::size_t cut_tail(std::size_t batch_size, std::size_t remaining, int n_jobs) noexcept;
+
+/// The timeout watchdog's clock (joblib 1.5's timeout, per batch): which
+/// batches in flight are over the limit, and when to look again.
+///
+/// A running batch is on the clock from when it (or, for a batch timed task
+/// by task, its current task) started. A batch still waiting for a worker is
+/// on the clock from when it was dispatched or, if later, from the call's
+/// last completed batch or the earliest start among the running batches: a
+/// worker busy with tasks that end frees up within the timeout; one held by
+/// a stuck task never does (TimeoutError when no batch completes within the
+/// timeout).
+class JOBLIB_EXPORT TimeoutClock {
+ public:
+  /// One batch in flight: `started_ns` is 0 while it waits for a worker.
+  struct Batch {
+    std::int64_t started_ns = 0;
+    std::int64_t dispatched_ns = 0;
+    bool stopping = false;  // already being stopped: never reported, but its start counts
+  };
+  /// A batch over the limit: its index in the span given to look().
+  struct Over {
+    std::size_t index = 0;
+    bool waiting = false;  // it never started: it waited for a worker
+  };
+  struct Look {
+    /// Over the limit: the running batches first, then the waiting ones,
+    /// each group in the order given (the dispatcher reports the first it
+    /// cannot stop alone).
+    std::vector<Over> over;
+    /// When the next batch not over the limit would be (now + at most the
+    /// limit, and at most an hour, for a look that finds nothing).
+    std::int64_t deadline_ns = 0;
+  };
+  /// The longest the watchdog sleeps between two looks.
+  static constexpr std::int64_t kMaxWaitNs = std::int64_t{3600} * 1'000'000'000;
+
+  /// A limit of `seconds` (saturated: 1e10 s does not overflow).
+  explicit TimeoutClock(double seconds) noexcept;
+  std::int64_t limit_ns() const noexcept { return limit_; }
+  /// Looks at `batches` at time `now_ns`; `last_completion_ns` is when a
+  /// batch of the call last completed (0: none yet).
+  Look look(std::span<const Batch> batches, std::int64_t last_completion_ns, std::int64_t now_ns) const;
+
+ private:
+  std::int64_t limit_;
+};
 
 /// Finished items not yet taken, indexed by sequence number from 0: constant
 /// time for the in-order case (list mode and ordered generators), where a

@@ -83,14 +83,6 @@ std::exception_ptr with_attempts(const std::exception_ptr& e, int attempts, int 
   return e;
 }
 
-// The longest a caller sleeps between two looks at the clock; and the
-// timeout in nanoseconds, saturated (1e10 s would overflow an int64).
-constexpr std::int64_t kMaxWaitNs = std::int64_t{3600} * 1'000'000'000;
-std::int64_t timeout_ns(double seconds) {
-  const double ns = seconds * 1e9;
-  return ns >= 9e18 ? std::numeric_limits<std::int64_t>::max() / 2 : static_cast<std::int64_t>(ns);
-}
-
 }  // namespace
 
 using DoneStore = SequenceStore<BatchBase>;
@@ -146,6 +138,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   void call_on_progress_locked();
   [[noreturn]] void raise_locked(Lock& lk);
   void wait_locked(Lock& lk, const std::function<bool()>& ready);
+  [[noreturn]] void time_out_locked(Lock& lk, const BatchBase& b, bool waiting);
   void finish_backend() noexcept;
   std::unique_ptr<BatchBase> take_locked();
   std::unique_ptr<BatchBase> run_inline_locked(Lock& lk);
@@ -185,6 +178,9 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   std::size_t error_seq_ = kNoError;
 
   std::int64_t last_completion_ns_ = 0;  // when a batch of this call last completed
+  std::optional<TimeoutClock> timeout_clock_;     // set when the call has a timeout
+  std::vector<TimeoutClock::Batch> clocks_;       // the watchdog's look at running_ (reused)
+  std::vector<BatchBase*> in_flight_;             // the batches of clocks_, in the same order
   std::size_t dispatched_tasks_ = 0, dispatched_batches_ = 0, completed_tasks_ = 0;
   std::size_t running_tasks_ = 0, done_tasks_ = 0, held_tasks_ = 0;
   AutoBatchSize auto_batch_;
@@ -254,6 +250,7 @@ void CallImpl::start() {
                  backend_class_name(cfg_.backend_name).c_str(), *cfg_.timeout);
     cfg_.timeout.reset();
   }
+  if (cfg_.timeout) timeout_clock_.emplace(*cfg_.timeout);
   if (cfg_.caps.needs_encoded_tasks) {
     // joblib's early pickling-error capture: refuse before any task runs.
     if (std::optional<std::string> why = source_->portability_problem())
@@ -683,67 +680,38 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
       continue;
     }
     spun = false;
-    if (!cfg_.timeout) {
+    if (!timeout_clock_) {
       if (stop_possible_)
         cv_.wait_for(lk, kStopPoll);
       else
         cv_.wait(lk);
       continue;
     }
-    const std::int64_t limit = timeout_ns(*cfg_.timeout);
     const std::int64_t now = now_ns();
-    std::int64_t deadline = now + std::min(limit, kMaxWaitNs);
-    if (stop_possible_) deadline = std::min<std::int64_t>(deadline, now + kStopPoll.count() * 1'000'000);
-    // A batch still waiting for a worker is on the clock too, from when it
-    // was dispatched or, if later, from the call's last completed batch or
-    // the earliest start of its running batches: a worker that is busy with
-    // tasks that end frees up within the timeout; one held by a stuck task
-    // never does (joblib 1.5: TimeoutError when no batch completes within
-    // the timeout). A running batch over the limit is reported first.
-    std::int64_t earliest_start = 0;
+    clocks_.clear();
+    in_flight_.clear();
     for (auto& [seq, b] : running_) {
-      const std::int64_t s = b->started_ns_.load(std::memory_order_relaxed);
-      if (s != 0 && (earliest_start == 0 || s < earliest_start)) earliest_start = s;
+      clocks_.push_back({b->started_ns_.load(std::memory_order_relaxed), b->dispatched_ns_, b->timed_out_});
+      in_flight_.push_back(b.get());
     }
+    const TimeoutClock::Look look = timeout_clock_->look(clocks_, last_completion_ns_, now);
+    std::int64_t deadline = look.deadline_ns;
+    if (stop_possible_) deadline = std::min<std::int64_t>(deadline, now + kStopPoll.count() * 1'000'000);
     std::vector<BatchBase*> give_up;  // thread batches over the limit, with spare copies
-    for (int pass = 0; pass < 2; ++pass)
-    for (auto& [seq, b] : running_) {
-      if (b->timed_out_) continue;  // being stopped (retries, outcomes)
-      std::int64_t s = b->started_ns_.load(std::memory_order_relaxed);
-      const bool waiting = s == 0;
-      if (waiting != (pass == 1)) continue;
-      if (waiting) s = std::max({b->dispatched_ns_, last_completion_ns_, earliest_start});
-      if (now - s > limit && !waiting && (b->attempts_ <= cfg_.retries || outcomes_)) {
+    for (const TimeoutClock::Over& over : look.over) {
+      BatchBase* b = in_flight_[over.index];
+      if (!over.waiting && (b->attempts_ <= cfg_.retries || outcomes_)) {
         // Retries or outcomes: stop this batch only, and go on.
         if (cfg_.caps.needs_encoded_tasks && cfg_.backend->cancel(*b)) {
           b->timed_out_ = true;
           continue;
         }
         if (b->spare_) {
-          give_up.push_back(b.get());
+          give_up.push_back(b);
           continue;
         }
       }
-      if (now - s > limit) {
-        timed_out_ = true;
-        timeout_message_ =
-            waiting ? fmt::format("a batch of {} starting at task {} waited longer than the timeout of {} s for a "
-                                  "worker, and no batch of the call completed meanwhile",
-                                  task_count(b->size_), b->first_index_, *cfg_.timeout)
-                    : fmt::format("a task ran longer than the timeout of {} s ({} batch of {} starting at task {})",
-                                  *cfg_.timeout,
-                                  b->clock_each_task_ && !cfg_.caps.needs_encoded_tasks ? "in a" : "timed as a",
-                                  task_count(b->size_), b->first_index_);
-        if (!waiting && b->attempts_ > 1)
-          timeout_message_ += fmt::format("\nThe batch was tried {} times (retries = {}).", b->attempts_, cfg_.retries);
-        record_error_locked(0, std::make_exception_ptr(TimeoutError(timeout_message_)));
-        error_seq_ = 0;
-        lk.unlock();
-        cfg_.backend->abort();
-        lk.lock();
-        raise_locked(lk);
-      }
-      if (limit < kMaxWaitNs) deadline = std::min(deadline, s + limit + 1);
+      time_out_locked(lk, *b, over.waiting);  // throws
     }
     if (!give_up.empty()) {
       std::vector<BatchBase*> out;
@@ -762,6 +730,25 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
     }
     cv_.wait_for(lk, std::chrono::nanoseconds(std::max<std::int64_t>(deadline - now, 1000)));
   }
+}
+
+void CallImpl::time_out_locked(Lock& lk, const BatchBase& b, bool waiting) {
+  timed_out_ = true;
+  timeout_message_ =
+      waiting ? fmt::format("a batch of {} starting at task {} waited longer than the timeout of {} s for a "
+                            "worker, and no batch of the call completed meanwhile",
+                            task_count(b.size_), b.first_index_, *cfg_.timeout)
+              : fmt::format("a task ran longer than the timeout of {} s ({} batch of {} starting at task {})",
+                            *cfg_.timeout, b.clock_each_task_ && !cfg_.caps.needs_encoded_tasks ? "in a" : "timed as a",
+                            task_count(b.size_), b.first_index_);
+  if (!waiting && b.attempts_ > 1)
+    timeout_message_ += fmt::format("\nThe batch was tried {} times (retries = {}).", b.attempts_, cfg_.retries);
+  record_error_locked(0, std::make_exception_ptr(TimeoutError(timeout_message_)));
+  error_seq_ = 0;
+  lk.unlock();
+  cfg_.backend->abort();
+  lk.lock();
+  raise_locked(lk);
 }
 
 void CallImpl::finish_backend() noexcept {

@@ -1,4 +1,5 @@
 #include <joblib/backend.hpp>
+#include <joblib/detail/throw.hpp>
 #include <joblib/errors.hpp>
 
 #include <fmt/format.h>
@@ -46,3 +47,28 @@ NestedBackend ParallelBackendBase::nested_backend() const {
 }
 
 }  // namespace joblib
+
+// include/joblib/detail/throw.hpp
+namespace joblib::detail {
+
+void throw_index_out_of_range(const char* where, std::size_t index, std::size_t size) {
+  throw std::out_of_range(fmt::format("{}: index {} out of range for size {}", where, index, size));
+}
+
+void throw_no_array(std::string_view name) {
+  throw std::out_of_range(fmt::format("joblib::NpzFile: no array named '{}'", name));
+}
+
+void throw_not_copyable() { throw std::logic_error("joblib::Task: the captured callable is not copyable"); }
+
+void throw_not_portable(std::string_view type, std::string_view why) {
+  throw SerializationError(fmt::format("cannot send tasks of type {} to a worker process: {}", type, why));
+}
+
+void throw_result_count(std::size_t got, std::size_t expected) {
+  throw SerializationError(fmt::format("a worker sent {} results for {} tasks", got, expected));
+}
+
+void throw_store_error(std::string_view message) { throw StoreError(std::string(message)); }
+
+}  // namespace joblib::detail

@@ -10,7 +10,7 @@
 namespace joblib::detail {
 /// Holds `m` across every later fork() (pthread_atfork). `m` must live for
 /// the rest of the program and be a leaf lock (no other lock taken under it).
-void hold_across_fork(std::mutex& m);
+JOBLIB_EXPORT void hold_across_fork(std::mutex& m);
 
 /// Held across every fork() (taken first) and, with a lock_guard, around
 /// the core's code that walks the loaded modules on threads that run beside

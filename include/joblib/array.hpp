@@ -22,6 +22,7 @@
 // const accessors, it does not freeze the buffer for other copies).
 // Thread-safety: as for a std::shared_ptr, distinct Array objects may be used
 // from distinct threads; writing the same elements concurrently is a race.
+#include <joblib/detail/throw.hpp>
 #include <joblib/export.hpp>
 
 #include <algorithm>
@@ -234,9 +235,7 @@ class Array {
 
   T* ptr() const noexcept { return reinterpret_cast<T*>(buffer_.data.get()); }
   void check_index(std::size_t i) const {
-    if (i >= size_)
-      throw std::out_of_range("joblib::Array::at: index " + std::to_string(i) + " out of range for size " +
-                              std::to_string(size_));
+    if (i >= size_) detail::throw_index_out_of_range("joblib::Array::at", i, size_);
   }
 
   std::vector<std::size_t> shape_;

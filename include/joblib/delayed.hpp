@@ -1,6 +1,8 @@
 #pragma once
 // delayed(f)(args...): capture a call to run later, as joblib's delayed.
 // Task<R>: a type-erased task, for mixing callables with one result type.
+#include <joblib/detail/throw.hpp>
+
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -126,7 +128,7 @@ class Task {
       if constexpr (std::is_copy_constructible_v<D>)
         return std::make_unique<Model>(d);
       else
-        throw std::logic_error("joblib::Task: the captured callable is not copyable");
+        detail::throw_not_copyable();
     }
     D d;
   };

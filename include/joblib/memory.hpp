@@ -16,6 +16,7 @@
 // docs/memory.md.
 #include <joblib/codec.hpp>
 #include <joblib/detail/process.hpp>
+#include <joblib/detail/throw.hpp>
 #include <joblib/errors.hpp>
 #include <joblib/export.hpp>
 #include <joblib/options.hpp>
@@ -286,11 +287,11 @@ class MemorizedResult {
   /// Loads the result (mapped with the cache's mmap_mode). Throws StoreError
   /// when the entry was cleared or cannot be read.
   R get() const {
-    if (!value_ && !entry_) throw StoreError("No value stored.");
+    if (!value_ && !entry_) detail::throw_store_error("No value stored.");
     if (value_) return *value_;
     if (!std::filesystem::exists(entry_->output()))
-      throw StoreError("Non-existing item (may have been cleared).\nFile " + entry_->output().string() +
-                       " does not exist");
+      detail::throw_store_error("Non-existing item (may have been cleared).\nFile " + entry_->output().string() +
+                                " does not exist");
     return joblib::load<R>(entry_->output(), {.mmap_mode = entry_->mmap_mode()});
   }
   /// Deletes the entry (may be called twice).

@@ -10,6 +10,7 @@
 //   joblib::save_npz("set.npz", {{"x", x}, {"y", y}});   // numpy.savez (x, y of any dtypes)
 //   auto set = joblib::load_npz("set.npz");           // set.at<double>("x")
 #include <joblib/array.hpp>
+#include <joblib/detail/throw.hpp>
 #include <joblib/export.hpp>
 #include <joblib/options.hpp>
 
@@ -211,7 +212,7 @@ class NpzFile {
   }
   const detail::AnyArray& find(std::string_view name) const {
     if (const detail::AnyArray* a = lookup(name)) return *a;
-    throw std::out_of_range("joblib::NpzFile: no array named '" + std::string(name) + "'");
+    detail::throw_no_array(name);
   }
   std::vector<std::pair<std::string, detail::AnyArray>> arrays_;
 };

@@ -6,6 +6,7 @@
 #include <joblib/delayed.hpp>
 #include <joblib/detail/engine.hpp>
 #include <joblib/detail/process.hpp>
+#include <joblib/detail/throw.hpp>
 #include <joblib/options.hpp>
 #include <joblib/outcome.hpp>
 
@@ -200,8 +201,7 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
       ar.save_u64(n);
       for (std::size_t i = 0; i < n; ++i) save_task(ar, task_at(i));
     } else {
-      throw SerializationError("cannot send tasks of type " + type_name<TaskT>() + " to a worker process: " +
-                               PortableTask<TaskT, R>::why());
+      throw_not_portable(type_name<TaskT>(), PortableTask<TaskT, R>::why());
     }
   }
 
@@ -220,9 +220,7 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
           this->results_.clear();
         }
       }
-      if (this->completed_ != task_count())
-        throw SerializationError("a worker sent " + std::to_string(this->completed_) + " results for " +
-                                 std::to_string(task_count()) + " tasks");
+      if (this->completed_ != task_count()) throw_result_count(this->completed_, task_count());
       this->release_tasks();
     }
   }
@@ -532,9 +530,6 @@ class Results : public detail::ResultsCursor<detail::ResultBatch<R>> {
    private:
     bool done() const { return !r_ || r_->at_end(); }
 
-   public:
-
-   private:
     Results* r_ = nullptr;
   };
 
@@ -619,9 +614,6 @@ class Results<void> : public detail::ResultsCursor<detail::BatchBase> {
    private:
     bool done() const { return !r_ || r_->at_end(); }
 
-   public:
-
-   private:
     Results* r_ = nullptr;
   };
 

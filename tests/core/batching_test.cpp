@@ -1,16 +1,19 @@
 // The dispatcher's pieces that stand alone (core/parallel/batching.hpp):
-// joblib's auto batch size, the cut of a sized input's tail, and the store
-// of finished batches.
+// joblib's auto batch size, the cut of a sized input's tail, the timeout
+// watchdog's clock, and the store of finished batches.
 #include "batching.hpp"
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 using joblib::detail::AutoBatchSize;
 using joblib::detail::cut_tail;
 using joblib::detail::SequenceStore;
+using joblib::detail::TimeoutClock;
 
 TEST(AutoBatchSizeTest, StartsAtOneAndDoublesWhileBatchesAreFast) {
   AutoBatchSize a;
@@ -118,4 +121,62 @@ TEST(SequenceStoreTest, ClearDropsWhatIsStored) {
   s.clear();
   EXPECT_TRUE(s.empty());
   EXPECT_EQ(s.take(5), nullptr);
+}
+
+// --- the timeout watchdog's clock ------------------------------------------
+
+namespace {
+constexpr std::int64_t kSec = 1'000'000'000;
+}
+
+TEST(TimeoutClockTest, ARunningBatchIsOverTheLimitFromItsStart) {
+  const TimeoutClock clock(1.0);
+  const TimeoutClock::Batch running{.started_ns = 10 * kSec, .dispatched_ns = 9 * kSec};
+  auto look = clock.look({&running, 1}, 0, 10 * kSec + kSec / 2);
+  EXPECT_TRUE(look.over.empty());
+  EXPECT_EQ(look.deadline_ns, 11 * kSec + 1);  // the next look: just past its limit
+  look = clock.look({&running, 1}, 0, 11 * kSec + 1);
+  ASSERT_EQ(look.over.size(), 1u);
+  EXPECT_EQ(look.over[0].index, 0u);
+  EXPECT_FALSE(look.over[0].waiting);
+}
+
+TEST(TimeoutClockTest, AWaitingBatchCountsFromTheLastCompletionOrTheEarliestStart) {
+  const TimeoutClock clock(1.0);
+  // Dispatched at 0 s, waiting; a batch of the call completed at 5 s.
+  std::vector<TimeoutClock::Batch> batches{{.started_ns = 0, .dispatched_ns = 0}};
+  EXPECT_TRUE(clock.look(batches, 5 * kSec, 5 * kSec + kSec / 2).over.empty());
+  auto look = clock.look(batches, 5 * kSec, 6 * kSec + 1);
+  ASSERT_EQ(look.over.size(), 1u);
+  EXPECT_TRUE(look.over[0].waiting);
+  // A running batch that started at 7 s moves the waiting one's clock too:
+  // the worker it holds frees up within the timeout if its task ends.
+  batches.push_back({.started_ns = 7 * kSec, .dispatched_ns = 0});
+  look = clock.look(batches, 5 * kSec, 7 * kSec + kSec / 2);
+  EXPECT_TRUE(look.over.empty());
+  EXPECT_EQ(look.deadline_ns, 8 * kSec + 1);
+}
+
+TEST(TimeoutClockTest, RunningBatchesAreReportedBeforeWaitingOnes) {
+  const TimeoutClock clock(1.0);
+  const std::vector<TimeoutClock::Batch> batches{
+      {.started_ns = 0, .dispatched_ns = 1},           // waiting since 1 ns
+      {.started_ns = 2, .dispatched_ns = 1},           // running since 2 ns
+      {.started_ns = 3, .dispatched_ns = 1, .stopping = true},  // being stopped: not reported
+  };
+  const auto look = clock.look(batches, 0, 5 * kSec);
+  ASSERT_EQ(look.over.size(), 2u);
+  EXPECT_EQ(look.over[0].index, 1u);
+  EXPECT_FALSE(look.over[0].waiting);
+  EXPECT_EQ(look.over[1].index, 0u);
+  EXPECT_TRUE(look.over[1].waiting);
+}
+
+TEST(TimeoutClockTest, AHugeLimitNeitherOverflowsNorSleepsMoreThanAnHour) {
+  const TimeoutClock clock(1e10);  // 1e19 ns would overflow an int64
+  EXPECT_GT(clock.limit_ns(), 0);
+  const TimeoutClock::Batch running{.started_ns = 1, .dispatched_ns = 1};
+  const auto look = clock.look({&running, 1}, 0, 100 * kSec);
+  EXPECT_TRUE(look.over.empty());
+  EXPECT_EQ(look.deadline_ns, 100 * kSec + TimeoutClock::kMaxWaitNs);
 }
