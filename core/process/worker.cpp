@@ -125,6 +125,7 @@ bool send_watched(const WatchedChannel& ch, const void* p, std::size_t n) {
 bool recv_watched(const WatchedChannel& ch, void* p, std::size_t n) {
   return transfer(ch, static_cast<char*>(p), n, false);
 }
+bool recv_frame_header(const WatchedChannel& ch, FrameHeader& h) { return recv_watched(ch, &h, sizeof h); }
 }  // namespace
 
 bool write_frame(const WatchedChannel& ch, FrameKind kind, std::span<const std::byte> a,
@@ -137,6 +138,19 @@ bool write_frame(const WatchedChannel& ch, FrameKind kind, std::span<const std::
 
 bool write_frame_raw(const WatchedChannel& ch, std::string_view bytes) {
   return send_watched(ch, bytes.data(), bytes.size());
+}
+
+bool write_request_frame(const WatchedChannel& ch, FrameKind kind, const worker_sdk::Request& r) {
+  static constexpr std::byte zeros[64] = {};
+  FrameHeader h{kMagic, static_cast<std::uint32_t>(kind), r.size()};
+  if (!send_watched(ch, &h, sizeof h) || !send_watched(ch, r.bytes.data(), r.bytes.size())) return false;
+  std::size_t at = r.bytes.size() - r.headroom;  // from the request's start
+  for (std::span<const std::byte> b : r.buffers) {
+    const std::size_t pad = in_frame_area(at) - at;
+    if (!send_watched(ch, zeros, pad) || !send_watched(ch, b.data(), b.size())) return false;
+    at += pad + b.size();
+  }
+  return true;
 }
 
 FrameResult read_frame(const WatchedChannel& ch) {
@@ -161,19 +175,32 @@ FrameResult read_frame(const WatchedChannel& ch) {
 }
 
 std::optional<std::uint64_t> RequestSink::put(std::span<const std::byte> bytes, BufferKind) {
-  if (!memmap_) return std::nullopt;
-  std::optional<BufferDesc> d = memmap_->describe(bytes);
-  if (!d) return std::nullopt;
+  std::optional<BufferDesc> d = memmap_ ? memmap_->describe(bytes) : std::nullopt;
+  if (!d) return in_frame(bytes);
   buffers_.push_back(std::move(*d));
   return buffers_.size() - 1;
 }
 
 std::optional<std::uint64_t> RequestSink::put_array(std::span<const std::byte> bytes,
                                                     const std::shared_ptr<const void>& owner) {
-  if (!memmap_) return std::nullopt;
-  std::optional<BufferDesc> d = memmap_->describe(bytes, owner);
-  if (!d) return std::nullopt;
+  std::optional<BufferDesc> d = memmap_ ? memmap_->describe(bytes, owner) : std::nullopt;
+  if (!d) return in_frame(bytes);
   buffers_.push_back(std::move(*d));
+  return buffers_.size() - 1;
+}
+
+std::optional<std::uint64_t> RequestSink::in_frame(std::span<const std::byte> bytes) {
+  if (bytes.size() < in_frame_min_bytes) return std::nullopt;  // inline
+  // Offered again (one Array passed to several tasks of the batch), the
+  // bytes travel again: each task decodes a window of its own, as it would
+  // a copy, and a task's writes never reach another's.
+  BufferDesc d;
+  d.where = 2;
+  d.offset = in_frame_area(in_frame_end_);
+  d.size = bytes.size();
+  in_frame_end_ = d.offset + d.size;
+  in_frame_.push_back(bytes);
+  buffers_.push_back(std::move(d));
   return buffers_.size() - 1;
 }
 
@@ -184,7 +211,7 @@ std::vector<std::byte> make_init_request(const CodeRef& entry, std::span<const s
 std::vector<std::byte> make_request(const CodeRef& entry, std::vector<BufferDesc> buffers,
                                     std::span<const std::byte> structure, std::size_t headroom) {
   MemoryOutput header;
-  encode(RequestHeader{entry, std::move(buffers)}, header);
+  encode(RequestHeader{entry, std::move(buffers), structure.size()}, header);
   std::vector<std::byte> out(headroom + sizeof(std::uint64_t) + header.size() + structure.size());
   std::byte* p = out.data() + headroom;
   const std::uint64_t n = header.size();
@@ -344,10 +371,14 @@ std::vector<std::string>& argv_store() {
   return *v;
 }
 
-// Buffers of a request, as the entry point reads them.
+// Buffers of a request, as the entry point reads them. An in-frame buffer
+// becomes a window into the frame (no copy) when the frame's block is given
+// and the buffer is aligned in it, else a copy.
 class RequestSource final : public BufferSource {
  public:
-  explicit RequestSource(std::vector<BufferDesc>& descs) : descs_(descs) {}
+  RequestSource(std::vector<BufferDesc>& descs, std::span<const std::byte> area,
+                const std::shared_ptr<std::byte>& frame)
+      : descs_(descs), area_(area), frame_(frame) {}
   std::size_t buffer_size(std::uint64_t i) const override { return static_cast<std::size_t>(at(i).size); }
   SharedBuffer get(std::uint64_t i) override {
     BufferDesc& d = const_cast<BufferDesc&>(at(i));
@@ -356,13 +387,36 @@ class RequestSource final : public BufferSource {
       if (!d.bytes.empty()) std::memcpy(b.data.get(), d.bytes.data(), d.bytes.size());
       return b;
     }
+    if (d.where == 2) {
+      const std::byte* p = in_frame(d);
+      if (frame_ && reinterpret_cast<std::uintptr_t>(p) % buffer_alignment == 0) {
+        SharedBuffer b;
+        b.data = std::shared_ptr<std::byte>(frame_, const_cast<std::byte*>(p));
+        b.size = static_cast<std::size_t>(d.size);
+        return b;
+      }
+      SharedBuffer b = allocate_buffer(static_cast<std::size_t>(d.size), false);
+      if (d.size) std::memcpy(b.data.get(), p, static_cast<std::size_t>(d.size));
+      return b;
+    }
     return map_file(d);
+  }
+  void read_into(std::uint64_t i, std::span<std::byte> dest) override {
+    const BufferDesc& d = at(i);
+    if (d.where != 2) return BufferSource::read_into(i, dest);
+    if (dest.size() != d.size) throw_decode_error("a buffer's size does not match its destination");
+    if (d.size) std::memcpy(dest.data(), in_frame(d), dest.size());
   }
 
  private:
   const BufferDesc& at(std::uint64_t i) const {
     if (i >= descs_.size()) throw_decode_error("no buffer " + std::to_string(i) + " in the request");
     return descs_[static_cast<std::size_t>(i)];
+  }
+  const std::byte* in_frame(const BufferDesc& d) const {
+    if (d.offset > area_.size() || d.size > area_.size() - d.offset)
+      throw_decode_error("a buffer lies outside its request frame");
+    return area_.data() + d.offset;
   }
   static SharedBuffer map_file(const BufferDesc& d) {
     auto mode = static_cast<MmapMode>(d.mode);
@@ -395,6 +449,8 @@ class RequestSource final : public BufferSource {
     return b;
   }
   std::vector<BufferDesc>& descs_;
+  std::span<const std::byte> area_;          // the in-frame buffers
+  const std::shared_ptr<std::byte>& frame_;  // the block holding the frame (may be null)
 };
 
 using ReplyFn = std::function<void(std::span<const std::byte>, std::span<const std::byte>)>;
@@ -411,14 +467,17 @@ std::unordered_map<std::string, WorkerEntry>& entry_cache() {
 }
 
 void handle_request(std::span<const std::byte> all, MemoryOutput& out, const ReplyFn& reply,
-                    const std::atomic<bool>* stop = nullptr) {
+                    const std::atomic<bool>* stop = nullptr, const std::shared_ptr<std::byte>& frame = nullptr) {
   try {
     std::uint64_t hn = 0;
     if (all.size() < sizeof hn) throw SerializationError("a request frame is too short");
     std::memcpy(&hn, all.data(), sizeof hn);
     if (hn > all.size() - sizeof hn) throw SerializationError("a request header is longer than its frame");
     RequestHeader header = decode<RequestHeader>(all.subspan(sizeof hn, static_cast<std::size_t>(hn)));
-    std::span<const std::byte> structure = all.subspan(sizeof hn + static_cast<std::size_t>(hn));
+    const std::size_t body = sizeof hn + static_cast<std::size_t>(hn);
+    if (header.structure_size > all.size() - body) throw SerializationError("a request's tasks are longer than its frame");
+    std::span<const std::byte> structure = all.subspan(body, static_cast<std::size_t>(header.structure_size));
+    const std::size_t area = std::min(in_frame_area(body + structure.size()), all.size());
     const std::string key = header.entry.module + "#" + std::to_string(header.entry.offset);
     auto& cache = entry_cache();
     WorkerEntry entry = nullptr;
@@ -428,7 +487,7 @@ void handle_request(std::span<const std::byte> all, MemoryOutput& out, const Rep
       entry = reinterpret_cast<WorkerEntry>(resolve_code(header.entry));
       cache.emplace(key, entry);
     }
-    RequestSource source(header.buffers);
+    RequestSource source(header.buffers, all.subspan(area), frame);
     (void)take_throw_trace();  // forget throws of earlier requests
     out.clear();
     WorkerCall call(structure, &source, out, nullptr);
@@ -462,34 +521,79 @@ void serve_channel(int fd, double idle_timeout_seconds) {
   capture_throw_traces(true);
   ::signal(SIGINT, SIG_IGN);  // Ctrl-C is the parent's to handle: it stops us
   MemoryOutput out;
+  // The block the last large frame was read into, read into again when no
+  // task kept a window into it: a fresh block of hundreds of megabytes costs
+  // a page fault per 4 KiB, several times the transfer itself. Let go of
+  // after 3 s without a request.
+  SharedBuffer block;
+  constexpr int kKeepBlockMs = 3000;
+  constexpr std::size_t kReuseBlockBytes = std::size_t{1} << 20;
   // Idle time counts from the end of the last request: a worker never leaves
   // before it has served once (its first request is already on its way).
   bool served = false;
+  auto last_served = std::chrono::steady_clock::now();
   for (;;) {
     pollfd p{fd, POLLIN, 0};
-    const int ms = idle_timeout_seconds > 0 && served
-                       ? static_cast<int>(std::clamp(std::ceil(idle_timeout_seconds * 1000), 1.0, 2147483647.0))
-                       : -1;
+    int ms = -1;
+    if (idle_timeout_seconds > 0 && served) {
+      const double left = idle_timeout_seconds * 1000 -
+                          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - last_served).count();
+      ms = static_cast<int>(std::clamp(std::ceil(left), 0.0, 2147483647.0));
+    }
+    if (block.data) ms = ms < 0 ? kKeepBlockMs : std::min(ms, kKeepBlockMs);
     const int r = ::poll(&p, 1, ms);
     if (r < 0 && errno == EINTR) continue;
     if (r == 0) {
+      const bool idle_over =
+          idle_timeout_seconds > 0 && served &&
+          std::chrono::steady_clock::now() - last_served >= std::chrono::duration<double>(idle_timeout_seconds);
+      if (!idle_over) {
+        block = {};
+        continue;
+      }
       // Idle for too long: say so (the parent resends anything it sent
       // meanwhile) and leave.
       write_frame(fd, FrameKind::idle_exit, {});
       std::fflush(nullptr);
       ::_exit(0);
     }
-    std::optional<WireFrame> frame = read_frame(fd);
-    if (!frame || frame->kind == FrameKind::exit) {
+    FrameHeader h{};
+    std::size_t size = 0;
+    SharedBuffer payload;
+    const WatchedChannel ch{fd, 0, -1};
+    bool ok = recv_frame_header(ch, h) && h.magic == kMagic;
+    if (ok) {
+      size = static_cast<std::size_t>(h.size);
+      try {
+        if (size >= kReuseBlockBytes && block.data && block.data.use_count() == 1 && block.size >= size) {
+          payload = block;
+        } else {
+          // A large block gets 1 MiB to spare: the next request of the
+          // same arrays differs by a few bytes of tasks.
+          payload = allocate_buffer(size >= kReuseBlockBytes ? size + kReuseBlockBytes : size, false);
+          if (size >= kReuseBlockBytes) block = payload;
+        }
+      } catch (const std::bad_alloc&) {
+        ok = false;
+      }
+      ok = ok && (size == 0 || recv_watched(ch, payload.data.get(), size));
+    }
+    const auto kind = static_cast<FrameKind>(h.kind);
+    if (!ok || kind == FrameKind::exit) {
       std::fflush(nullptr);
       ::_exit(0);
     }
-    if (frame->kind == FrameKind::run || frame->kind == FrameKind::init)
-      handle_request(frame->payload, out, [fd](std::span<const std::byte> head, std::span<const std::byte> body) {
-        write_frame(fd, FrameKind::reply, head, body);
-      });
-    if (frame->kind == FrameKind::ping) write_frame(fd, FrameKind::reply, {});
+    if (kind == FrameKind::run || kind == FrameKind::init)
+      handle_request(
+          std::span<const std::byte>(payload.data.get(), size), out,
+          [fd](std::span<const std::byte> head, std::span<const std::byte> body) {
+            write_frame(fd, FrameKind::reply, head, body);
+          },
+          nullptr, payload.data);
+    if (kind == FrameKind::ping) write_frame(fd, FrameKind::reply, {});
+    payload = {};
     served = true;
+    last_served = std::chrono::steady_clock::now();
   }
 }
 
@@ -510,12 +614,48 @@ std::optional<Frame> read_frame(int fd) noexcept {
   return detail::read_frame(WatchedChannel{fd, 0, -1}).frame;
 }
 
-std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap, std::size_t headroom) {
+Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headroom) {
   CodeRef entry;
   MemoryOutput structure;
   RequestSink sink(memmap ? memmap->context() : nullptr);
   if (std::exception_ptr e = batch.encode(entry, structure, &sink)) std::rethrow_exception(e);
-  return make_request(entry, std::move(sink.buffers()), structure.bytes(), headroom);
+  Request r;
+  r.bytes = make_request(entry, std::move(sink.buffers()), structure.bytes(), headroom);
+  r.buffers = std::move(sink.in_frame());
+  r.headroom = headroom;
+  return r;
+}
+
+std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap, std::size_t headroom) {
+  Request r = encode_request_parts(batch, memmap, headroom);
+  if (r.buffers.empty()) return std::move(r.bytes);
+  return r.flatten();
+}
+
+std::size_t Request::size() const noexcept {
+  std::size_t at = bytes.size() - headroom;
+  for (std::span<const std::byte> b : buffers) at = in_frame_area(at) + b.size();
+  return headroom + at;
+}
+
+std::vector<std::byte> Request::flatten() const {
+  std::vector<std::byte> out(size());
+  std::memcpy(out.data(), bytes.data(), bytes.size());
+  std::size_t at = bytes.size() - headroom;
+  for (std::span<const std::byte> b : buffers) {
+    at = in_frame_area(at);
+    if (!b.empty()) std::memcpy(out.data() + headroom + at, b.data(), b.size());
+    at += b.size();
+  }
+  return out;
+}
+
+bool write_request_frame(int fd, FrameKind kind, const Request& request) noexcept {
+  try {
+    return detail::write_request_frame(WatchedChannel{fd, 0, -1}, kind, request);
+  } catch (...) {
+    return false;
+  }
 }
 
 void complete_batch(Batch& batch, std::span<const std::byte> payload) noexcept {

@@ -57,21 +57,40 @@ struct FrameResult {
 };
 /// read_frame() that gives up once the worker has exited.
 FrameResult read_frame(const WatchedChannel& ch);
+/// Writes one frame whose payload is worker_sdk::Request `r`: its bytes,
+/// then each buffer at its 64-byte boundary, sent from where it is.
+bool write_request_frame(const WatchedChannel& ch, FrameKind kind, const worker_sdk::Request& r);
 
+/// A request payload: [u64 header size][header][structure], then, from the
+/// first 64-byte boundary after the structure, the buffers that travel in
+/// the frame (BufferDesc::where == 2, offsets from that boundary, each a
+/// multiple of 64).
 struct RequestHeader {
   CodeRef entry;
   std::vector<BufferDesc> buffers;
+  std::uint64_t structure_size = 0;
 
   template <class A>
   void serialize(A& ar) {
-    ar(entry, buffers);
+    ar(entry, buffers, structure_size);
   }
 };
+
+/// Where the in-frame buffers of a request start: the first multiple of 64
+/// at or after `bytes` (the size of [u64][header][structure]).
+constexpr std::size_t in_frame_area(std::size_t bytes) noexcept { return (bytes + 63) / 64 * 64; }
+
+/// Buffers from this size on travel in the frame, after the structure, sent
+/// from where they are (no copy); smaller ones are encoded inline.
+inline constexpr std::size_t in_frame_min_bytes = 64 * 1024;
 
 /// Reply payload: [1 byte status: 0 results, 1 error][body].
 enum class ReplyStatus : std::uint8_t { ok = 0, error = 1 };
 
-/// A BufferSink that collects BufferDescs for a request.
+/// A BufferSink that collects BufferDescs for a request: a buffer over the
+/// call's max_nbytes goes to the memmap folder; otherwise one of at least
+/// in_frame_min_bytes travels in the frame (its span is kept, not copied);
+/// smaller ones stay inline.
 class JOBLIB_EXPORT RequestSink final : public BufferSink {
  public:
   explicit RequestSink(MemmapContext* memmap) : memmap_(memmap) {}
@@ -79,10 +98,15 @@ class JOBLIB_EXPORT RequestSink final : public BufferSink {
   std::optional<std::uint64_t> put_array(std::span<const std::byte> bytes,
                                          const std::shared_ptr<const void>& owner) override;
   std::vector<BufferDesc>& buffers() noexcept { return buffers_; }
+  /// The in-frame buffers, in the order of their offsets.
+  std::vector<std::span<const std::byte>>& in_frame() noexcept { return in_frame_; }
 
  private:
+  std::optional<std::uint64_t> in_frame(std::span<const std::byte> bytes);
   MemmapContext* memmap_;
   std::vector<BufferDesc> buffers_;
+  std::vector<std::span<const std::byte>> in_frame_;
+  std::uint64_t in_frame_end_ = 0;
 };
 
 /// Encodes the request payload for a batch: header then structure.

@@ -365,9 +365,9 @@ void WorkerPool::drive(Slot* slot) {
 
 void WorkerPool::run_job(Slot* slot, const Job& job) {
   Batch& batch = *job.batch;
-  std::vector<std::byte> request;
+  Request request;
   try {
-    request = encode_request(batch, job.memmap);
+    request = encode_request_parts(batch, job.memmap);
   } catch (...) {
     batch.fail(std::current_exception());
     return;
@@ -401,7 +401,7 @@ void WorkerPool::run_job(Slot* slot, const Job& job) {
     batch.started();
     // Read even when the write failed: a worker that left idle just before
     // has said so in a frame waiting in our socket.
-    slot->worker.send(FrameKind::run, request);
+    slot->worker.send_request(FrameKind::run, request);
     Received reply = slot->worker.receive();
     if (reply.frame && reply.frame->kind == FrameKind::idle_exit) {
       // It left idle without reading our request: not a crash. Send the

@@ -242,6 +242,15 @@ bool WorkerProcess::send(FrameKind kind, std::span<const std::byte> a, std::span
   return detail::write_frame(channel_of(pid_, fd_, pidfd_), kind, a, b);
 }
 
+bool WorkerProcess::send_request(FrameKind kind, const Request& request) noexcept {
+  if (fd_ < 0) return false;
+  try {
+    return detail::write_request_frame(channel_of(pid_, fd_, pidfd_), kind, request);
+  } catch (...) {
+    return false;
+  }
+}
+
 Received WorkerProcess::receive() noexcept {
   Received out;
   if (fd_ < 0) return out;

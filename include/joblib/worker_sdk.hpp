@@ -104,15 +104,40 @@ class JOBLIB_EXPORT CallMemmap {
 
 // ---- requests and replies ----------------------------------------------------
 
-/// Encodes `batch` into the payload of a `run` frame: the portable reference
-/// of its entry point, its tasks, and its large buffers (in the memmap
-/// folder when `memmap` is given and they are over its max_nbytes, else
-/// inline). Throws what encoding throws (SerializationError for a task that
-/// cannot travel, StoreError when the memmap folder cannot be written); the
-/// batch is left to be failed by the caller.
-/// With `headroom`, the payload starts that many bytes into the vector: room
-/// for a header of the backend's own (no copy of a large request to add it).
+/// A `run` request ready to send, in pieces: `bytes` (after `headroom`
+/// bytes of the backend's own: the entry point, the tasks, the table of
+/// buffers), then each of `buffers` at its 64-byte boundary. The buffers
+/// view the batch's own arguments, so they travel without a copy: send the
+/// request before the batch is completed or failed.
+struct Request {
+  std::vector<std::byte> bytes;
+  std::vector<std::span<const std::byte>> buffers;
+  std::size_t headroom = 0;
+  /// The payload's size on the wire, headroom included.
+  JOBLIB_EXPORT std::size_t size() const noexcept;
+  /// The whole payload in one vector (copies the buffers), for channels
+  /// that send one block.
+  JOBLIB_EXPORT std::vector<std::byte> flatten() const;
+};
+
+/// Encodes `batch` into a `run` request: the portable reference of its
+/// entry point, its tasks, and its large buffers: in the memmap folder when
+/// `memmap` is given and they are over its max_nbytes; else, from 64 KiB on,
+/// in the request's `buffers` (no copy); smaller ones inline. Throws what
+/// encoding throws (SerializationError for a task that cannot travel,
+/// StoreError when the memmap folder cannot be written); the batch is left
+/// to be failed by the caller. With `headroom`, the bytes start that many
+/// bytes into the vector: room for a header of the backend's own.
+JOBLIB_EXPORT Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headroom = 0);
+
+/// encode_request_parts() in one vector (the buffers copied after the
+/// bytes): the payload of a `run` frame. Throws as encode_request_parts.
 JOBLIB_EXPORT std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap, std::size_t headroom = 0);
+
+/// Writes one frame whose payload is `request` to descriptor `fd`
+/// (blocking; each large buffer in one write, from where it is). Returns
+/// false when the peer is gone. Throws nothing.
+JOBLIB_EXPORT bool write_request_frame(int fd, FrameKind kind, const Request& request) noexcept;
 
 /// Completes `batch` from the payload of a worker's `reply` frame: with the
 /// decoded results, or with the failed task's exception (the same standard,
@@ -218,6 +243,9 @@ class JOBLIB_EXPORT WorkerProcess {
   bool exited() const noexcept;
   /// Sends one frame; false once the worker has exited.
   bool send(FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b = {}) noexcept;
+  /// Sends a request in one frame, its large buffers from where they are;
+  /// false once the worker has exited.
+  bool send_request(FrameKind kind, const Request& request) noexcept;
   /// Reads one frame; gives up when the worker exits.
   Received receive() noexcept;
   /// SIGKILL to the worker (no wait).

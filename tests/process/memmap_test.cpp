@@ -146,4 +146,78 @@ TEST_P(MemmapBackends, AMappingWrittenByTheCallerTravelsWithItsWrites) {
 
 INSTANTIATE_TEST_SUITE_P(Backends, MemmapBackends, ::testing::Values("loky", "multiprocessing"));
 
+// ---- without memmapping: large buffers travel in the request frame ----------
+
+class InFrameBackends : public ::testing::TestWithParam<const char*> {};
+
+struct Checked {
+  double big = 0, odd = 0, vec = 0, small = 0;
+  bool any_mapped = false;
+  auto operator<=>(const Checked&) const = default;
+  template <class A>
+  void serialize(A& ar) {
+    ar(big, odd, vec, small, any_mapped);
+  }
+};
+
+template <class R>
+double weighted(const R& r) {
+  double s = 0;
+  std::size_t i = 0;
+  for (auto x : r) s += double(x) * double(++i % 7);
+  return s;
+}
+
+Checked check(Array<double> big, Array<float> odd, std::vector<double> vec, Array<int> small, int i) {
+  Checked c{weighted(std::as_const(big)), weighted(std::as_const(odd)), weighted(vec), weighted(std::as_const(small)),
+            big.is_mapped() || odd.is_mapped() || small.is_mapped()};
+  big[0] += 1000 + i;  // a write stays in this task's copy: the next task of the batch sees the caller's values
+  return c;
+}
+
+TEST_P(InFrameBackends, LargeArraysAndVectorsOfAnySizeArriveIntact) {
+  // Sizes that are not multiples of 64 bytes, so that every buffer after the
+  // first needs padding to its boundary; one Array shared by every task.
+  Array<double> big = ramp(100'003);
+  Array<float> odd({70'001});
+  for (std::size_t i = 0; i < odd.size(); ++i) odd[i] = float(i % 1000) * 0.5f;
+  std::vector<double> vec(20'001);
+  for (std::size_t i = 0; i < vec.size(); ++i) vec[i] = double(i) * 0.25;
+  Array<int> small({5});
+  for (int i = 0; i < 5; ++i) small[std::size_t(i)] = i * i;
+  const Checked expected{weighted(std::as_const(big)), weighted(std::as_const(odd)), weighted(vec),
+                         weighted(std::as_const(small)), false};
+  std::vector<Checked> got = Parallel({.n_jobs = 2, .backend = GetParam(), .batch_size = 3, .max_nbytes = std::nullopt})(
+      std::views::iota(0, 12) | std::views::transform([&](int i) { return delayed(check)(big, odd, vec, small, i); }));
+  ASSERT_EQ(got.size(), 12u);
+  for (const Checked& c : got) EXPECT_EQ(c, expected);
+  EXPECT_EQ(big[0], 0.0);  // the tasks' writes never reach the caller
+}
+
+// Keeps its array for the rest of the worker's life, with the value it
+// came with; true while every array this worker kept still holds its value.
+bool kept_arrays_unchanged(Array<double> a) {
+  static std::vector<std::pair<Array<double>, double>> kept;
+  kept.emplace_back(a, std::as_const(a)[0]);
+  for (const auto& [k, v] : kept)
+    if (std::as_const(k)[0] != v || std::as_const(k)[k.size() - 1] != v) return false;
+  return true;
+}
+
+TEST_P(InFrameBackends, AnArrayATaskKeptIsNeverOverwrittenByALaterRequest) {
+  // A worker reads each large request into a block it reuses, but never
+  // while a task still holds a window into it.
+  const std::size_t n = 300'000;  // 2.4 MB: a block worth reusing
+  Parallel p({.n_jobs = 2, .backend = GetParam(), .batch_size = 1, .max_nbytes = std::nullopt});
+  for (double value : {1.0, 2.0, 3.0, 4.0}) {
+    Array<double> a({n});
+    for (std::size_t i = 0; i < n; ++i) a[i] = value;
+    std::vector<bool> got =
+        p(std::views::iota(0, 6) | std::views::transform([&](int) { return delayed(kept_arrays_unchanged)(a); }));
+    for (bool unchanged : got) EXPECT_TRUE(unchanged) << "value " << value;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, InFrameBackends, ::testing::Values("loky", "multiprocessing"));
+
 }  // namespace
