@@ -51,14 +51,14 @@ struct CallState {
 // Runs one batch in a fresh worker and completes it; never throws.
 void run_in_own_worker(joblib::Batch& batch, std::shared_ptr<CallState> call) {
   try {
-    std::vector<std::byte> request = sdk::encode_request(batch, call->memmap.get());
+    sdk::Request request = sdk::encode_request_parts(batch, call->memmap.get());  // large buffers not copied
     sdk::WorkerProcess worker = sdk::WorkerProcess::start({.start = sdk::StartMethod::spawn});
     {
       std::lock_guard lock(call->m);
       call->running.insert(worker.pid());
     }
     batch.started();  // the timeout clock of its tasks starts
-    worker.send(sdk::FrameKind::run, request);
+    worker.send_request(sdk::FrameKind::run, request);
     sdk::Received reply = worker.receive();
     const pid_t pid = worker.pid();
     {

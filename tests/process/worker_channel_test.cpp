@@ -1,9 +1,11 @@
 // The channel between the caller and its worker processes: a worker's death
 // is seen at once, whatever its children hold; a task cannot take the
 // channel over by accident; idle workers leaving are not crashes; only a
-// worker this library spawned takes over a program; and a process call made
-// inside a process task works.
+// worker this library spawned takes over a program; a process call made
+// inside a process task works; and a request flattened into one block (the
+// mpi plugin's way) carries its large buffers intact.
 #include <joblib/joblib.hpp>
+#include <joblib/worker_sdk.hpp>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -12,6 +14,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -20,8 +23,11 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <mutex>
 #include <ranges>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -177,3 +183,94 @@ TEST(WorkerGuardTest, OnlyAWorkerThisLibrarySpawnedTakesOver) {
 }
 
 }  // namespace
+
+// ---- a request in one block, relayed (as the mpi plugin's ranks do) -------------
+
+namespace relay {
+namespace sdk = joblib::worker_sdk;
+
+// Relays each batch through serve_request in this process: the request
+// flattened into one vector behind 8 bytes of the backend's own (so it
+// starts unaligned), served without a frame block, so the worker side
+// copies its in-frame buffers out.
+class RelayBackend final : public joblib::ParallelBackendBase {
+ public:
+  using ParallelBackendBase::ParallelBackendBase;
+  ~RelayBackend() override { join(); }
+  std::string name() const override { return "relay"; }
+  joblib::BackendCapabilities capabilities() const noexcept override {
+    joblib::BackendCapabilities c;
+    c.needs_encoded_tasks = true;
+    return c;
+  }
+  void submit(joblib::Batch& b) noexcept override {
+    std::lock_guard lock(m_);
+    threads_.emplace_back([&b] {
+      std::vector<std::byte> request;
+      try {
+        request = sdk::encode_request(b, nullptr, 8);
+      } catch (...) {
+        b.fail(std::current_exception());
+        return;
+      }
+      std::vector<std::byte> reply;
+      b.started();
+      sdk::serve_request(std::span<const std::byte>(request).subspan(8),
+                         [&](std::span<const std::byte> head, std::span<const std::byte> body) {
+                           reply.assign(head.begin(), head.end());
+                           reply.insert(reply.end(), body.begin(), body.end());
+                         });
+      sdk::complete_batch(b, reply);
+    });
+  }
+  void stop_call() noexcept override { join(); }
+
+ private:
+  void join() noexcept {
+    std::vector<std::thread> ts;
+    {
+      std::lock_guard lock(m_);
+      ts.swap(threads_);
+    }
+    for (std::thread& t : ts) t.join();
+  }
+  std::mutex m_;
+  std::vector<std::thread> threads_;
+};
+
+double sum_of(joblib::Array<double> a, std::vector<float> v, int i) {
+  double s = i;
+  for (double x : std::as_const(a)) s += x;
+  for (float x : v) s += x;
+  a[0] = -1;  // stays in this task's copy
+  return s;
+}
+
+}  // namespace relay
+
+TEST(RelayedRequestTest, AFlattenedRequestCarriesItsLargeBuffersIntact) {
+  // Served in a child: serve_request turns on the worker's throw traces for
+  // its whole process.
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    joblib::register_parallel_backend("relay", [](const joblib::BackendInit& i) {
+      return std::make_unique<relay::RelayBackend>(i);
+    });
+    joblib::Array<double> a({100'001});
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = double(i % 100);
+    std::vector<float> v(30'001, 0.5f);
+    double expected = 0;
+    for (double x : std::as_const(a)) expected += x;
+    for (float x : v) expected += x;
+    std::vector<double> got = Parallel({.n_jobs = 2, .backend = "relay", .batch_size = 3})(
+        std::views::iota(0, 9) | std::views::transform([&](int i) { return delayed(relay::sum_of)(a, v, i); }));
+    bool ok = got.size() == 9 && a[0] == 0.0;
+    for (int i = 0; ok && i < 9; ++i) ok = got[std::size_t(i)] == expected + i;
+    std::fflush(nullptr);
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
