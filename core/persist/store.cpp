@@ -382,15 +382,24 @@ std::unique_ptr<OpenedDump> open_plain(const fs::path& file, Fd fd, const struct
     return std::make_unique<LoadedDump>(std::move(mapping), structure, std::move(source));
   }
 
-  const SharedBuffer meta = allocate_claimed(file, "the dump's structure", meta_size);
-  const std::span<std::byte> bytes(meta.data.get(), meta.size);
+  // The structure is read whole and dropped once decoded: from the heap,
+  // whose allocator hands the next load the memory this one freed, where a
+  // fresh mapping would cost a page fault per 4 KiB (meta_size is at most
+  // the file's size, checked above).
+  std::shared_ptr<std::byte> meta;
+  try {
+    meta = std::shared_ptr<std::byte>(new std::byte[static_cast<std::size_t>(meta_size)], std::default_delete<std::byte[]>());
+  } catch (const std::bad_alloc&) {
+    out_of_memory(file, "the dump's structure", meta_size);
+  }
+  const std::span<std::byte> bytes(meta.get(), static_cast<std::size_t>(meta_size));
   if (pread_full(fd.get(), bytes, 0, file) != bytes.size())
     bad_file(file, "truncated file: it became shorter while it was read");
   Meta m = parse_meta(file, bytes, type);
   check_total(m);
   const auto structure = m.structure;
   auto source = std::make_unique<FileSource>(std::move(fd), std::move(m.table), file);
-  return std::make_unique<LoadedDump>(meta.data, structure, std::move(source));
+  return std::make_unique<LoadedDump>(std::move(meta), structure, std::move(source));
 }
 
 std::unique_ptr<OpenedDump> open_compressed(const fs::path& file, Fd fd, Method method, const std::type_info& type) {

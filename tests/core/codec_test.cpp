@@ -761,3 +761,25 @@ TEST(HashTest, HasherAccumulatesSeveralValues) {
 
 }  // namespace
 }  // namespace codec_test
+
+// A vector of non-bitwise elements is reserved for its count as far as the
+// bytes left can hold that many elements: one allocation for an honest
+// count, little for a lying one.
+TEST(CodecReserveTest, AnHonestCountIsReservedAtOnceALyingOneIsBoundedByTheData) {
+  using Item = std::pair<std::string, std::int64_t>;  // at least 8 + 8 bytes each
+  using joblib::detail::reserve_for;
+  EXPECT_EQ(reserve_for<Item>(1'000'000, 27'000'000), 1'000'000u);
+  EXPECT_EQ(reserve_for<Item>(1'000'000'000, 16'000), 1'000u);  // 16,000 bytes hold at most 1,000 items
+  EXPECT_EQ(reserve_for<std::string>(10, 0), 0u);
+  struct Opaque {
+    std::string a, b;
+  };
+  // One byte each at least: the count is bounded by the bytes left, and the
+  // reservation by about twice the data's size.
+  EXPECT_LE(reserve_for<Opaque>(1'000'000'000, 10'000'000) * sizeof(Opaque), 2 * 10'000'000 + sizeof(Opaque));
+
+  // Round trip of such a vector (decoded into the reserved vector).
+  std::vector<Item> v;
+  for (int i = 0; i < 10'000; ++i) v.emplace_back("item-" + std::to_string(i), i * 7 - 3);
+  EXPECT_EQ(codec_test::round_trip(v), v);
+}

@@ -264,8 +264,39 @@ T load_value(DecodeArchive& ar) {
 
 // ---- std::vector ------------------------------------------------------------
 // Bitwise elements: [count][buffer reference]; the data may go out of band.
-// Other elements: cereal's layout, [count][element]..., decoded with a
-// vector that grows as elements arrive (a lying count allocates nothing).
+// Other elements: cereal's layout, [count][element]..., decoded into a
+// vector reserved for the count as far as the bytes left can hold that
+// many elements (a lying count reserves at most about twice the data's size
+// and allocates nothing beyond), then grown as elements arrive.
+
+template <class T>
+inline constexpr bool is_basic_string_v = false;
+template <class C, class Tr, class A>
+inline constexpr bool is_basic_string_v<std::basic_string<C, Tr, A>> = true;
+
+/// The fewest bytes one T takes in the structure (1 when not known): bounds
+/// how many elements the bytes left can hold.
+template <class T>
+constexpr std::size_t min_encoded_size() noexcept {
+  if constexpr (std::is_arithmetic_v<T> || std::is_enum_v<T>) {
+    return sizeof(T);
+  } else if constexpr (is_basic_string_v<T>) {
+    return sizeof(std::uint64_t);  // the length
+  } else if constexpr (requires { typename T::first_type; typename T::second_type; }) {
+    return min_encoded_size<typename T::first_type>() + min_encoded_size<typename T::second_type>();
+  } else {
+    return 1;
+  }
+}
+
+/// How many elements of T to reserve for a count of `n` with `remaining`
+/// bytes of data left.
+template <class T>
+std::size_t reserve_for(std::uint64_t n, std::size_t remaining) noexcept {
+  const std::uint64_t fit = remaining / min_encoded_size<T>();
+  const std::uint64_t cap = std::max<std::uint64_t>(std::uint64_t{1} << 20, 2 * std::uint64_t(remaining)) / sizeof(T) + 1;
+  return static_cast<std::size_t>(std::min({n, fit, cap}));
+}
 
 template <class T, class A>
   requires(!std::is_same_v<T, bool>)
@@ -295,7 +326,7 @@ inline void CEREAL_LOAD_FUNCTION_NAME(DecodeArchive& ar, std::vector<T, A>& v) {
     cereal::size_type n;
     ar(cereal::make_size_tag(n));
     v.clear();
-    v.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(n, (std::uint64_t{1} << 20) / sizeof(T) + 1)));
+    v.reserve(reserve_for<T>(n, ar.remaining()));
     for (cereal::size_type i = 0; i < n; ++i) {
       if constexpr (std::is_default_constructible_v<T>) {
         v.emplace_back();
