@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstring>
 #include <ranges>
+#include <string>
 #include <vector>
 
 namespace {
@@ -46,12 +47,35 @@ void run_trivial(benchmark::State& state, const char* backend, std::optional<int
   state.counters["ns_per_task"] = benchmark::Counter(double(state.iterations()) * n,
                                                      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
+// The same call consumed as a generator, or as a list with pre_dispatch = "all".
+void run_trivial_mode(benchmark::State& state, joblib::ReturnAs mode, std::string pre_dispatch, int n) {
+  std::vector<double> warm = joblib::Parallel({.n_jobs = 2, .backend = "loky"}).map(trivial, std::views::iota(0, 10));
+  for (auto _ : state) {
+    double sum = 0;
+    for (double x : joblib::Parallel({.n_jobs = 2, .backend = "loky", .pre_dispatch = pre_dispatch, .return_as = mode})
+                        .map(trivial, std::views::iota(0, n)))
+      sum += x;
+    benchmark::DoNotOptimize(sum);
+  }
+  state.counters["ns_per_task"] = benchmark::Counter(double(state.iterations()) * n,
+                                                     benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
 void BM_AutoBatch_Loky(benchmark::State& s) { run_trivial(s, "loky", std::nullopt, 1'000'000); }
+void BM_AutoBatch_Loky_Generator(benchmark::State& s) {
+  run_trivial_mode(s, joblib::ReturnAs::generator, "2*n_jobs", 1'000'000);
+}
+void BM_AutoBatch_Loky_GeneratorUnordered(benchmark::State& s) {
+  run_trivial_mode(s, joblib::ReturnAs::generator_unordered, "2*n_jobs", 1'000'000);
+}
+void BM_AutoBatch_Loky_PreDispatchAll(benchmark::State& s) { run_trivial_mode(s, joblib::ReturnAs::list, "all", 1'000'000); }
 void BM_AutoBatch_Threading(benchmark::State& s) { run_trivial(s, "threading", std::nullopt, 1'000'000); }
 void BM_BatchSize1_Loky(benchmark::State& s) { run_trivial(s, "loky", 1, 20'000); }
 void BM_BatchSize1_Multiprocessing(benchmark::State& s) { run_trivial(s, "multiprocessing", 1, 20'000); }
 void BM_BatchSize1_Threading(benchmark::State& s) { run_trivial(s, "threading", 1, 20'000); }
 BENCHMARK(BM_AutoBatch_Loky)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AutoBatch_Loky_Generator)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AutoBatch_Loky_GeneratorUnordered)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AutoBatch_Loky_PreDispatchAll)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AutoBatch_Threading)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_BatchSize1_Loky)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_BatchSize1_Multiprocessing)->Unit(benchmark::kMillisecond)->UseRealTime();

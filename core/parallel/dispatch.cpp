@@ -96,12 +96,14 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
     sequential_ = !cfg_.backend;
     generator_ = cfg_.return_as != ReturnAs::list;
     outcomes_ = source_->gives_outcomes();
+    small_results_ = source_->small_results();
     // An input cut into index ranges (Parallel::map over an iota or a
     // vector) starts its auto batches at 1/64 of each worker's share: no
     // ramp from 1 for a million tiny tasks, and at most 1/64 of a worker's
     // work in one batch when tasks are long. Generators keep joblib's start
     // (their window bounds the tasks in flight).
-    if (!cfg_.batch_size && source_->splits() && n_tasks_ && !generator_ && !sequential_)
+    if (!cfg_.batch_size && source_->splits() && n_tasks_ && !generator_ && !sequential_ &&
+        !cfg_.caps.needs_encoded_tasks)
       auto_batch_.start_at(*n_tasks_ / (64 * std::size_t(std::max(cfg_.n_jobs, 1))));
   }
 
@@ -125,11 +127,15 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   std::unique_ptr<BatchBase> pull_batch_locked(std::size_t bs, bool& failed);
   void submit(const std::vector<BatchBase*>& batches) noexcept;
   void record_error_locked(std::size_t seq, std::exception_ptr e);
-  // Generator modes count tasks whose results the consumer has not finished
-  // with (running, done, and the batch it is iterating): that bounds memory.
-  // List mode counts batches in flight, as joblib.
+  // Generator modes whose results may be large count tasks whose results
+  // the consumer has not finished with (running, done, and the batch it is
+  // iterating): that bounds memory. Generators of small plain results count
+  // those batches instead, and list mode counts batches in flight, as
+  // joblib: auto batching then grows batches freely.
+  bool window_counts_tasks() const { return generator_ && !small_results_; }
   std::size_t in_window_locked() const {
-    return generator_ ? running_tasks_ + done_tasks_ + held_tasks_ : running_.size();
+    if (window_counts_tasks()) return running_tasks_ + done_tasks_ + held_tasks_;
+    return generator_ ? running_.size() + done_.size() + (held_tasks_ > 0 ? 1 : 0) : running_.size();
   }
   bool finished_locked() const { return exhausted_ && running_.empty(); }
   ProgressState progress_locked() const;
@@ -185,6 +191,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   std::size_t running_tasks_ = 0, done_tasks_ = 0, held_tasks_ = 0;
   AutoBatchSize auto_batch_;
   bool outcomes_ = false;                 // Parallel::outcomes()
+  bool small_results_ = false;            // Source::small_results(): a generator's window counts batches
   // Batches left running on a thread after a timeout, their tasks retried
   // (or given TimeoutError outcomes) elsewhere: dropped when they end.
   std::map<const BatchBase*, std::unique_ptr<BatchBase>> abandoned_;
@@ -343,7 +350,7 @@ std::unique_ptr<BatchBase> CallImpl::pull_batch_locked(std::size_t bs, bool& fai
 void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
   while (!stop_.load(std::memory_order_relaxed) && !exhausted_ && (window_ == 0 || in_window_locked() < window_)) {
     std::size_t bs = next_batch_size_locked();
-    if (generator_ && window_ != 0) {
+    if (window_counts_tasks() && window_ != 0) {
       // The window counts tasks. Refilling it slot by slot would keep every
       // batch at the size of the one that just completed, so auto batching
       // could never grow: wait until a whole batch fits (a batch is at most

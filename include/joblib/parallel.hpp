@@ -377,6 +377,12 @@ class RangeSource final : public Source {
 
   bool gives_outcomes() const noexcept override { return Outcomes; }
   bool splits() const noexcept override { return sliced; }
+  bool small_results() const noexcept override {
+    if constexpr (std::is_void_v<R>)
+      return true;
+    else
+      return !Outcomes && std::is_trivially_copyable_v<R> && sizeof(R) <= small_result_bytes;
+  }
 
   std::optional<std::string> portability_problem() const override {
     if constexpr (PortableTask<TaskT, R>::value)

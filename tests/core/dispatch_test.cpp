@@ -409,6 +409,40 @@ TEST(DispatchTest, AutoBatchesGrowUnderAGeneratorWindow) {
   EXPECT_LT(b, 20000u / 4);
 }
 
+TEST(DispatchTest, AGeneratorOfSmallResultsGrowsItsBatchesAsAListDoes) {
+  // Small plain results (int here): the default window of 2 * n_jobs counts
+  // batches, as in list mode and joblib, so trivial tasks are not held to
+  // batches of pre_dispatch / n_jobs = 2 tasks (10000 batches, a round trip
+  // each on a process backend).
+  for (ReturnAs mode : {ReturnAs::generator, ReturnAs::generator_unordered}) {
+    const std::size_t b = batches_of({.n_jobs = 2, .backend = "threading", .return_as = mode}, 20000);
+    EXPECT_LT(b, 1000u);
+  }
+}
+
+TEST(DispatchTest, AGeneratorOfLargeResultsKeepsItsWindowInTasksUnderAutoBatching) {
+  // Results that may be large (a std::vector): the window counts tasks held
+  // (running, finished but not taken, the batch being iterated), whatever
+  // batch size auto batching wants: memory for results stays bounded.
+  std::atomic<int> produced{0};
+  std::atomic<int> finished{0};
+  auto producer = std::views::iota(0, 5000) | std::views::transform([&](int i) {
+                    ++produced;
+                    return delayed([&finished](int x) {
+                      ++finished;
+                      return std::vector<int>(8, x);
+                    })(i);
+                  });
+  auto r = Parallel({.n_jobs = 2, .return_as = ReturnAs::generator})(producer);
+  auto it = r.begin();
+  EXPECT_EQ((*it)[0], 0);
+  EXPECT_TRUE(wait_until([&] { return finished.load() == produced.load(); }, 10s));
+  EXPECT_LE(produced.load(), 4 + 1);  // 2 * n_jobs tasks, plus the one being iterated
+  int count = 1;
+  for (++it; it != r.end(); ++it) ++count;
+  EXPECT_EQ(count, 5000);
+}
+
 TEST(DispatchTest, AllPreDispatchCutsTheInputIntoBatchesNotSingleTasks) {
   // "all" dispatches everything before any batch completes: auto batching
   // has no measure yet, and batches of one task would cost a round trip each.

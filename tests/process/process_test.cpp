@@ -206,6 +206,23 @@ class ProcessBackends : public ::testing::TestWithParam<std::string> {
   joblib::ParallelOptions opts() const { return {.n_jobs = 2, .backend = GetParam()}; }
 };
 
+// ---- tasks calling different functions in one batch ------------------------------
+
+int times_two(int x) { return 2 * x; }
+int plus_ten(int x) { return x + 10; }
+
+TEST_P(ProcessBackends, ABatchOfTasksCallingDifferentFunctionsRunsEachTasksOwn) {
+  // A batch writes a function once for the tasks in a row that call it:
+  // runs of one function and alternations both come back right.
+  auto pick = [](int i) { return (i % 3 == 0 || (i / 7) % 2 == 1) ? &times_two : &plus_ten; };
+  auto tasks = std::views::iota(0, 200) | std::views::transform([&](int i) { return delayed(pick(i))(i); });
+  joblib::ParallelOptions o = opts();
+  o.batch_size = 50;
+  const std::vector<int> got = Parallel(o)(tasks);
+  ASSERT_EQ(got.size(), 200u);
+  for (int i = 0; i < 200; ++i) EXPECT_EQ(got[std::size_t(i)], pick(i)(i)) << i;
+}
+
 // ---- errors across the boundary -----------------------------------------------
 
 TEST_P(ProcessBackends, RegisteredExceptionKeepsItsType) {

@@ -170,6 +170,10 @@ class EncodeArchive : public cereal::OutputArchive<EncodeArchive, cereal::AllowE
 
   BufferSink* sink() const noexcept { return sink_; }
   bool canonical() const noexcept { return canonical_; }
+  /// The code address last written as a portable reference (tasks of a
+  /// batch that call the same function write it once).
+  const void* last_code() const noexcept { return last_code_; }
+  void set_last_code(const void* p) noexcept { last_code_ = p; }
 
   /// Writes a reference to a contiguous buffer: out of band when the sink
   /// takes it ([1][index][size]), else inline ([0][size][bytes]).
@@ -197,6 +201,7 @@ class EncodeArchive : public cereal::OutputArchive<EncodeArchive, cereal::AllowE
   OutputStream& out_;
   BufferSink* sink_;
   bool canonical_;
+  const void* last_code_ = nullptr;
 };
 
 /// cereal input archive of the codec, reading what EncodeArchive wrote.
@@ -214,6 +219,9 @@ class DecodeArchive : public cereal::InputArchive<DecodeArchive, cereal::AllowEm
     return v;
   }
   std::size_t remaining() const noexcept { return in_.remaining(); }
+  /// The code address last read as a portable reference (see EncodeArchive::last_code).
+  void* last_code() const noexcept { return last_code_; }
+  void set_last_code(void* p) noexcept { last_code_ = p; }
 
   /// Reads a container count and refuses one that the rest of the data
   /// cannot hold.
@@ -288,6 +296,7 @@ class DecodeArchive : public cereal::InputArchive<DecodeArchive, cereal::AllowEm
  private:
   InputStream& in_;
   BufferSource* source_;
+  void* last_code_ = nullptr;
 };
 
 }  // namespace detail

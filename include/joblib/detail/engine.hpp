@@ -97,7 +97,14 @@ class JOBLIB_EXPORT Source {
   /// True when batches are index ranges that cost nothing to cut, whatever
   /// their size (SliceTasks).
   virtual bool splits() const noexcept { return false; }
+  /// True when each result is a small plain value (a number, a small
+  /// struct of them: trivially copyable, at most small_result_bytes), so
+  /// that results held for a generator's consumer cost little memory.
+  virtual bool small_results() const noexcept { return false; }
 };
+
+/// The largest result Source::small_results() calls small.
+inline constexpr std::size_t small_result_bytes = 64;
 
 /// One running Parallel call.
 class JOBLIB_EXPORT Call {

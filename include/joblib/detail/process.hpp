@@ -120,10 +120,19 @@ struct PortableTask<Delayed<F, Args...>, R>
   }
 };
 
+// A function pointer travels as a portable reference ([0][CodeRef]), or as
+// [1] when it is the one the archive wrote last: the tasks of a batch
+// mostly call one function, which is then looked up once per batch.
 template <class F>
 void save_callable(EncodeArchive& ar, const F& f) {
   if constexpr (std::is_pointer_v<F>) {
-    ar(code_ref(reinterpret_cast<const void*>(f)));
+    const void* p = reinterpret_cast<const void*>(f);
+    const std::uint8_t same = p != nullptr && p == ar.last_code() ? 1 : 0;
+    ar(same);
+    if (!same) {
+      ar(code_ref(p));
+      ar.set_last_code(p);
+    }
   } else if constexpr (!std::is_empty_v<F>) {
     ar(f);
   }
@@ -132,9 +141,18 @@ void save_callable(EncodeArchive& ar, const F& f) {
 template <class F>
 F load_callable(DecodeArchive& ar) {
   if constexpr (std::is_pointer_v<F>) {
+    std::uint8_t same = 0;
+    ar(same);
+    if (same == 1) {
+      if (!ar.last_code()) throw_decode_error("a task repeats a function before any was sent");
+      return reinterpret_cast<F>(ar.last_code());
+    }
+    if (same != 0) throw_decode_error("a function reference has a bad tag");
     CodeRef ref;
     ar(ref);
-    return reinterpret_cast<F>(resolve_code(ref));
+    void* p = resolve_code(ref);
+    ar.set_last_code(p);
+    return reinterpret_cast<F>(p);
   } else if constexpr (std::is_empty_v<F>) {
     return F{};
   } else {
