@@ -52,6 +52,12 @@ void spin_until_changed(const std::atomic<std::uint64_t>& value, std::uint64_t s
 
 std::string task_count(std::size_t n) { return fmt::format("{} task{}", n, n == 1 ? "" : "s"); }
 
+// ", on <where>" for a batch whose backend said where it runs, else "".
+std::string where(const BatchBase& b) {
+  std::string w = b.location();
+  return w.empty() ? w : ", on " + w;
+}
+
 // The longest the caller sleeps without looking at a stop_token: a stop
 // request is seen within this (std::stop_callback cannot take the call's
 // lock: it may run in a progress callback that holds it).
@@ -439,8 +445,8 @@ bool CallImpl::retry_locked(BatchBase& b) {
   if (b.timed_out_) {
     // Its worker was killed after the timeout (ParallelOptions::retries, outcomes).
     b.error_ = std::make_exception_ptr(TimeoutError(
-        fmt::format("a task ran longer than the timeout of {} s (timed as a batch of {} starting at task {})",
-                    cfg_.timeout.value_or(0), task_count(b.size_), b.first_index_)));
+        fmt::format("a task ran longer than the timeout of {} s (timed as a batch of {} starting at task {}{})",
+                    cfg_.timeout.value_or(0), task_count(b.size_), b.first_index_, where(b))));
   }
   if (stop_.load() || closed_) return false;
   // A worker that died: reported by the backend, or by a relay in a task's
@@ -745,9 +751,9 @@ void CallImpl::time_out_locked(Lock& lk, const BatchBase& b, bool waiting) {
       waiting ? fmt::format("a batch of {} starting at task {} waited longer than the timeout of {} s for a "
                             "worker, and no batch of the call completed meanwhile",
                             task_count(b.size_), b.first_index_, *cfg_.timeout)
-              : fmt::format("a task ran longer than the timeout of {} s ({} batch of {} starting at task {})",
+              : fmt::format("a task ran longer than the timeout of {} s ({} batch of {} starting at task {}{})",
                             *cfg_.timeout, b.clock_each_task_ && !cfg_.caps.needs_encoded_tasks ? "in a" : "timed as a",
-                            task_count(b.size_), b.first_index_);
+                            task_count(b.size_), b.first_index_, where(b));
   if (!waiting && b.attempts_ > 1)
     timeout_message_ += fmt::format("\nThe batch was tried {} times (retries = {}).", b.attempts_, cfg_.retries);
   record_error_locked(0, std::make_exception_ptr(TimeoutError(timeout_message_)));
@@ -919,6 +925,14 @@ std::exception_ptr BatchBase::encode(CodeRef& entry, OutputStream& out, BufferSi
 }
 
 void BatchBase::started() noexcept { started_ns_.store(now_ns(), std::memory_order_relaxed); }
+void BatchBase::set_location(std::string where) noexcept {
+  std::lock_guard lock(location_m_);
+  location_.swap(where);
+}
+std::string BatchBase::location() const {
+  std::lock_guard lock(location_m_);
+  return location_;
+}
 void BatchBase::restart_clock() noexcept { started_ns_.store(now_ns(), std::memory_order_relaxed); }
 
 void BatchBase::complete(std::span<const std::byte> results, BufferSource* source) noexcept {

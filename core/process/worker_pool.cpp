@@ -398,6 +398,7 @@ void WorkerPool::run_job(Slot* slot, const Job& job) {
       std::lock_guard lock(m_);
       slot->memory_limit = job.memory_limit;  // the watcher looks from now on
     }
+    batch.set_location(fmt::format("worker process {}", pid));
     batch.started();
     // Read even when the write failed: a worker that left idle just before
     // has said so in a frame waiting in our socket.

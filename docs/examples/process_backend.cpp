@@ -57,6 +57,7 @@ void run_in_own_worker(joblib::Batch& batch, std::shared_ptr<CallState> call) {
       std::lock_guard lock(call->m);
       call->running.insert(worker.pid());
     }
+    batch.set_location("worker process " + std::to_string(worker.pid()));  // named by a TimeoutError
     batch.started();  // the timeout clock of its tasks starts
     worker.send_request(sdk::FrameKind::run, request);
     sdk::Received reply = worker.receive();

@@ -84,6 +84,10 @@ class JOBLIB_EXPORT Batch {
   virtual std::size_t first_task_index() const noexcept = 0;
   /// The function of task `index` of the batch, for messages ("" if unknown).
   virtual std::string task_function_name(std::size_t index) const noexcept = 0;
+  /// Out-of-process backends: where the batch runs from now on ("worker
+  /// process 1234", "MPI rank 2, host node7"), named in the TimeoutError of
+  /// a batch that runs over the timeout. Call it before started().
+  virtual void set_location(std::string where) noexcept = 0;
 
  protected:
   Batch() = default;

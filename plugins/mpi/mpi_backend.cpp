@@ -541,6 +541,7 @@ class Engine {
         const RunLimits limits{job.max_tasks, job.memory_limit, job.batch->size()};
         std::memcpy(request.data(), &seq, sizeof seq);  // in the headroom encode_request left
         std::memcpy(request.data() + sizeof seq, &limits, sizeof limits);
+        job.batch->set_location("MPI rank " + std::to_string(rank->rank) + ", host " + rank->host);
         job.batch->started();
         send_message(rank->rank, kRun, request);
         sent = true;

@@ -45,6 +45,11 @@ std::string where(int) {
   return std::string(host) + " netns " + (n > 0 ? std::string(ns, static_cast<std::size_t>(n)) : "?") + " rank " +
          std::to_string(rank_of(0));
 }
+std::string host_name_of_this_machine() {
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  return host;
+}
 // Runs until its call is stopped (20 s at most).
 int hang_until_stopped(int x) {
   for (int i = 0; i < 20000 && !joblib::stop_requested(); ++i) ::usleep(1000);
@@ -113,6 +118,9 @@ int run(int argc, char** argv) {
       expect(false, "a TimeoutError");
     } catch (const joblib::TimeoutError& e) {
       expect(std::string(e.what()).find("timeout of 0.5 s") != std::string::npos, e.what());
+      expect(std::string(e.what()).find(", on MPI rank ") != std::string::npos &&
+                 std::string(e.what()).find(", host " + host_name_of_this_machine()) != std::string::npos,
+             std::string("the rank and its host named: ") + e.what());
     }
     // The stopped task freed its rank: a later call runs on every worker rank.
     std::vector<int> ranks =

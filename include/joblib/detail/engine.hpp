@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -33,6 +34,9 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   std::size_t first_task_index() const noexcept final { return first_index_; }
   std::string task_function_name(std::size_t index) const noexcept final;
   void started() noexcept final;
+  void set_location(std::string where) noexcept final;
+  /// What set_location() last said ("" when the backend said nothing).
+  std::string location() const;
 
   /// Runs the tasks in order until one throws or the call stops; records
   /// completed_, error_ and error_offset_.
@@ -74,6 +78,8 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   bool timed_out_ = false;                   // cancelled after running over the timeout (retries)
   bool abandoned_ = false;                   // left running on a thread after a timeout; its outcome is dropped
   std::unique_ptr<BatchBase> spare_;         // copies of the tasks (thread backends, timeout and retries)
+  mutable std::mutex location_m_;            // set_location() runs on the backend's thread
+  std::string location_;
 
   /// Restarts the timeout clock (called before each task when a timeout is set).
   void restart_clock() noexcept;
