@@ -606,6 +606,15 @@ void serve_request(
   handle_request(request, out, reply, stop);
 }
 
+void serve_request(
+    std::span<const std::byte> request,
+    const std::function<void(std::span<const std::byte>, std::span<const std::byte>)>& reply,
+    const std::atomic<bool>* stop, std::shared_ptr<std::byte> block) noexcept {
+  capture_throw_traces(true);
+  static thread_local MemoryOutput out;
+  handle_request(request, out, reply, stop, block);
+}
+
 bool write_frame(int fd, FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b) noexcept {
   return detail::write_frame(WatchedChannel{fd, 0, -1}, kind, a, b);
 }

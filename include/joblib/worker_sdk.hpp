@@ -178,6 +178,14 @@ JOBLIB_EXPORT void serve_request(
     std::span<const std::byte> request,
     const std::function<void(std::span<const std::byte> head, std::span<const std::byte> body)>& reply,
     const std::atomic<bool>* stop = nullptr) noexcept;
+/// serve_request() for a request that lies in `block`, a buffer the caller
+/// shares (allocated with joblib::detail::allocate_buffer, say): a large
+/// buffer that travelled in the request, 64-byte aligned there, becomes a
+/// window into `block` for its task instead of a copy. Throws nothing.
+JOBLIB_EXPORT void serve_request(
+    std::span<const std::byte> request,
+    const std::function<void(std::span<const std::byte> head, std::span<const std::byte> body)>& reply,
+    const std::atomic<bool>* stop, std::shared_ptr<std::byte> block) noexcept;
 
 /// Worker side: serves frames on descriptor `fd` until an `exit` frame or
 /// end of file, then ends the process; after `idle_timeout_seconds` (> 0)

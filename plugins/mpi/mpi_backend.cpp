@@ -5,6 +5,7 @@
 // before main runs, and lets rank 0 run main. In rank 0 one communication
 // thread owns every MPI call of the backend: it hands batches to idle ranks
 // and completes them from their replies. See docs/mpi.md.
+#include <joblib/array.hpp>
 #include <joblib/backend.hpp>
 #include <joblib/config.hpp>
 #include <joblib/errors.hpp>
@@ -57,6 +58,39 @@ void send_message(int dest, int tag, std::span<const std::byte> bytes) {
   for (std::size_t off = 0; off < n; off += kChunk)
     MPI_Send(bytes.data() + off, static_cast<int>(std::min(kChunk, n - off)), MPI_BYTE, dest, tag | kBig,
              MPI_COMM_WORLD);
+}
+
+// Sends `r` (its headroom filled) as one message without copying its
+// buffers: a datatype over its pieces; over kChunk, flattened and chunked.
+void send_request(int dest, int tag, const sdk::Request& r) {
+  const std::size_t total = r.size();
+  if (r.buffers.empty() || total > kChunk) {
+    if (r.buffers.empty()) return send_message(dest, tag, r.bytes);
+    return send_message(dest, tag, r.flatten());
+  }
+  static constexpr std::byte zeros[64] = {};
+  std::vector<int> lengths;
+  std::vector<MPI_Aint> places;
+  auto piece = [&](const void* p, std::size_t n) {
+    if (n == 0) return;
+    MPI_Aint a;
+    MPI_Get_address(p, &a);
+    lengths.push_back(static_cast<int>(n));
+    places.push_back(a);
+  };
+  piece(r.bytes.data(), r.bytes.size());
+  std::size_t at = r.bytes.size() - r.headroom;  // from the request's start
+  for (std::span<const std::byte> b : r.buffers) {
+    const std::size_t pad = (at + 63) / 64 * 64 - at;
+    piece(zeros, pad);
+    piece(b.data(), b.size());
+    at += pad + b.size();
+  }
+  MPI_Datatype type;
+  MPI_Type_create_hindexed(static_cast<int>(lengths.size()), lengths.data(), places.data(), MPI_BYTE, &type);
+  MPI_Type_commit(&type);
+  MPI_Send(MPI_BOTTOM, 1, type, dest, tag, MPI_COMM_WORLD);
+  MPI_Type_free(&type);
 }
 
 // Receives the message that `st` (from a probe) announces.
@@ -214,26 +248,61 @@ void reply_to_rank0(std::span<const std::byte> head, std::span<const std::byte> 
   send_message(0, kReply, reply);
 }
 
+// A message received into a block: its bytes start `lead` bytes before a
+// 64-byte boundary, so that a request after a header of `lead` bytes is
+// aligned and its large buffers can be windows into the block. The block
+// is read into again once no task holds a window into it.
+struct RankMessage {
+  std::shared_ptr<std::byte> block;
+  std::span<const std::byte> bytes;
+};
+RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, joblib::detail::SharedBuffer& keep) {
+  int count = 0;
+  MPI_Get_count(&st, MPI_BYTE, &count);
+  std::size_t n = static_cast<std::size_t>(count);
+  const bool big = st.MPI_TAG & kBig;
+  if (big) MPI_Recv(&n, sizeof(std::uint64_t), MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  const std::size_t pad = (64 - lead % 64) % 64;
+  joblib::detail::SharedBuffer block;
+  if (keep.data && keep.data.use_count() == 1 && keep.size >= pad + n) {
+    block = keep;
+  } else {
+    block = joblib::detail::allocate_buffer(pad + n + (std::size_t{1} << 20), false);
+    if (n >= (std::size_t{1} << 20)) keep = block;
+  }
+  std::byte* p = block.data.get() + pad;
+  if (!big) {
+    MPI_Recv(p, count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  } else {
+    for (std::size_t off = 0; off < n; off += kChunk)
+      MPI_Recv(p + off, static_cast<int>(std::min<std::size_t>(kChunk, n - off)), MPI_BYTE, st.MPI_SOURCE,
+               st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  }
+  return {block.data, {p, n}};
+}
+
 [[noreturn]] void serve_rank() {
   int provided = 0;
   MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
   std::thread(watch_cancels).detach();
   std::thread(watch_child).detach();
+  joblib::detail::SharedBuffer keep;  // the last large message's block
   for (;;) {
     MPI_Status st;
-    std::vector<std::byte> msg;
+    RankMessage received;
     for (int i = 0;; ++i) {
       {
         std::lock_guard lock(g_mpi);
         int flag = 0;
         MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &st);
         if (flag) {
-          msg = receive_message(st);
+          received = receive_into_block(st, sizeof(std::uint64_t) + sizeof(RunLimits), keep);
           break;
         }
       }
       if (i > 2000) std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, (i - 2000) * 5)));
     }
+    const std::span<const std::byte> msg = received.bytes;
     const int tag = st.MPI_TAG & ~kBig;
     if (tag == kExit) {
       int status = 0;
@@ -253,7 +322,7 @@ void reply_to_rank0(std::span<const std::byte> head, std::span<const std::byte> 
       std::memcpy(&seq, msg.data(), sizeof seq);
       g_stop = false;
       g_running_seq = seq;
-      const auto init = std::span<const std::byte>(msg).subspan(sizeof seq);
+      const auto init = msg.subspan(sizeof seq);
       g_last_init.assign(init.begin(), init.end());  // a child started later runs it too
       if (g_child.running) {  // the child ran another initializer: a fresh one runs this one
         g_child.worker.stop();
@@ -267,9 +336,9 @@ void reply_to_rank0(std::span<const std::byte> head, std::span<const std::byte> 
       std::memcpy(&limits, msg.data() + sizeof seq, sizeof limits);
       g_stop = false;
       g_running_seq = seq;
-      const auto request = std::span<const std::byte>(msg).subspan(sizeof seq + sizeof limits);
+      const auto request = msg.subspan(sizeof seq + sizeof limits);
       if (limits.max_tasks == 0 && limits.memory_limit == 0) {
-        sdk::serve_request(request, reply_to_rank0, &g_stop);
+        sdk::serve_request(request, reply_to_rank0, &g_stop, received.block);
       } else {
         const std::vector<std::byte> reply = run_in_child(request, limits);
         reply_to_rank0(reply, {});
@@ -535,15 +604,15 @@ class Engine {
           if (std::exception_ptr failed_init = sdk::initializer_outcome(reply)) std::rethrow_exception(failed_init);
           rank->initializer_done = job.initializer;
         }
-        std::vector<std::byte> request = sdk::encode_request(*job.batch, rank->same_host ? job.memmap : nullptr,
-                                                             sizeof(std::uint64_t) + sizeof(RunLimits));
+        sdk::Request request = sdk::encode_request_parts(*job.batch, rank->same_host ? job.memmap : nullptr,
+                                                         sizeof(std::uint64_t) + sizeof(RunLimits));
         const std::uint64_t seq = ++next_seq_;
         const RunLimits limits{job.max_tasks, job.memory_limit, job.batch->size()};
-        std::memcpy(request.data(), &seq, sizeof seq);  // in the headroom encode_request left
-        std::memcpy(request.data() + sizeof seq, &limits, sizeof limits);
+        std::memcpy(request.bytes.data(), &seq, sizeof seq);  // in the headroom encode_request_parts left
+        std::memcpy(request.bytes.data() + sizeof seq, &limits, sizeof limits);
         job.batch->set_location("MPI rank " + std::to_string(rank->rank) + ", host " + rank->host);
         job.batch->started();
-        send_message(rank->rank, kRun, request);
+        send_request(rank->rank, kRun, request);
         sent = true;
       } catch (...) {
         {

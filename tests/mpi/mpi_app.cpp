@@ -13,12 +13,14 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <ranges>
 #include <set>
 #include <stop_token>
 #include <thread>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -87,6 +89,24 @@ int use_memory(int mb) {
   ::usleep(100000);
   return mb;
 }
+// A checksum of its arrays; writes into its copy, which no other task sees.
+double array_sum(joblib::Array<double> a, std::vector<float> v, int k) {
+  double s = k;
+  for (double x : std::as_const(a)) s += x;
+  for (float x : v) s += x;
+  a[0] = -1000;
+  return s;
+}
+// Keeps its array for the rest of the rank's life; true while every kept
+// array still holds the value it came with (a rank reads requests into a
+// block it reuses, never while a task holds a window into it).
+bool kept_arrays_unchanged(joblib::Array<double> a) {
+  static std::vector<std::pair<joblib::Array<double>, double>> kept;
+  kept.emplace_back(a, std::as_const(a)[0]);
+  for (const auto& [k, v] : kept)
+    if (std::as_const(k)[0] != v || std::as_const(k)[k.size() - 1] != v) return false;
+  return true;
+}
 }  // namespace
 
 int run(int argc, char** argv) {
@@ -103,6 +123,27 @@ int run(int argc, char** argv) {
       expect(false, "the task's exception reaches rank 0");
     } catch (const std::invalid_argument& e) {
       expect(std::string(e.what()) == "bad input: 3", std::string("message: ") + e.what());
+    }
+    // Large arrays without memmapping travel in the request and come back right.
+    joblib::Array<double> a({300'001});
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = double(i % 10);
+    std::vector<float> v(40'001, 0.5f);
+    double expected = 0;
+    for (double x : std::as_const(a)) expected += x;
+    for (float x : v) expected += x;
+    for (auto nbytes : {std::optional<std::string>(), std::optional<std::string>("1M")}) {
+      std::vector<double> sums = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 3, .max_nbytes = nbytes})(
+          std::views::iota(0, 9) | std::views::transform([&](int k) { return joblib::delayed(array_sum)(a, v, k); }));
+      for (int k = 0; k < 9; ++k) expect(sums[std::size_t(k)] == expected + k, "array checksum");
+      expect(std::as_const(a)[0] == 0.0, "a task's write stays in its copy");
+    }
+    for (double value : {1.0, 2.0, 3.0}) {
+      joblib::Array<double> b({300'000});
+      for (std::size_t i = 0; i < b.size(); ++i) b[i] = value;
+      std::vector<bool> unchanged = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1,
+                                                      .max_nbytes = std::nullopt})(
+          std::views::iota(0, 4) | std::views::transform([&](int) { return joblib::delayed(kept_arrays_unchanged)(b); }));
+      for (bool u : unchanged) expect(u, "an array a task kept is never overwritten");
     }
     std::printf("ranks used:");
     for (int r : used) std::printf(" %d", r);
