@@ -125,7 +125,6 @@ bool send_watched(const WatchedChannel& ch, const void* p, std::size_t n) {
 bool recv_watched(const WatchedChannel& ch, void* p, std::size_t n) {
   return transfer(ch, static_cast<char*>(p), n, false);
 }
-bool recv_frame_header(const WatchedChannel& ch, FrameHeader& h) { return recv_watched(ch, &h, sizeof h); }
 }  // namespace
 
 bool write_frame(const WatchedChannel& ch, FrameKind kind, std::span<const std::byte> a,
@@ -141,15 +140,13 @@ bool write_frame_raw(const WatchedChannel& ch, std::string_view bytes) {
 }
 
 bool write_request_frame(const WatchedChannel& ch, FrameKind kind, const worker_sdk::Request& r) {
-  static constexpr std::byte zeros[64] = {};
-  FrameHeader h{kMagic, static_cast<std::uint32_t>(kind), r.size()};
-  if (!send_watched(ch, &h, sizeof h) || !send_watched(ch, r.bytes.data(), r.bytes.size())) return false;
-  std::size_t at = r.bytes.size() - r.headroom;  // from the request's start
-  for (std::span<const std::byte> b : r.buffers) {
-    const std::size_t pad = in_frame_area(at) - at;
-    if (!send_watched(ch, zeros, pad) || !send_watched(ch, b.data(), b.size())) return false;
-    at += pad + b.size();
-  }
+  const std::vector<std::span<const std::byte>> pieces = r.pieces();
+  std::uint64_t size = 0;
+  for (std::span<const std::byte> p : pieces) size += p.size();
+  FrameHeader h{kMagic, static_cast<std::uint32_t>(kind), size};
+  if (!send_watched(ch, &h, sizeof h)) return false;
+  for (std::span<const std::byte> p : pieces)
+    if (!send_watched(ch, p.data(), p.size())) return false;
   return true;
 }
 
@@ -521,13 +518,10 @@ void serve_channel(int fd, double idle_timeout_seconds) {
   capture_throw_traces(true);
   ::signal(SIGINT, SIG_IGN);  // Ctrl-C is the parent's to handle: it stops us
   MemoryOutput out;
-  // The block the last large frame was read into, read into again when no
-  // task kept a window into it: a fresh block of hundreds of megabytes costs
-  // a page fault per 4 KiB, several times the transfer itself. Let go of
-  // after 3 s without a request.
-  SharedBuffer block;
+  // Large frames are read into a block reused while no task holds a window
+  // into it, let go of after 3 s without a request.
+  ReceiveBlock block;
   constexpr int kKeepBlockMs = 3000;
-  constexpr std::size_t kReuseBlockBytes = std::size_t{1} << 20;
   // Idle time counts from the end of the last request: a worker never leaves
   // before it has served once (its first request is already on its way).
   bool served = false;
@@ -540,7 +534,7 @@ void serve_channel(int fd, double idle_timeout_seconds) {
                           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - last_served).count();
       ms = static_cast<int>(std::clamp(std::ceil(left), 0.0, 2147483647.0));
     }
-    if (block.data) ms = ms < 0 ? kKeepBlockMs : std::min(ms, kKeepBlockMs);
+    if (block.holds()) ms = ms < 0 ? kKeepBlockMs : std::min(ms, kKeepBlockMs);
     const int r = ::poll(&p, 1, ms);
     if (r < 0 && errno == EINTR) continue;
     if (r == 0) {
@@ -548,7 +542,7 @@ void serve_channel(int fd, double idle_timeout_seconds) {
           idle_timeout_seconds > 0 && served &&
           std::chrono::steady_clock::now() - last_served >= std::chrono::duration<double>(idle_timeout_seconds);
       if (!idle_over) {
-        block = {};
+        block.release();
         continue;
       }
       // Idle for too long: say so (the parent resends anything it sent
@@ -559,24 +553,17 @@ void serve_channel(int fd, double idle_timeout_seconds) {
     }
     FrameHeader h{};
     std::size_t size = 0;
-    SharedBuffer payload;
+    std::shared_ptr<std::byte> payload;
     const WatchedChannel ch{fd, 0, -1};
-    bool ok = recv_frame_header(ch, h) && h.magic == kMagic;
+    bool ok = recv_watched(ch, &h, sizeof h) && h.magic == kMagic;
     if (ok) {
       size = static_cast<std::size_t>(h.size);
       try {
-        if (size >= kReuseBlockBytes && block.data && block.data.use_count() == 1 && block.size >= size) {
-          payload = block;
-        } else {
-          // A large block gets 1 MiB to spare: the next request of the
-          // same arrays differs by a few bytes of tasks.
-          payload = allocate_buffer(size >= kReuseBlockBytes ? size + kReuseBlockBytes : size, false);
-          if (size >= kReuseBlockBytes) block = payload;
-        }
+        payload = block.get(size);
       } catch (const std::bad_alloc&) {
         ok = false;
       }
-      ok = ok && (size == 0 || recv_watched(ch, payload.data.get(), size));
+      ok = ok && (size == 0 || recv_watched(ch, payload.get(), size));
     }
     const auto kind = static_cast<FrameKind>(h.kind);
     if (!ok || kind == FrameKind::exit) {
@@ -585,13 +572,13 @@ void serve_channel(int fd, double idle_timeout_seconds) {
     }
     if (kind == FrameKind::run || kind == FrameKind::init)
       handle_request(
-          std::span<const std::byte>(payload.data.get(), size), out,
+          std::span<const std::byte>(payload.get(), size), out,
           [fd](std::span<const std::byte> head, std::span<const std::byte> body) {
             write_frame(fd, FrameKind::reply, head, body);
           },
-          nullptr, payload.data);
+          nullptr, payload);
     if (kind == FrameKind::ping) write_frame(fd, FrameKind::reply, {});
-    payload = {};
+    payload.reset();
     served = true;
     last_served = std::chrono::steady_clock::now();
   }
@@ -601,9 +588,7 @@ void serve_request(
     std::span<const std::byte> request,
     const std::function<void(std::span<const std::byte>, std::span<const std::byte>)>& reply,
     const std::atomic<bool>* stop) noexcept {
-  capture_throw_traces(true);
-  static thread_local MemoryOutput out;
-  handle_request(request, out, reply, stop);
+  serve_request(request, reply, stop, nullptr);
 }
 
 void serve_request(
@@ -641,6 +626,19 @@ std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap, std::siz
   return r.flatten();
 }
 
+std::vector<std::span<const std::byte>> Request::pieces() const {
+  static constexpr std::byte zeros[64] = {};
+  std::vector<std::span<const std::byte>> out{bytes};
+  std::size_t at = bytes.size() - headroom;  // from the request's start
+  for (std::span<const std::byte> b : buffers) {
+    const std::size_t pad = in_frame_area(at) - at;
+    if (pad) out.emplace_back(zeros, pad);
+    out.push_back(b);
+    at += pad + b.size();
+  }
+  return out;
+}
+
 std::size_t Request::size() const noexcept {
   std::size_t at = bytes.size() - headroom;
   for (std::span<const std::byte> b : buffers) at = in_frame_area(at) + b.size();
@@ -648,15 +646,23 @@ std::size_t Request::size() const noexcept {
 }
 
 std::vector<std::byte> Request::flatten() const {
-  std::vector<std::byte> out(size());
-  std::memcpy(out.data(), bytes.data(), bytes.size());
-  std::size_t at = bytes.size() - headroom;
-  for (std::span<const std::byte> b : buffers) {
-    at = in_frame_area(at);
-    if (!b.empty()) std::memcpy(out.data() + headroom + at, b.data(), b.size());
-    at += b.size();
-  }
+  std::vector<std::byte> out;
+  out.reserve(size());
+  for (std::span<const std::byte> p : pieces()) out.insert(out.end(), p.begin(), p.end());
   return out;
+}
+
+std::shared_ptr<std::byte> ReceiveBlock::get(std::size_t n) {
+  constexpr std::size_t kReuseBytes = std::size_t{1} << 20;
+  if (n >= kReuseBytes && kept_ && kept_.use_count() == 1 && size_ >= n) return kept_;
+  // A large block gets 1 MiB to spare: the next request of the same arrays
+  // differs by a few bytes of tasks.
+  SharedBuffer b = allocate_buffer(n >= kReuseBytes ? n + kReuseBytes : n, false);
+  if (n >= kReuseBytes) {
+    kept_ = b.data;
+    size_ = b.size;
+  }
+  return b.data;
 }
 
 bool write_request_frame(int fd, FrameKind kind, const Request& request) noexcept {

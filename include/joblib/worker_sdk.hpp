@@ -113,11 +113,33 @@ struct Request {
   std::vector<std::byte> bytes;
   std::vector<std::span<const std::byte>> buffers;
   std::size_t headroom = 0;
+  /// The payload in wire order: `bytes`, then for each buffer the zeros
+  /// that pad it to its 64-byte boundary and the buffer itself. What a
+  /// channel that gathers (writev, an MPI datatype) sends as it is.
+  JOBLIB_EXPORT std::vector<std::span<const std::byte>> pieces() const;
   /// The payload's size on the wire, headroom included.
   JOBLIB_EXPORT std::size_t size() const noexcept;
   /// The whole payload in one vector (copies the buffers), for channels
   /// that send one block.
   JOBLIB_EXPORT std::vector<std::byte> flatten() const;
+};
+
+/// Worker side: memory to read large messages into, reused from one
+/// message to the next while no task holds a window into it (a fresh block
+/// of hundreds of megabytes costs a page fault per 4 KiB). Not thread-safe.
+class JOBLIB_EXPORT ReceiveBlock {
+ public:
+  /// At least `n` bytes, 64-byte aligned: the kept block when nothing else
+  /// holds it and it is large enough, else a new one (kept from 1 MiB on,
+  /// with 1 MiB to spare). Throws std::bad_alloc.
+  std::shared_ptr<std::byte> get(std::size_t n);
+  /// Lets go of the kept block (a worker idle for a while).
+  void release() noexcept { kept_.reset(); }
+  bool holds() const noexcept { return kept_ != nullptr; }
+
+ private:
+  std::shared_ptr<std::byte> kept_;
+  std::size_t size_ = 0;
 };
 
 /// Encodes `batch` into a `run` request: the portable reference of its

@@ -5,7 +5,6 @@
 // before main runs, and lets rank 0 run main. In rank 0 one communication
 // thread owns every MPI call of the backend: it hands batches to idle ranks
 // and completes them from their replies. See docs/mpi.md.
-#include <joblib/array.hpp>
 #include <joblib/backend.hpp>
 #include <joblib/config.hpp>
 #include <joblib/errors.hpp>
@@ -68,23 +67,13 @@ void send_request(int dest, int tag, const sdk::Request& r) {
     if (r.buffers.empty()) return send_message(dest, tag, r.bytes);
     return send_message(dest, tag, r.flatten());
   }
-  static constexpr std::byte zeros[64] = {};
   std::vector<int> lengths;
   std::vector<MPI_Aint> places;
-  auto piece = [&](const void* p, std::size_t n) {
-    if (n == 0) return;
+  for (std::span<const std::byte> p : r.pieces()) {
     MPI_Aint a;
-    MPI_Get_address(p, &a);
-    lengths.push_back(static_cast<int>(n));
+    MPI_Get_address(p.data(), &a);
+    lengths.push_back(static_cast<int>(p.size()));
     places.push_back(a);
-  };
-  piece(r.bytes.data(), r.bytes.size());
-  std::size_t at = r.bytes.size() - r.headroom;  // from the request's start
-  for (std::span<const std::byte> b : r.buffers) {
-    const std::size_t pad = (at + 63) / 64 * 64 - at;
-    piece(zeros, pad);
-    piece(b.data(), b.size());
-    at += pad + b.size();
   }
   MPI_Datatype type;
   MPI_Type_create_hindexed(static_cast<int>(lengths.size()), lengths.data(), places.data(), MPI_BYTE, &type);
@@ -256,21 +245,15 @@ struct RankMessage {
   std::shared_ptr<std::byte> block;
   std::span<const std::byte> bytes;
 };
-RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, joblib::detail::SharedBuffer& keep) {
+RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::ReceiveBlock& block) {
   int count = 0;
   MPI_Get_count(&st, MPI_BYTE, &count);
   std::size_t n = static_cast<std::size_t>(count);
   const bool big = st.MPI_TAG & kBig;
   if (big) MPI_Recv(&n, sizeof(std::uint64_t), MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
   const std::size_t pad = (64 - lead % 64) % 64;
-  joblib::detail::SharedBuffer block;
-  if (keep.data && keep.data.use_count() == 1 && keep.size >= pad + n) {
-    block = keep;
-  } else {
-    block = joblib::detail::allocate_buffer(pad + n + (std::size_t{1} << 20), false);
-    if (n >= (std::size_t{1} << 20)) keep = block;
-  }
-  std::byte* p = block.data.get() + pad;
+  std::shared_ptr<std::byte> held = block.get(pad + n);
+  std::byte* p = held.get() + pad;
   if (!big) {
     MPI_Recv(p, count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
   } else {
@@ -278,7 +261,7 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, joblib::d
       MPI_Recv(p + off, static_cast<int>(std::min<std::size_t>(kChunk, n - off)), MPI_BYTE, st.MPI_SOURCE,
                st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
   }
-  return {block.data, {p, n}};
+  return {std::move(held), {p, n}};
 }
 
 [[noreturn]] void serve_rank() {
@@ -286,7 +269,7 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, joblib::d
   MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
   std::thread(watch_cancels).detach();
   std::thread(watch_child).detach();
-  joblib::detail::SharedBuffer keep;  // the last large message's block
+  sdk::ReceiveBlock block;  // large messages are read into it
   for (;;) {
     MPI_Status st;
     RankMessage received;
@@ -296,7 +279,7 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, joblib::d
         int flag = 0;
         MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &st);
         if (flag) {
-          received = receive_into_block(st, sizeof(std::uint64_t) + sizeof(RunLimits), keep);
+          received = receive_into_block(st, sizeof(std::uint64_t) + sizeof(RunLimits), block);
           break;
         }
       }
