@@ -25,7 +25,9 @@ namespace joblib::detail {
 /// One out-of-band buffer of a request: bytes carried in the frame, or a
 /// file (a memory map in the worker).
 struct BufferDesc {
-  std::uint8_t where = 0;  // 0 inline, 1 file
+  // 0 inline, 1 file, 2 in the request's frame, 3 in the frame and kept by
+  // the worker for the call under `path` (a content key), 4 kept earlier
+  std::uint8_t where = 0;
   std::vector<std::byte> bytes;
   std::string path;
   std::uint64_t offset = 0;
@@ -57,6 +59,10 @@ class JOBLIB_EXPORT MemmapContext {
   /// apart: with a writable mmap_mode (r+, w+) each distinct array gets its
   /// own file, and copies of one array share it. Thread-safe.
   std::optional<BufferDesc> describe(std::span<const std::byte> bytes, const std::shared_ptr<const void>& owner);
+  /// Buffers over this size are memmapped (nullopt: memmapping is off).
+  std::optional<std::size_t> max_nbytes() const noexcept { return max_nbytes_; }
+  /// The call's mmap_mode.
+  MmapMode mode() const noexcept { return mode_; }
   /// Removes the folder and everything in it. Thread-safe; idempotent.
   void cleanup() noexcept;
   /// The folder, if it has been created.

@@ -171,7 +171,66 @@ FrameResult read_frame(const WatchedChannel& ch) {
   return out;
 }
 
+}  // namespace joblib::detail
+
+struct joblib::worker_sdk::SentBuffers::Impl {
+  std::set<std::string> keys;  // content keys the worker holds
+};
+struct joblib::worker_sdk::KeptBuffers::Impl {
+  std::map<std::string, detail::BufferDesc> kept;  // content key -> its file
+  std::map<std::uint8_t, std::unique_ptr<detail::MemmapContext>> folders;  // per mmap_mode
+
+  detail::BufferDesc keep(const std::string& key, std::span<const std::byte> bytes, std::uint8_t mode) {
+    if (auto it = kept.find(key); it != kept.end()) return it->second;
+    if (mode > static_cast<std::uint8_t>(MmapMode::c)) throw SerializationError("a kept buffer names an unknown mmap_mode");
+    std::unique_ptr<detail::MemmapContext>& folder = folders[mode];
+    if (!folder) folder = std::make_unique<detail::MemmapContext>("", std::size_t{0}, static_cast<MmapMode>(mode));
+    std::optional<detail::BufferDesc> d = bytes.empty() ? std::nullopt : folder->describe(bytes);
+    if (!d) {  // an empty buffer: inline
+      d.emplace();
+      d->where = 0;
+    }
+    return kept.emplace(key, std::move(*d)).first->second;
+  }
+  const detail::BufferDesc& find(const std::string& key) const {
+    auto it = kept.find(key);
+    if (it == kept.end())
+      throw SerializationError(fmt::format(
+          "a request names a buffer (content {}) that this worker was not sent during the call: the sender's "
+          "SentBuffers and this worker's KeptBuffers disagree (clear both when a call starts)",
+          key));
+    return it->second;
+  }
+};
+
+namespace joblib::detail {
+
+namespace {
+// The content key of a buffer sent once per worker: XXH3-128 and size.
+std::string content_key(std::span<const std::byte> bytes) {
+  const XXH128_hash_t h = XXH3_128bits(bytes.data(), bytes.size());
+  return fmt::format("{:016x}{:016x}-{}", h.high64, h.low64, bytes.size());
+}
+}  // namespace
+
+std::optional<std::uint64_t> RequestSink::once_per_worker(std::span<const std::byte> bytes) {
+  const std::optional<std::size_t> max = memmap_ ? memmap_->max_nbytes() : std::nullopt;
+  if (!max || bytes.size() <= *max) return in_frame(bytes);
+  std::string key = content_key(bytes);
+  if (!sent_->keys.insert(key).second) {  // the worker has it (or gets it earlier in this request)
+    BufferDesc d;
+    d.where = 4;
+    d.path = std::move(key);
+    d.size = bytes.size();
+    d.mode = static_cast<std::uint8_t>(memmap_->mode());
+    buffers_.push_back(std::move(d));
+    return buffers_.size() - 1;
+  }
+  return in_frame(bytes, 3, std::move(key));
+}
+
 std::optional<std::uint64_t> RequestSink::put(std::span<const std::byte> bytes, BufferKind) {
+  if (sent_) return once_per_worker(bytes);
   std::optional<BufferDesc> d = memmap_ ? memmap_->describe(bytes) : std::nullopt;
   if (!d) return in_frame(bytes);
   buffers_.push_back(std::move(*d));
@@ -180,19 +239,23 @@ std::optional<std::uint64_t> RequestSink::put(std::span<const std::byte> bytes, 
 
 std::optional<std::uint64_t> RequestSink::put_array(std::span<const std::byte> bytes,
                                                     const std::shared_ptr<const void>& owner) {
+  if (sent_) return once_per_worker(bytes);
   std::optional<BufferDesc> d = memmap_ ? memmap_->describe(bytes, owner) : std::nullopt;
   if (!d) return in_frame(bytes);
   buffers_.push_back(std::move(*d));
   return buffers_.size() - 1;
 }
 
-std::optional<std::uint64_t> RequestSink::in_frame(std::span<const std::byte> bytes) {
-  if (bytes.size() < in_frame_min_bytes) return std::nullopt;  // inline
+std::optional<std::uint64_t> RequestSink::in_frame(std::span<const std::byte> bytes, std::uint8_t where,
+                                                   std::string key) {
+  if (where == 2 && bytes.size() < in_frame_min_bytes) return std::nullopt;  // inline
   // Offered again (one Array passed to several tasks of the batch), the
   // bytes travel again: each task decodes a window of its own, as it would
   // a copy, and a task's writes never reach another's.
   BufferDesc d;
-  d.where = 2;
+  d.where = where;
+  d.path = std::move(key);
+  if (memmap_ && where == 3) d.mode = static_cast<std::uint8_t>(memmap_->mode());
   d.offset = in_frame_area(in_frame_end_);
   d.size = bytes.size();
   in_frame_end_ = d.offset + d.size;
@@ -463,8 +526,33 @@ std::unordered_map<std::string, WorkerEntry>& entry_cache() {
   return *entries;
 }
 
+// Buffers sent once per worker (where 3: in this frame, kept now; where 4:
+// kept earlier) become references to the files `kept` wrote; without
+// `kept`, one in the frame is read as any in-frame buffer.
+void resolve_kept(std::vector<BufferDesc>& buffers, std::span<const std::byte> area,
+                  worker_sdk::KeptBuffers::Impl* kept) {
+  for (BufferDesc& d : buffers) {
+    if (d.where == 3) {
+      if (!kept) {
+        d.where = 2;
+        continue;
+      }
+      if (d.offset > area.size() || d.size > area.size() - d.offset)
+        throw SerializationError("a buffer lies outside its request frame");
+      d = kept->keep(d.path, area.subspan(static_cast<std::size_t>(d.offset), static_cast<std::size_t>(d.size)),
+                     d.mode);
+    } else if (d.where == 4) {
+      if (!kept)
+        throw SerializationError("a request names a buffer kept by its worker, and this worker keeps none "
+                                 "(serve it with a KeptBuffers)");
+      d = kept->find(d.path);
+    }
+  }
+}
+
 void handle_request(std::span<const std::byte> all, MemoryOutput& out, const ReplyFn& reply,
-                    const std::atomic<bool>* stop = nullptr, const std::shared_ptr<std::byte>& frame = nullptr) {
+                    const std::atomic<bool>* stop = nullptr, const std::shared_ptr<std::byte>& frame = nullptr,
+                    worker_sdk::KeptBuffers::Impl* kept = nullptr) {
   try {
     std::uint64_t hn = 0;
     if (all.size() < sizeof hn) throw SerializationError("a request frame is too short");
@@ -484,6 +572,7 @@ void handle_request(std::span<const std::byte> all, MemoryOutput& out, const Rep
       entry = reinterpret_cast<WorkerEntry>(resolve_code(header.entry));
       cache.emplace(key, entry);
     }
+    resolve_kept(header.buffers, all.subspan(area), kept);
     RequestSource source(header.buffers, all.subspan(area), frame);
     (void)take_throw_trace();  // forget throws of earlier requests
     out.clear();
@@ -595,10 +684,35 @@ void serve_request(
     std::span<const std::byte> request,
     const std::function<void(std::span<const std::byte>, std::span<const std::byte>)>& reply,
     const std::atomic<bool>* stop, std::shared_ptr<std::byte> block) noexcept {
+  serve_request(request, reply, stop, std::move(block), nullptr);
+}
+
+void serve_request(
+    std::span<const std::byte> request,
+    const std::function<void(std::span<const std::byte>, std::span<const std::byte>)>& reply,
+    const std::atomic<bool>* stop, std::shared_ptr<std::byte> block, KeptBuffers* kept) noexcept {
   capture_throw_traces(true);
   static thread_local MemoryOutput out;
-  handle_request(request, out, reply, stop, block);
+  handle_request(request, out, reply, stop, block, kept ? kept->impl() : nullptr);
 }
+
+SentBuffers::SentBuffers() : impl_(std::make_unique<Impl>()) {}
+SentBuffers::~SentBuffers() = default;
+SentBuffers::SentBuffers(SentBuffers&&) noexcept = default;
+SentBuffers& SentBuffers::operator=(SentBuffers&&) noexcept = default;
+void SentBuffers::clear() noexcept {
+  if (impl_) impl_->keys.clear();
+}
+std::size_t SentBuffers::size() const noexcept { return impl_ ? impl_->keys.size() : 0; }
+
+KeptBuffers::KeptBuffers() : impl_(std::make_unique<Impl>()) {}
+KeptBuffers::~KeptBuffers() { clear(); }
+void KeptBuffers::clear() noexcept {
+  impl_->kept.clear();
+  for (auto& [mode, folder] : impl_->folders) folder->cleanup();
+  impl_->folders.clear();
+}
+std::size_t KeptBuffers::size() const noexcept { return impl_->kept.size(); }
 
 bool write_frame(int fd, FrameKind kind, std::span<const std::byte> a, std::span<const std::byte> b) noexcept {
   return detail::write_frame(WatchedChannel{fd, 0, -1}, kind, a, b);
@@ -609,9 +723,13 @@ std::optional<Frame> read_frame(int fd) noexcept {
 }
 
 Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headroom) {
+  return encode_request_parts(batch, memmap, headroom, nullptr);
+}
+
+Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headroom, SentBuffers* sent) {
   CodeRef entry;
   MemoryOutput structure;
-  RequestSink sink(memmap ? memmap->context() : nullptr);
+  RequestSink sink(memmap ? memmap->context() : nullptr, sent ? sent->impl() : nullptr);
   if (std::exception_ptr e = batch.encode(entry, structure, &sink)) std::rethrow_exception(e);
   Request r;
   r.bytes = make_request(entry, std::move(sink.buffers()), structure.bytes(), headroom);

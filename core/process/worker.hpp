@@ -93,7 +93,8 @@ enum class ReplyStatus : std::uint8_t { ok = 0, error = 1 };
 /// smaller ones stay inline.
 class JOBLIB_EXPORT RequestSink final : public BufferSink {
  public:
-  explicit RequestSink(MemmapContext* memmap) : memmap_(memmap) {}
+  explicit RequestSink(MemmapContext* memmap, worker_sdk::SentBuffers::Impl* sent = nullptr)
+      : memmap_(memmap), sent_(sent) {}
   std::optional<std::uint64_t> put(std::span<const std::byte> bytes, BufferKind kind) override;
   std::optional<std::uint64_t> put_array(std::span<const std::byte> bytes,
                                          const std::shared_ptr<const void>& owner) override;
@@ -102,8 +103,11 @@ class JOBLIB_EXPORT RequestSink final : public BufferSink {
   std::vector<std::span<const std::byte>>& in_frame() noexcept { return in_frame_; }
 
  private:
-  std::optional<std::uint64_t> in_frame(std::span<const std::byte> bytes);
+  std::optional<std::uint64_t> in_frame(std::span<const std::byte> bytes, std::uint8_t where = 2,
+                                        std::string key = {});
+  std::optional<std::uint64_t> once_per_worker(std::span<const std::byte> bytes);
   MemmapContext* memmap_;
+  worker_sdk::SentBuffers::Impl* sent_;
   std::vector<BufferDesc> buffers_;
   std::vector<std::span<const std::byte>> in_frame_;
   std::uint64_t in_frame_end_ = 0;

@@ -152,6 +152,63 @@ class JOBLIB_EXPORT ReceiveBlock {
 /// bytes into the vector: room for a header of the backend's own.
 JOBLIB_EXPORT Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headroom = 0);
 
+/// Sender side: the large buffers one worker already holds during a call
+/// (sent once per worker, named by content after that). Pass the same
+/// object for every request to that worker in one call; clear() it when a
+/// new call starts or the worker lost them. Not thread-safe.
+class JOBLIB_EXPORT SentBuffers {
+ public:
+  SentBuffers();
+  ~SentBuffers();
+  SentBuffers(SentBuffers&&) noexcept;
+  SentBuffers& operator=(SentBuffers&&) noexcept;
+  /// Forgets every buffer. Throws nothing.
+  void clear() noexcept;
+  /// How many distinct buffers the worker holds.
+  std::size_t size() const noexcept;
+  struct Impl;
+  Impl* impl() const noexcept { return impl_.get(); }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+/// encode_request_parts() for a worker that keeps large buffers for the
+/// call (serve_request() with a KeptBuffers): a buffer over `memmap`'s
+/// max_nbytes travels in the request the first time this worker needs it
+/// (recorded in `sent`), and as a reference to the worker's copy after,
+/// instead of being written to the memmap folder (which such a worker, on
+/// another host, cannot read). Without max_nbytes (None), or with `sent`
+/// null, as encode_request_parts(batch, memmap, headroom). Throws as
+/// encode_request_parts.
+JOBLIB_EXPORT Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headroom,
+                                           SentBuffers* sent);
+
+/// Worker side: the large buffers this worker keeps for the call whose
+/// requests name them (SentBuffers), each written once to a file in a
+/// private folder of this process (under JOBLIB_TEMP_FOLDER, else /dev/shm,
+/// else the system temp folder) that each task maps with the call's
+/// mmap_mode: `r` and `c` privately (a task's writes never reach another
+/// task), `r+` and `w+` shared by the tasks of this worker. clear() (or the
+/// destructor) removes the folder; a folder left by a process that died is
+/// swept by the next process that uses the temp root. Not thread-safe.
+class JOBLIB_EXPORT KeptBuffers {
+ public:
+  KeptBuffers();
+  ~KeptBuffers();
+  KeptBuffers(const KeptBuffers&) = delete;
+  KeptBuffers& operator=(const KeptBuffers&) = delete;
+  /// Drops every buffer and removes their files. Throws nothing.
+  void clear() noexcept;
+  /// How many distinct buffers are kept.
+  std::size_t size() const noexcept;
+  struct Impl;
+  Impl* impl() const noexcept { return impl_.get(); }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 /// encode_request_parts() in one vector (the buffers copied after the
 /// bytes): the payload of a `run` frame. Throws as encode_request_parts.
 JOBLIB_EXPORT std::vector<std::byte> encode_request(Batch& batch, CallMemmap* memmap, std::size_t headroom = 0);
@@ -208,6 +265,15 @@ JOBLIB_EXPORT void serve_request(
     std::span<const std::byte> request,
     const std::function<void(std::span<const std::byte> head, std::span<const std::byte> body)>& reply,
     const std::atomic<bool>* stop, std::shared_ptr<std::byte> block) noexcept;
+/// serve_request() for a worker that keeps large buffers for the call: a
+/// buffer sent once (encode_request_parts with SentBuffers) is kept in
+/// `kept`, and a later request that names it maps it from there. A request
+/// that names a buffer `kept` does not hold fails with a SerializationError
+/// saying so. Throws nothing.
+JOBLIB_EXPORT void serve_request(
+    std::span<const std::byte> request,
+    const std::function<void(std::span<const std::byte> head, std::span<const std::byte> body)>& reply,
+    const std::atomic<bool>* stop, std::shared_ptr<std::byte> block, KeptBuffers* kept) noexcept;
 
 /// Worker side: serves frames on descriptor `fd` until an `exit` frame or
 /// end of file, then ends the process; after `idle_timeout_seconds` (> 0)

@@ -13,8 +13,15 @@
 #define OMPI_SKIP_MPICXX 1  // the C API only (no libmpi_cxx)
 #include <mpi.h>
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,7 +49,7 @@ using namespace std::chrono_literals;
 // One MPI message per request or reply, tagged with its kind; a message over
 // kChunk bytes travels as a size then chunks, its tag marked kBig.
 
-enum Tag : int { kRun = 1, kReply = 2, kInit = 3, kExit = 4, kHello = 5, kCancel = 6, kBig = 0x100 };
+enum Tag : int { kRun = 1, kReply = 2, kInit = 3, kExit = 4, kHello = 5, kCancel = 6, kForget = 7, kBig = 0x100 };
 constexpr std::size_t kChunk = std::size_t{1} << 30;
 // How long a batch waits for a rank held by a task whose call stopped.
 constexpr auto kHeldGrace = std::chrono::seconds(2);
@@ -114,6 +121,90 @@ std::string host_name() {
   return std::string(name, static_cast<std::size_t>(len));
 }
 
+// ---- liveness -------------------------------------------------------------------------
+// MPI cannot tell rank 0 that a rank died (Open MPI ends the job soon after,
+// and rank 0 would wait until then). So each worker rank opens a TCP
+// connection to rank 0 and never writes to it again: when the rank dies, on
+// whatever host, its end closes and rank 0 sees it at once. Where no
+// connection can be made (a firewall), ranks on rank 0's host are still
+// watched by pid.
+
+// Rank 0: a listening socket on every address; "port addr addr ..." for the
+// ranks (127.0.0.1 last), or "" when none can be opened.
+std::string open_liveness(int& listen_fd) {
+  listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (listen_fd < 0) return {};
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_ANY);
+  socklen_t len = sizeof a;
+  if (::bind(listen_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listen_fd, 1024) != 0 ||
+      ::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(listen_fd);
+    listen_fd = -1;
+    return {};
+  }
+  std::string contact = std::to_string(ntohs(a.sin_port));
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) == 0) {
+    for (ifaddrs* i = list; i; i = i->ifa_next) {
+      if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || !(i->ifa_flags & IFF_UP) || (i->ifa_flags & IFF_LOOPBACK))
+        continue;
+      char text[INET_ADDRSTRLEN] = {};
+      ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, text, sizeof text);
+      contact += std::string(" ") + text;
+    }
+    ::freeifaddrs(list);
+  }
+  return contact + " 127.0.0.1";
+}
+
+// A worker rank: connects to rank 0 (each address in turn, 2 s each) and
+// sends its rank; the socket stays open, unused, until the rank ends.
+std::atomic<int> g_liveness_fd{-1};
+void connect_liveness(std::string contact, int rank) {
+  std::vector<std::string> words;
+  for (std::size_t at = 0; at < contact.size();) {
+    const std::size_t end = std::min(contact.find(' ', at), contact.size());
+    if (end > at) words.push_back(contact.substr(at, end - at));
+    at = end + 1;
+  }
+  if (words.size() < 2) return;
+  const int port = std::atoi(words[0].c_str());
+  for (std::size_t i = 1; i < words.size(); ++i) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    if (::inet_pton(AF_INET, words[i].c_str(), &a.sin_addr) != 1) continue;
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return;
+    bool up = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    if (!up && errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      int err = 0;
+      socklen_t n = sizeof err;
+      up = ::poll(&p, 1, 2000) == 1 && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &n) == 0 && err == 0;
+    }
+    const std::int32_t id = rank;
+    if (up) {
+      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+      up = ::send(fd, &id, sizeof id, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof id);
+    }
+    if (up) {
+      g_liveness_fd = fd;
+      return;
+    }
+    ::close(fd);
+  }
+}
+
+// A process forked by a rank (its child worker, a task's fork) must not
+// keep the rank's connection open after the rank dies.
+void close_liveness_in_fork_child() noexcept {
+  const int fd = g_liveness_fd.exchange(-1);
+  if (fd >= 0) ::close(fd);
+}
+
 // ---- a worker rank ------------------------------------------------------------------
 // The main thread serves requests; while one runs, a watcher thread looks for
 // a cancel of it (rank 0's call was stopped) every millisecond and raises the
@@ -157,12 +248,20 @@ std::atomic<std::size_t> g_busy_limit{0};     // its memory limit (0: none)
 std::atomic<std::size_t> g_killed_at{0};      // the watcher killed it at this memory
 std::atomic<bool> g_killed_for_stop{false};   // the call was cancelled: it was killed
 
-// Run message header after the sequence: max tasks per child, memory limit, tasks in the batch.
+// Run message header after the sequence: max tasks per child, memory limit,
+// tasks in the batch, and the call's serial number (large buffers the rank
+// keeps belong to one call).
 struct RunLimits {
   std::uint64_t max_tasks = 0;
   std::uint64_t memory_limit = 0;
   std::uint64_t batch_size = 0;
+  std::uint64_t call = 0;
 };
+
+// Large buffers sent once to this rank for the call `g_kept_call` (ranks on
+// another host than rank 0: those on its host map its memmap folder).
+sdk::KeptBuffers* g_kept = nullptr;
+std::uint64_t g_kept_call = 0;
 
 void watch_child() {
   for (;;) {
@@ -269,7 +368,9 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
   MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
   std::thread(watch_cancels).detach();
   std::thread(watch_child).detach();
+  sdk::at_fork_child(close_liveness_in_fork_child);
   sdk::ReceiveBlock block;  // large messages are read into it
+  g_kept = new sdk::KeptBuffers();  // cleared at exit (a rank ends with _exit)
   for (;;) {
     MPI_Status st;
     RankMessage received;
@@ -291,12 +392,21 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
       int status = 0;
       if (msg.size() >= sizeof status) std::memcpy(&status, msg.data(), sizeof status);
       if (g_child.running) g_child.worker.stop();
+      g_kept->clear();
       std::fflush(nullptr);
       std::lock_guard lock(g_mpi);
       MPI_Finalize();
       ::_exit(status);
     }
-    if (tag == kHello) {
+    if (tag == kForget && msg.size() >= sizeof(std::uint64_t)) {  // a call ended: its buffers go
+      std::uint64_t call = 0;
+      std::memcpy(&call, msg.data(), sizeof call);
+      if (call == g_kept_call) g_kept->clear();
+    } else if (tag == kHello) {
+      if (g_liveness_fd.load() < 0 && !msg.empty())
+        std::thread(connect_liveness, std::string(reinterpret_cast<const char*>(msg.data()), msg.size()),
+                    world_rank_from_env())
+            .detach();
       const std::string info = host_name() + "\n" + std::to_string(::getpid());
       std::lock_guard lock(g_mpi);
       send_message(0, kHello, std::as_bytes(std::span(info)));
@@ -320,8 +430,12 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
       g_stop = false;
       g_running_seq = seq;
       const auto request = msg.subspan(sizeof seq + sizeof limits);
+      if (limits.call != g_kept_call) {  // another call: the last one's buffers go
+        g_kept->clear();
+        g_kept_call = limits.call;
+      }
       if (limits.max_tasks == 0 && limits.memory_limit == 0) {
-        sdk::serve_request(request, reply_to_rank0, &g_stop, received.block);
+        sdk::serve_request(request, reply_to_rank0, &g_stop, received.block, g_kept);
       } else {
         const std::vector<std::byte> reply = run_in_child(request, limits);
         reply_to_rank0(reply, {});
@@ -340,6 +454,7 @@ struct Job {
   std::vector<std::byte> initializer;
   std::uint64_t max_tasks = 0;      // max_tasks_per_child (0: none)
   std::uint64_t memory_limit = 0;   // worker_memory_limit in bytes (0: none)
+  std::uint64_t serial = 0;         // the call's serial number
 };
 
 struct Rank {
@@ -354,6 +469,8 @@ struct Rank {
   Job job;                // its batch (null once aborted: the reply will be dropped)
   bool dead = false;
   std::vector<std::byte> initializer_done;  // the initializer this rank has run
+  sdk::SentBuffers sent;                    // large buffers it keeps for call `sent_call` (comm thread only)
+  std::uint64_t sent_call = 0;
   std::string where() const { return fmt::format("rank {} (host {}, pid {})", rank, host, pid); }
 };
 
@@ -416,9 +533,18 @@ class Engine {
     for (joblib::Batch* b : dropped) b->fail(cancelled());
   }
 
-  void forget(const void* call) noexcept {
-    std::lock_guard lock(m_);
-    aborted_.erase(call);
+  // The call ended: ranks drop the large buffers they kept for it.
+  void forget(const void* call, std::uint64_t serial) noexcept {
+    {
+      std::lock_guard lock(m_);
+      aborted_.erase(call);
+      if (!ready_ || serial == 0) return;
+      try {
+        ended_.push_back(serial);
+      } catch (...) {  // out of memory: the rank drops them at the next call
+      }
+    }
+    cv_.notify_all();
   }
 
   // Rank 0 is ending with `status`: the workers are told to end with it.
@@ -456,9 +582,10 @@ class Engine {
       int size = 0;
       MPI_Comm_size(MPI_COMM_WORLD, &size);
       const std::string my_host = host_name();
+      const std::string contact = open_liveness(listen_fd_);
       std::vector<Rank> ranks;
       for (int r = 1; r < size; ++r) {
-        send_message(r, kHello, {});
+        send_message(r, kHello, std::as_bytes(std::span(contact)));
         MPI_Status st;
         MPI_Probe(r, kHello, MPI_COMM_WORLD, &st);
         const std::vector<std::byte> info = receive_message(st);
@@ -494,6 +621,7 @@ class Engine {
     for (;;) {
       bool progressed = dispatch();
       send_cancels();
+      send_forgets();
       int flag = 0;
       MPI_Status st;
       MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &st);
@@ -503,7 +631,7 @@ class Engine {
         reply_from(st.MPI_SOURCE, (st.MPI_TAG & ~kBig) == kReply ? &msg : nullptr);
       }
       const auto now = std::chrono::steady_clock::now();
-      if (now - last_death_check > 100ms) {
+      if (now - last_death_check > 10ms) {
         last_death_check = now;
         check_deaths();
       }
@@ -587,10 +715,21 @@ class Engine {
           if (std::exception_ptr failed_init = sdk::initializer_outcome(reply)) std::rethrow_exception(failed_init);
           rank->initializer_done = job.initializer;
         }
-        sdk::Request request = sdk::encode_request_parts(*job.batch, rank->same_host ? job.memmap : nullptr,
-                                                         sizeof(std::uint64_t) + sizeof(RunLimits));
+        // A rank on another host cannot map this host's files: a buffer
+        // over max_nbytes travels to it once per call and it keeps it
+        // (unless its tasks run in a child it forks), smaller ones travel
+        // in each message.
+        const bool in_child = job.max_tasks != 0 || job.memory_limit != 0;
+        if (!rank->same_host && rank->sent_call != job.serial) {
+          rank->sent.clear();
+          rank->sent_call = job.serial;
+        }
+        sdk::Request request =
+            rank->same_host ? sdk::encode_request_parts(*job.batch, job.memmap, kRunHead)
+            : in_child      ? sdk::encode_request_parts(*job.batch, nullptr, kRunHead)
+                            : sdk::encode_request_parts(*job.batch, job.memmap, kRunHead, &rank->sent);
         const std::uint64_t seq = ++next_seq_;
-        const RunLimits limits{job.max_tasks, job.memory_limit, job.batch->size()};
+        const RunLimits limits{job.max_tasks, job.memory_limit, job.batch->size(), job.serial};
         std::memcpy(request.bytes.data(), &seq, sizeof seq);  // in the headroom encode_request_parts left
         std::memcpy(request.bytes.data() + sizeof seq, &limits, sizeof limits);
         job.batch->set_location("MPI rank " + std::to_string(rank->rank) + ", host " + rank->host);
@@ -620,6 +759,22 @@ class Engine {
         }
       }
       if (stopped) job.batch->fail(cancelled());
+    }
+  }
+
+  // Tells ranks that kept large buffers for a call that ended to drop them.
+  void send_forgets() {
+    std::vector<std::uint64_t> ended;
+    {
+      std::lock_guard lock(m_);
+      if (ended_.empty()) return;
+      ended.swap(ended_);
+    }
+    for (Rank& r : ranks_) {  // `sent` and `sent_call` are this thread's
+      if (r.dead || r.sent.size() == 0 || std::find(ended.begin(), ended.end(), r.sent_call) == ended.end()) continue;
+      MPI_Send(&r.sent_call, sizeof r.sent_call, MPI_BYTE, r.rank, kForget, MPI_COMM_WORLD);
+      r.sent.clear();
+      r.sent_call = 0;
     }
   }
 
@@ -656,13 +811,56 @@ class Engine {
     cv_.notify_all();
   }
 
+  // Takes the ranks' liveness connections; returns the ranks whose
+  // connection closed (they died). Comm thread only.
+  std::set<int> closed_connections() {
+    std::set<int> gone;
+    if (listen_fd_ < 0) return gone;
+    for (int fd; (fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0;)
+      connecting_.push_back(fd);
+    for (auto it = connecting_.begin(); it != connecting_.end();) {
+      std::int32_t id = 0;
+      const ssize_t n = ::recv(*it, &id, sizeof id, MSG_PEEK);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        ++it;
+        continue;
+      }
+      if (n == static_cast<ssize_t>(sizeof id)) {
+        (void)::recv(*it, &id, sizeof id, 0);
+        if (id > 0) connected_.emplace_back(*it, id);
+        else ::close(*it);
+      } else {
+        ::close(*it);  // not one of ours, or it died at once
+      }
+      it = connecting_.erase(it);
+    }
+    std::vector<pollfd> watch;
+    for (auto& [fd, rank] : connected_) watch.push_back({fd, POLLIN, 0});
+    if (watch.empty() || ::poll(watch.data(), watch.size(), 0) <= 0) return gone;
+    for (std::size_t i = 0; i < watch.size(); ++i) {
+      if (!watch[i].revents) continue;
+      char byte;
+      const ssize_t n = ::recv(watch[i].fd, &byte, 1, MSG_DONTWAIT);
+      if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) continue;
+      gone.insert(connected_[i].second);
+    }
+    std::erase_if(connected_, [&](const std::pair<int, int>& c) {
+      if (!gone.count(c.second)) return false;
+      ::close(c.first);
+      return true;
+    });
+    return gone;
+  }
+
   void check_deaths() {
+    const std::set<int> gone = closed_connections();
     std::vector<std::pair<joblib::Batch*, std::string>> lost;
     {
       std::lock_guard lock(m_);
       for (Rank& r : ranks_) {
-        if (r.dead || !r.same_host || r.pid <= 0) continue;
-        if (::kill(r.pid, 0) != 0 && errno == ESRCH) {
+        if (r.dead) continue;
+        const bool pid_gone = r.same_host && r.pid > 0 && ::kill(r.pid, 0) != 0 && errno == ESRCH;
+        if (pid_gone || gone.count(r.rank)) {
           r.dead = true;
           if (r.busy && r.job.batch) lost.emplace_back(std::exchange(r.job.batch, nullptr), r.where());
           r.busy = false;
@@ -713,6 +911,11 @@ class Engine {
   std::exception_ptr error_;
   std::chrono::steady_clock::time_point stopped_at_{};  // when shutdown() came
   std::uint64_t next_seq_ = 0;  // comm thread only
+  std::vector<std::uint64_t> ended_;  // calls that ended (their ranks' kept buffers go)
+  int listen_fd_ = -1;                          // liveness (comm thread only)
+  std::vector<int> connecting_;                 // accepted, rank not yet read
+  std::vector<std::pair<int, int>> connected_;  // (fd, rank)
+  static constexpr std::size_t kRunHead = sizeof(std::uint64_t) + sizeof(RunLimits);
 };
 
 // This program's arguments, for the mpirun line of a message.
@@ -793,6 +996,8 @@ class MpiBackend final : public joblib::ParallelBackendBase {
       memory_limit_ = s.worker_memory_limit.value_or(0);
       Engine::get().ensure_started();
       memmap_ = std::make_unique<sdk::CallMemmap>(s);
+      static std::atomic<std::uint64_t> calls{0};
+      serial_ = ++calls;
       initializer_ = s.initializer;
     } catch (...) {
       return std::current_exception();
@@ -801,7 +1006,7 @@ class MpiBackend final : public joblib::ParallelBackendBase {
   }
   void submit(joblib::Batch& batch) noexcept override {
     try {
-      Engine::get().submit({&batch, this, memmap_.get(), initializer_, max_tasks_, memory_limit_});
+      Engine::get().submit({&batch, this, memmap_.get(), initializer_, max_tasks_, memory_limit_, serial_});
     } catch (...) {
       batch.fail(std::current_exception());
     }
@@ -809,7 +1014,7 @@ class MpiBackend final : public joblib::ParallelBackendBase {
   void abort() noexcept override { Engine::get().abort(this); }
   void stop_call() noexcept override {
     if (memmap_) memmap_->cleanup();
-    if (g_in_mpi_job) Engine::get().forget(this);
+    if (g_in_mpi_job) Engine::get().forget(this, std::exchange(serial_, 0));
   }
   ~MpiBackend() override { stop_call(); }
 
@@ -817,6 +1022,7 @@ class MpiBackend final : public joblib::ParallelBackendBase {
   std::unique_ptr<sdk::CallMemmap> memmap_;
   std::vector<std::byte> initializer_;
   std::uint64_t max_tasks_ = 0, memory_limit_ = 0;
+  std::uint64_t serial_ = 0;  // this call's number (0: no call)
 };
 
 }  // namespace

@@ -1,12 +1,15 @@
 // Scenarios of the mpi backend, run under mpirun by ctest (tests/CMakeLists.txt):
 //   mpi_app basic       results, order, every worker rank used, errors with their type
 //   mpi_app fail        main returns 3: every rank ends non-zero
-//   mpi_app hosts       prints "rank R on HOST" for the ranks that ran tasks
+//   mpi_app hosts       prints "rank R on HOST" for the ranks that ran tasks, and
+//                       checks that a large array goes to each rank once per call
+//   mpi_app remote_death  a rank on another host than rank 0 dies in a task
 // Each prints "OK <scenario>" when its checks hold, and returns non-zero otherwise.
 #include <joblib/joblib.hpp>
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -106,6 +109,21 @@ bool kept_arrays_unchanged(joblib::Array<double> a) {
   for (const auto& [k, v] : kept)
     if (std::as_const(k)[0] != v || std::as_const(k)[k.size() - 1] != v) return false;
   return true;
+}
+// Where it ran, the file its array is mapped from, and whether it saw the
+// array as it was sent (no other task's write) with the right sum.
+std::string array_where(joblib::Array<double> a, double expected_sum) {
+  double s = 0;
+  for (double x : std::as_const(a)) s += x;
+  const bool fresh = std::as_const(a)[0] == 0.0;
+  a[0] = -1;  // private to this task
+  return where(0) + "|" + a.filename().string() + "|" + (fresh && s == expected_sum ? "ok" : "bad");
+}
+// Dies on any host but `home`.
+int die_if_remote(std::string home) {
+  if (host_name_of_this_machine() != home) ::_exit(7);
+  ::usleep(300000);
+  return 0;
 }
 }  // namespace
 
@@ -270,6 +288,45 @@ int run(int argc, char** argv) {
     std::vector<std::string> w =
         joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(where, std::vector<int>(64, 0));
     for (const std::string& s : std::set<std::string>(w.begin(), w.end())) std::printf("ran on %s\n", s.c_str());
+    // A large array (over max_nbytes) goes to each rank once per call: on
+    // rank 0's host through the memmap folder, elsewhere in the first
+    // message, kept by the rank in a file of its own. Every task of a rank
+    // maps the same file, privately; the kept files go when the call ends.
+    joblib::Array<double> a({300'000});
+    double expected = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) expected += (a[i] = double(i % 7));
+    std::vector<std::string> got = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 2})(
+        std::views::iota(0, 24) | std::views::transform([&](int) { return joblib::delayed(array_where)(a, expected); }));
+    std::map<std::string, std::set<std::string>> files;  // where -> files its tasks mapped
+    std::set<std::string> remote_files;
+    for (const std::string& g : got) {
+      const std::size_t bar = g.find('|'), bar2 = g.rfind('|');
+      const std::string at = g.substr(0, bar), file = g.substr(bar + 1, bar2 - bar - 1);
+      expect(g.substr(bar2 + 1) == "ok", "a task saw its array as sent: " + g);
+      expect(!file.empty(), "a task's large array is mapped from a file: " + g);
+      files[at].insert(file);
+      if (at.rfind(host_name_of_this_machine() + " ", 0) != 0) remote_files.insert(file);
+    }
+    for (const auto& [at, f] : files) {
+      std::printf("array on %s: %zu file%s\n", at.c_str(), f.size(), f.size() == 1 ? "" : "s");
+      expect(f.size() == 1, "one copy of the array per rank: " + at);
+    }
+    expect(!remote_files.empty(), "tasks ran on another host than rank 0's");
+    bool gone = false;
+    for (int i = 0; i < 300 && !gone; ++i) {
+      gone = std::none_of(remote_files.begin(), remote_files.end(),
+                          [](const std::string& f) { return std::filesystem::exists(f); });
+      if (!gone) ::usleep(10000);
+    }
+    expect(gone, "a rank removes the arrays it kept once the call ends");
+  } else if (scenario == "remote_death") {
+    try {
+      joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1})
+          .map(die_if_remote, std::vector<std::string>(8, host_name_of_this_machine()));
+      expect(false, "a TerminatedWorkerError");
+    } catch (const joblib::TerminatedWorkerError& e) {
+      std::printf("TerminatedWorkerError: %s\n", e.what());
+    }
   }
   if (failures == 0) std::printf("OK %s\n", scenario.c_str());
   return failures ? 1 : 0;
