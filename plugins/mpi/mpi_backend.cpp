@@ -20,6 +20,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -368,7 +369,7 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
   MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
   std::thread(watch_cancels).detach();
   std::thread(watch_child).detach();
-  sdk::at_fork_child(close_liveness_in_fork_child);
+  ::pthread_atfork(nullptr, nullptr, [] { close_liveness_in_fork_child(); });  // every fork, a task's own too
   sdk::ReceiveBlock block;  // large messages are read into it
   g_kept = new sdk::KeptBuffers();  // cleared at exit (a rank ends with _exit)
   for (;;) {

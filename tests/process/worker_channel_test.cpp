@@ -18,6 +18,9 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <set>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -273,4 +276,167 @@ TEST(RelayedRequestTest, AFlattenedRequestCarriesItsLargeBuffersIntact) {
   ::waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFEXITED(status)) << status;
   EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+namespace kept {
+namespace sdk = joblib::worker_sdk;
+
+// One worker (a thread) that keeps large buffers for the call, as a worker
+// on another host does: each batch is encoded with the worker's SentBuffers
+// and served with its KeptBuffers; the size of each request is recorded.
+// With `forget`, the worker drops what it kept before each request (so it
+// is named a buffer it does not hold).
+std::vector<std::size_t> request_sizes;
+bool forget = false;
+
+class KeepingBackend final : public joblib::ParallelBackendBase {
+ public:
+  using ParallelBackendBase::ParallelBackendBase;
+  ~KeepingBackend() override { stop_call(); }
+  std::string name() const override { return "keeping"; }
+  joblib::BackendCapabilities capabilities() const noexcept override {
+    joblib::BackendCapabilities c;
+    c.needs_encoded_tasks = true;
+    return c;
+  }
+  std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
+    memmap_ = std::make_unique<sdk::CallMemmap>(s);
+    worker_ = std::thread([this] { serve(); });
+    return {};
+  }
+  void submit(joblib::Batch& b) noexcept override {
+    {
+      std::lock_guard lock(m_);
+      queue_.push_back(&b);
+    }
+    cv_.notify_all();
+  }
+  void stop_call() noexcept override {
+    {
+      std::lock_guard lock(m_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    if (worker_.joinable()) worker_.join();
+    kept_.clear();  // the call ended: its buffers go
+    sent_.clear();
+  }
+
+ private:
+  void serve() {
+    for (;;) {
+      joblib::Batch* b = nullptr;
+      {
+        std::unique_lock lock(m_);
+        cv_.wait(lock, [this] { return done_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        b = queue_.front();
+        queue_.pop_front();
+      }
+      sdk::Request request;
+      try {
+        request = sdk::encode_request_parts(*b, memmap_.get(), 0, &sent_);
+      } catch (...) {
+        b->fail(std::current_exception());
+        continue;
+      }
+      const std::vector<std::byte> flat = request.flatten();
+      request_sizes.push_back(flat.size());
+      if (forget) kept_.clear();
+      std::vector<std::byte> reply;
+      b->started();
+      sdk::serve_request(
+          flat,
+          [&](std::span<const std::byte> head, std::span<const std::byte> body) {
+            reply.assign(head.begin(), head.end());
+            reply.insert(reply.end(), body.begin(), body.end());
+          },
+          nullptr, nullptr, &kept_);
+      sdk::complete_batch(*b, reply);
+    }
+  }
+  std::unique_ptr<sdk::CallMemmap> memmap_;
+  sdk::SentBuffers sent_;
+  sdk::KeptBuffers kept_;
+  std::thread worker_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<joblib::Batch*> queue_;
+  bool done_ = false;
+};
+
+// The array's file, and whether the task saw it as sent with the right sum.
+std::string file_and_check(joblib::Array<double> a, double expected) {
+  double s = 0;
+  for (double x : std::as_const(a)) s += x;
+  const bool fresh = std::as_const(a)[0] == 0.0;
+  a[0] = -1;  // private to this task (mmap_mode r)
+  return a.filename().string() + (fresh && s == expected ? "|ok" : "|bad");
+}
+
+// Runs `body` in a child (serve_request turns on the worker's throw traces
+// for its whole process); the child's exit status says whether it held.
+template <class F>
+void in_child(F body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    joblib::register_parallel_backend("keeping", [](const joblib::BackendInit& i) {
+      return std::make_unique<KeepingBackend>(i);
+    });
+    const bool ok = body();
+    std::fflush(nullptr);
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+}  // namespace kept
+
+TEST(KeptBuffersTest, ALargeBufferTravelsOncePerWorkerPerCallAndItsTasksMapOneFilePrivately) {
+  kept::in_child([] {
+    joblib::Array<double> a({100'001});  // 800 KB: over max_nbytes
+    double expected = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) expected += (a[i] = double(i % 10));
+    std::vector<std::string> got = Parallel({.n_jobs = 2, .backend = "keeping", .batch_size = 3, .max_nbytes = "100K"})(
+        std::views::iota(0, 9) | std::views::transform([&](int) { return delayed(kept::file_and_check)(a, expected); }));
+    std::set<std::string> files(got.begin(), got.end());
+    bool ok = files.size() == 1 && files.begin()->ends_with("|ok") && files.begin()->size() > 3;
+    if (!ok) std::fprintf(stderr, "results: %s ...\n", got.empty() ? "none" : got[0].c_str());
+    // The first request carries the array; those after it name it.
+    const auto& sizes = kept::request_sizes;
+    if (sizes.size() < 3 || sizes[0] < 800'000 ||
+        std::any_of(sizes.begin() + 1, sizes.end(), [](std::size_t s) { return s > 4096; })) {
+      std::fprintf(stderr, "request sizes:");
+      for (std::size_t s : sizes) std::fprintf(stderr, " %zu", s);
+      std::fprintf(stderr, "\n");
+      ok = false;
+    }
+    // The call ended: the worker's file is gone.
+    const std::string file = files.begin()->substr(0, files.begin()->find('|'));
+    if (std::filesystem::exists(file)) {
+      std::fprintf(stderr, "left behind: %s\n", file.c_str());
+      ok = false;
+    }
+    return ok && a[0] == 0.0;
+  });
+}
+
+TEST(KeptBuffersTest, ARequestNamingABufferItsWorkerDoesNotHoldFailsWithASerializationError) {
+  kept::in_child([] {
+    kept::forget = true;
+    joblib::Array<double> a({100'001});
+    try {
+      Parallel({.n_jobs = 2, .backend = "keeping", .batch_size = 1, .max_nbytes = "100K"})(
+          std::views::iota(0, 3) | std::views::transform([&](int) { return delayed(kept::file_and_check)(a, 0.0); }));
+    } catch (const joblib::SerializationError& e) {
+      const bool ok = std::string(e.what()).find("that this worker was not sent during the call") != std::string::npos;
+      if (!ok) std::fprintf(stderr, "message: %s\n", e.what());
+      return ok;
+    }
+    std::fprintf(stderr, "no SerializationError\n");
+    return false;
+  });
 }
