@@ -52,19 +52,27 @@ using namespace std::chrono_literals;
 
 enum Tag : int { kRun = 1, kReply = 2, kInit = 3, kExit = 4, kHello = 5, kCancel = 6, kForget = 7, kBig = 0x100 };
 constexpr std::size_t kChunk = std::size_t{1} << 30;
+
+// Where the backend's messages go: MPI_COMM_WORLD in an mpirun job (rank 0
+// and ranks 1..N-1); in a program started without mpirun, the
+// intercommunicator to the workers it spawned (rank 0 sees them as remote
+// ranks 0..N-1, they see it as remote rank 0).
+MPI_Comm g_comm = MPI_COMM_WORLD;
+// The first argument of a worker started with MPI_Comm_spawn.
+constexpr const char* kSpawnedMark = "--joblib-mpi-spawned-worker";
 // How long a batch waits for a rank held by a task whose call stopped.
 constexpr auto kHeldGrace = std::chrono::seconds(2);
 
 void send_message(int dest, int tag, std::span<const std::byte> bytes) {
   if (bytes.size() <= kChunk) {
-    MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, dest, tag, MPI_COMM_WORLD);
+    MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, dest, tag, g_comm);
     return;
   }
   const std::uint64_t n = bytes.size();
-  MPI_Send(&n, sizeof n, MPI_BYTE, dest, tag | kBig, MPI_COMM_WORLD);
+  MPI_Send(&n, sizeof n, MPI_BYTE, dest, tag | kBig, g_comm);
   for (std::size_t off = 0; off < n; off += kChunk)
     MPI_Send(bytes.data() + off, static_cast<int>(std::min(kChunk, n - off)), MPI_BYTE, dest, tag | kBig,
-             MPI_COMM_WORLD);
+             g_comm);
 }
 
 // Sends `r` (its headroom filled) as one message without copying its
@@ -86,7 +94,7 @@ void send_request(int dest, int tag, const sdk::Request& r) {
   MPI_Datatype type;
   MPI_Type_create_hindexed(static_cast<int>(lengths.size()), lengths.data(), places.data(), MPI_BYTE, &type);
   MPI_Type_commit(&type);
-  MPI_Send(MPI_BOTTOM, 1, type, dest, tag, MPI_COMM_WORLD);
+  MPI_Send(MPI_BOTTOM, 1, type, dest, tag, g_comm);
   MPI_Type_free(&type);
 }
 
@@ -96,15 +104,15 @@ std::vector<std::byte> receive_message(const MPI_Status& st) {
   MPI_Get_count(&st, MPI_BYTE, &count);
   if (!(st.MPI_TAG & kBig)) {
     std::vector<std::byte> buf(static_cast<std::size_t>(count));
-    MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
     return buf;
   }
   std::uint64_t n = 0;
-  MPI_Recv(&n, sizeof n, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  MPI_Recv(&n, sizeof n, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
   std::vector<std::byte> buf(static_cast<std::size_t>(n));
   for (std::size_t off = 0; off < n; off += kChunk)
     MPI_Recv(buf.data() + off, static_cast<int>(std::min<std::size_t>(kChunk, n - off)), MPI_BYTE, st.MPI_SOURCE,
-             st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+             st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
   return buf;
 }
 
@@ -224,10 +232,10 @@ void watch_cancels() {
     std::lock_guard lock(g_mpi);
     int flag = 0;
     MPI_Status st;
-    MPI_Iprobe(0, kCancel, MPI_COMM_WORLD, &flag, &st);
+    MPI_Iprobe(0, kCancel, g_comm, &flag, &st);
     if (!flag) continue;
     std::uint64_t seq = 0;
-    MPI_Recv(&seq, sizeof seq, MPI_BYTE, 0, kCancel, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    MPI_Recv(&seq, sizeof seq, MPI_BYTE, 0, kCancel, g_comm, MPI_STATUS_IGNORE);
     if (seq == g_running_seq.load()) g_stop = true;
   }
 }
@@ -350,23 +358,27 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
   MPI_Get_count(&st, MPI_BYTE, &count);
   std::size_t n = static_cast<std::size_t>(count);
   const bool big = st.MPI_TAG & kBig;
-  if (big) MPI_Recv(&n, sizeof(std::uint64_t), MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  if (big) MPI_Recv(&n, sizeof(std::uint64_t), MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
   const std::size_t pad = (64 - lead % 64) % 64;
   std::shared_ptr<std::byte> held = block.get(pad + n);
   std::byte* p = held.get() + pad;
   if (!big) {
-    MPI_Recv(p, count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    MPI_Recv(p, count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
   } else {
     for (std::size_t off = 0; off < n; off += kChunk)
       MPI_Recv(p + off, static_cast<int>(std::min<std::size_t>(kChunk, n - off)), MPI_BYTE, st.MPI_SOURCE,
-               st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+               st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
   }
   return {std::move(held), {p, n}};
 }
 
-[[noreturn]] void serve_rank() {
+// `spawned`: started by rank 0 with MPI_Comm_spawn (then this worker is
+// named by its rank in the spawned group plus 1), else a rank of an mpirun job.
+[[noreturn]] void serve_rank(bool spawned) {
   int provided = 0;
   MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+  if (spawned) MPI_Comm_get_parent(&g_comm);
+  const int my_id = world_rank_from_env() + (spawned ? 1 : 0);
   std::thread(watch_cancels).detach();
   std::thread(watch_child).detach();
   ::pthread_atfork(nullptr, nullptr, [] { close_liveness_in_fork_child(); });  // every fork, a task's own too
@@ -379,7 +391,7 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
       {
         std::lock_guard lock(g_mpi);
         int flag = 0;
-        MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &st);
+        MPI_Iprobe(0, MPI_ANY_TAG, g_comm, &flag, &st);
         if (flag) {
           received = receive_into_block(st, sizeof(std::uint64_t) + sizeof(RunLimits), block);
           break;
@@ -406,7 +418,7 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
     } else if (tag == kHello) {
       if (g_liveness_fd.load() < 0 && !msg.empty())
         std::thread(connect_liveness, std::string(reinterpret_cast<const char*>(msg.data()), msg.size()),
-                    world_rank_from_env())
+                    my_id)
             .detach();
       const std::string info = host_name() + "\n" + std::to_string(::getpid());
       std::lock_guard lock(g_mpi);
@@ -446,6 +458,39 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
   }
 }
 
+// This program's arguments, for the mpirun line of a message.
+std::vector<std::string> command_line() {
+  std::vector<std::string> out;
+  std::FILE* f = std::fopen("/proc/self/cmdline", "rb");
+  if (!f) return {"./app"};
+  std::string cur;
+  for (int c; (c = std::fgetc(f)) != EOF;) {
+    if (c == 0) {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += static_cast<char>(c);
+    }
+  }
+  std::fclose(f);
+  if (out.empty()) out.push_back("./app");
+  return out;
+}
+
+// The message of a program that is not an MPI job and has no workers:
+// `why` says what failed; it shows the mpirun line to use.
+std::string not_a_job_message(int workers, const std::string& why) {
+  std::string line = "mpirun -np " + std::to_string(std::max(workers, 1) + 1);
+  for (const std::string& a : command_line()) line += " " + a;
+  return fmt::format(
+      "the mpi backend runs tasks on the other ranks of an MPI job; this program was not started by mpirun with "
+      "more than one rank, and {}: start it as `{}` (rank 0 runs main; the other ranks run tasks)",
+      why, line);
+}
+
+void at_rank0_exit(int status, void*);
+std::atomic<int> g_spawned{0};  // workers this program spawned (0: none)
+
 // ---- rank 0: the engine ---------------------------------------------------------------
 
 struct Job {
@@ -459,7 +504,8 @@ struct Job {
 };
 
 struct Rank {
-  int rank = 0;
+  int rank = 0;  // its number in messages (1..N-1)
+  int dest = 0;  // its rank in g_comm
   std::string host;
   pid_t pid = 0;
   bool same_host = false;
@@ -484,11 +530,14 @@ class Engine {
     return *e;
   }
 
-  // Starts the communication thread (MPI init, hello) once; throws its error.
-  void ensure_started() {
+  // Starts the communication thread (MPI init, hello) once; throws its
+  // error. Outside an mpirun job, it first spawns `spawn` workers.
+  void ensure_started(int spawn) {
     std::unique_lock lock(m_);
     if (!started_) {
       started_ = true;
+      spawn_ = spawn;
+      if (spawn_) ::on_exit(at_rank0_exit, nullptr);  // the workers end with this program
       comm_ = std::thread([this] { run(); });
     }
     cv_.wait(lock, [this] { return ready_ || error_; });
@@ -570,8 +619,12 @@ class Engine {
       int initialised = 0;
       MPI_Initialized(&initialised);
       if (!initialised) {
+        // Workers spawned here are this program's own: as many as asked,
+        // whatever the cores (the user's setting wins).
+        if (spawn_) ::setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 0);
         int provided = 0;
         MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+        we_initialised_ = true;
       } else {
         int provided = 0;
         MPI_Query_thread(&provided);
@@ -581,18 +634,24 @@ class Engine {
               "thread of its own: initialise it with MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided)");
       }
       int size = 0;
-      MPI_Comm_size(MPI_COMM_WORLD, &size);
+      if (spawn_) {
+        size = spawn_workers() + 1;
+      } else {
+        MPI_Comm_size(MPI_COMM_WORLD, &size);
+      }
       const std::string my_host = host_name();
       const std::string contact = open_liveness(listen_fd_);
       std::vector<Rank> ranks;
       for (int r = 1; r < size; ++r) {
-        send_message(r, kHello, std::as_bytes(std::span(contact)));
+        const int dest = spawn_ ? r - 1 : r;
+        send_message(dest, kHello, std::as_bytes(std::span(contact)));
         MPI_Status st;
-        MPI_Probe(r, kHello, MPI_COMM_WORLD, &st);
+        MPI_Probe(dest, kHello, g_comm, &st);
         const std::vector<std::byte> info = receive_message(st);
         const std::string text(reinterpret_cast<const char*>(info.data()), info.size());
         Rank rk;
         rk.rank = r;
+        rk.dest = dest;
         rk.host = text.substr(0, text.find('\n'));
         rk.pid = static_cast<pid_t>(std::atol(text.substr(text.find('\n') + 1).c_str()));
         rk.same_host = rk.host == my_host;
@@ -606,6 +665,11 @@ class Engine {
       cv_.notify_all();
       loop();
     } catch (...) {
+      if (we_initialised_ && spawn_ && g_comm == MPI_COMM_WORLD) {  // no worker: MPI is done with
+        int finalized = 0;
+        MPI_Finalized(&finalized);
+        if (!finalized) MPI_Finalize();
+      }
       {
         std::lock_guard lock(m_);
         error_ = std::current_exception();
@@ -616,6 +680,33 @@ class Engine {
 
   // Hands queued jobs to idle ranks, completes batches from replies, watches
   // ranks on this host for death; ends when rank 0 ends.
+  // Starts spawn_ workers running this program (MPI_Comm_spawn, each
+  // with kSpawnedMark as its argument); returns how many. Throws
+  // BackendError naming the mpirun line to use when MPI cannot spawn.
+  int spawn_workers() {
+    char exe[4096] = {};
+    if (::readlink("/proc/self/exe", exe, sizeof exe - 1) <= 0)
+      throw joblib::BackendError(
+          not_a_job_message(spawn_, "this program's file (/proc/self/exe) cannot be read to spawn workers"));
+    MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN);
+    std::string mark = kSpawnedMark;
+    char* args[] = {mark.data(), nullptr};
+    std::vector<int> errors(static_cast<std::size_t>(spawn_));
+    MPI_Comm inter = MPI_COMM_NULL;
+    const int rc = MPI_Comm_spawn(exe, args, spawn_, MPI_INFO_NULL, 0, MPI_COMM_SELF, &inter, errors.data());
+    if (rc != MPI_SUCCESS) {
+      char text[MPI_MAX_ERROR_STRING] = {};
+      int len = 0;
+      MPI_Error_string(rc, text, &len);
+      throw joblib::BackendError(not_a_job_message(
+          spawn_, fmt::format("starting {} workers with MPI_Comm_spawn failed ({})", spawn_,
+                              std::string(text, static_cast<std::size_t>(len)))));
+    }
+    g_comm = inter;
+    g_spawned = spawn_;
+    return spawn_;
+  }
+
   void loop() {
     auto last_death_check = std::chrono::steady_clock::now();
     int idle_rounds = 0;
@@ -625,7 +716,7 @@ class Engine {
       send_forgets();
       int flag = 0;
       MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &st);
+      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, g_comm, &flag, &st);
       if (flag) {
         progressed = true;
         std::vector<std::byte> msg = receive_message(st);
@@ -709,9 +800,9 @@ class Engine {
           const std::uint64_t seq = ++next_seq_;
           std::memcpy(init.data(), &seq, sizeof seq);
           std::memcpy(init.data() + sizeof seq, job.initializer.data(), job.initializer.size());
-          send_message(rank->rank, kInit, init);
+          send_message(rank->dest, kInit, init);
           MPI_Status st;
-          MPI_Probe(rank->rank, MPI_ANY_TAG, MPI_COMM_WORLD, &st);
+          MPI_Probe(rank->dest, MPI_ANY_TAG, g_comm, &st);
           std::vector<std::byte> reply = receive_message(st);
           if (std::exception_ptr failed_init = sdk::initializer_outcome(reply)) std::rethrow_exception(failed_init);
           rank->initializer_done = job.initializer;
@@ -735,7 +826,7 @@ class Engine {
         std::memcpy(request.bytes.data() + sizeof seq, &limits, sizeof limits);
         job.batch->set_location("MPI rank " + std::to_string(rank->rank) + ", host " + rank->host);
         job.batch->started();
-        send_request(rank->rank, kRun, request);
+        send_request(rank->dest, kRun, request);
         sent = true;
       } catch (...) {
         {
@@ -773,7 +864,7 @@ class Engine {
     }
     for (Rank& r : ranks_) {  // `sent` and `sent_call` are this thread's
       if (r.dead || r.sent.size() == 0 || std::find(ended.begin(), ended.end(), r.sent_call) == ended.end()) continue;
-      MPI_Send(&r.sent_call, sizeof r.sent_call, MPI_BYTE, r.rank, kForget, MPI_COMM_WORLD);
+      MPI_Send(&r.sent_call, sizeof r.sent_call, MPI_BYTE, r.dest, kForget, g_comm);
       r.sent.clear();
       r.sent_call = 0;
     }
@@ -788,10 +879,10 @@ class Engine {
       for (Rank& r : ranks_)
         if (r.cancel) {
           r.cancel = false;
-          if (r.busy) todo.emplace_back(r.rank, r.seq);
+          if (r.busy) todo.emplace_back(r.dest, r.seq);
         }
     }
-    for (auto& [rank, seq] : todo) MPI_Send(&seq, sizeof seq, MPI_BYTE, rank, kCancel, MPI_COMM_WORLD);
+    for (auto& [rank, seq] : todo) MPI_Send(&seq, sizeof seq, MPI_BYTE, rank, kCancel, g_comm);
   }
 
   void reply_from(int source, std::vector<std::byte>* reply) {
@@ -799,7 +890,7 @@ class Engine {
     {
       std::lock_guard lock(m_);
       for (Rank& r : ranks_)
-        if (r.rank == source) {
+        if (r.dest == source) {
           r.busy = false;
           r.cancel = false;
           batch = std::exchange(r.job.batch, nullptr);
@@ -888,13 +979,13 @@ class Engine {
           stuck = true;
           continue;
         }
-        send_message(r.rank, kExit, std::as_bytes(std::span(&status, 1)));
+        send_message(r.dest, kExit, std::as_bytes(std::span(&status, 1)));
       }
     }
     if (stuck) {
       std::fprintf(stderr, "joblib: an MPI worker rank still runs a task at exit: ending the job with MPI_Abort\n");
       std::fflush(stderr);
-      MPI_Abort(MPI_COMM_WORLD, status ? status : 1);
+      MPI_Abort(g_comm, status ? status : 1);  // spawned workers too
     }
     int finalized = 0;
     MPI_Finalized(&finalized);
@@ -908,6 +999,8 @@ class Engine {
   std::vector<Rank> ranks_;
   std::thread comm_;
   bool started_ = false, ready_ = false, stopping_ = false;
+  int spawn_ = 0;                // workers to spawn (a program started without mpirun)
+  bool we_initialised_ = false;  // this backend called MPI_Init
   int exit_status_ = 0;
   std::exception_ptr error_;
   std::chrono::steady_clock::time_point stopped_at_{};  // when shutdown() came
@@ -918,25 +1011,6 @@ class Engine {
   std::vector<std::pair<int, int>> connected_;  // (fd, rank)
   static constexpr std::size_t kRunHead = sizeof(std::uint64_t) + sizeof(RunLimits);
 };
-
-// This program's arguments, for the mpirun line of a message.
-std::vector<std::string> command_line() {
-  std::vector<std::string> out;
-  std::FILE* f = std::fopen("/proc/self/cmdline", "rb");
-  if (!f) return {"./app"};
-  std::string cur;
-  for (int c; (c = std::fgetc(f)) != EOF;) {
-    if (c == 0) {
-      out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += static_cast<char>(c);
-    }
-  }
-  std::fclose(f);
-  if (out.empty()) out.push_back("./app");
-  return out;
-}
 
 // ---- start-up and exit of rank 0 --------------------------------------------------------
 
@@ -952,13 +1026,12 @@ void default_crash_signals_in_fork_child() noexcept {
 }
 
 void takeover(int argc, char** argv) {
-  (void)argc;
-  (void)argv;
+  if (argc > 1 && argv && argv[1] && std::strcmp(argv[1], kSpawnedMark) == 0) serve_rank(true);
   const char* opt_out = std::getenv("JOBLIB_MPI_TAKEOVER");
   if (opt_out && std::string(opt_out) == "0") return;
   if (world_size_from_env() < 2) return;  // a job of one rank runs main alone
   sdk::at_fork_child(default_crash_signals_in_fork_child);
-  if (world_rank_from_env() > 0) serve_rank();
+  if (world_rank_from_env() > 0) serve_rank(false);
   g_in_mpi_job = true;
   ::on_exit(at_rank0_exit, nullptr);  // workers end with rank 0's exit status
 }
@@ -980,22 +1053,16 @@ class MpiBackend final : public joblib::ParallelBackendBase {
   // Every worker rank of the job serves every call (at least 2, so that a
   // job with one worker rank still sends tasks to it).
   int effective_n_jobs(int n_jobs) const noexcept override {
-    if (!g_in_mpi_job) return std::max(n_jobs, 2);
+    if (!g_in_mpi_job) return g_spawned.load() ? g_spawned.load() : std::max(n_jobs, 2);
     return std::max(world_size_from_env() - 1, 2);
   }
   std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
     try {
-      if (!g_in_mpi_job) {
-        std::string line = "mpirun -np " + std::to_string(std::max(s.n_jobs, 1) + 1);
-        for (const std::string& a : command_line()) line += " " + a;
-        throw joblib::BackendError(fmt::format(
-            "the mpi backend runs tasks on the other ranks of an MPI job, and this program was not started by "
-            "mpirun with more than one rank: start it as `{}` (rank 0 runs main; the other ranks run tasks)",
-            line));
-      }
       max_tasks_ = s.max_tasks_per_child ? static_cast<std::uint64_t>(*s.max_tasks_per_child) : 0;
       memory_limit_ = s.worker_memory_limit.value_or(0);
-      Engine::get().ensure_started();
+      // Outside an mpirun job, the first call spawns its n_jobs workers,
+      // and they serve every later call of the program.
+      Engine::get().ensure_started(g_in_mpi_job ? 0 : std::max(s.n_jobs, 1));
       memmap_ = std::make_unique<sdk::CallMemmap>(s);
       static std::atomic<std::uint64_t> calls{0};
       serial_ = ++calls;
@@ -1015,7 +1082,7 @@ class MpiBackend final : public joblib::ParallelBackendBase {
   void abort() noexcept override { Engine::get().abort(this); }
   void stop_call() noexcept override {
     if (memmap_) memmap_->cleanup();
-    if (g_in_mpi_job) Engine::get().forget(this, std::exchange(serial_, 0));
+    Engine::get().forget(this, std::exchange(serial_, 0));
   }
   ~MpiBackend() override { stop_call(); }
 

@@ -4,6 +4,8 @@
 //   mpi_app hosts       prints "rank R on HOST" for the ranks that ran tasks, and
 //                       checks that a large array goes to each rank once per call
 //   mpi_app remote_death  a rank on another host than rank 0 dies in a task
+//   mpi_app spawned     without mpirun: the first call spawns its workers (MPI_Comm_spawn)
+//   mpi_app spawn_unavailable  without mpirun, where MPI cannot spawn 64 workers
 // Each prints "OK <scenario>" when its checks hold, and returns non-zero otherwise.
 #include <joblib/joblib.hpp>
 
@@ -118,6 +120,10 @@ std::string array_where(joblib::Array<double> a, double expected_sum) {
   const bool fresh = std::as_const(a)[0] == 0.0;
   a[0] = -1;  // private to this task
   return where(0) + "|" + a.filename().string() + "|" + (fresh && s == expected_sum ? "ok" : "bad");
+}
+int pid_after_5ms(int) {
+  ::usleep(5000);
+  return static_cast<int>(::getpid());
 }
 // Dies on any host but `home`.
 int die_if_remote(std::string home) {
@@ -319,6 +325,45 @@ int run(int argc, char** argv) {
       if (!gone) ::usleep(10000);
     }
     expect(gone, "a rank removes the arrays it kept once the call ends");
+  } else if (scenario == "spawned") {
+    // Started without mpirun: the first call spawns its 3 workers, which
+    // serve every later call; results, errors and arrays as under mpirun.
+    std::vector<int> pids =
+        joblib::Parallel({.n_jobs = 3, .backend = "mpi", .batch_size = 1}).map(pid_after_5ms, std::vector<int>(60, 0));
+    const std::set<int> workers(pids.begin(), pids.end());
+    expect(workers.size() == 3, "3 spawned workers ran tasks: " + std::to_string(workers.size()));
+    expect(!workers.count(static_cast<int>(::getpid())), "the program itself runs no task");
+    std::vector<double> r = joblib::Parallel({.n_jobs = 2, .backend = "mpi"}).map(root, std::vector{0, 1, 4, 9, 16});
+    expect(r == std::vector<double>{0, 1, 2, 3, 4}, "a later call");
+    try {
+      joblib::Parallel({.n_jobs = 3, .backend = "mpi"}).map(fail_at_3, std::vector{1, 2, 3, 4});
+      expect(false, "the task's exception reaches the program");
+    } catch (const std::invalid_argument& e) {
+      expect(std::string(e.what()) == "bad input: 3", std::string("message: ") + e.what());
+    }
+    joblib::Array<double> a({300'001});
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = double(i % 10);
+    std::vector<float> v(40'001, 0.5f);
+    double expected = 0;
+    for (double x : std::as_const(a)) expected += x;
+    for (float x : v) expected += x;
+    for (auto nbytes : {std::optional<std::string>(), std::optional<std::string>("1M")}) {
+      std::vector<double> sums = joblib::Parallel({.n_jobs = 3, .backend = "mpi", .batch_size = 3, .max_nbytes = nbytes})(
+          std::views::iota(0, 9) | std::views::transform([&](int k) { return joblib::delayed(array_sum)(a, v, k); }));
+      for (int k = 0; k < 9; ++k) expect(sums[std::size_t(k)] == expected + k, "array checksum");
+    }
+    std::printf("spawned workers:");
+    for (int p : workers) std::printf(" %d", p);
+    std::printf("\n");
+  } else if (scenario == "spawn_unavailable") {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      try {
+        joblib::Parallel({.n_jobs = 64, .backend = "mpi"}).map(root, std::vector{4});
+        expect(false, "a BackendError");
+      } catch (const joblib::BackendError& e) {
+        std::printf("BackendError: %s\n", e.what());
+      }
+    }
   } else if (scenario == "remote_death") {
     try {
       joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1})
