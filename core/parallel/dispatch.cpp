@@ -570,8 +570,14 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
   Lock lk(m_);
   if (--in_callback_ == 0) {
     if (self_ && running_.empty() && abandoned_.empty()) last_ref = std::move(self_);
-    events_.fetch_add(1, std::memory_order_release);
-    cv_.notify_all();
+    // Whoever waits for the callbacks to leave also waits for the call to
+    // finish, fail, stop or run dry: wake the caller only then, not after
+    // every batch (a woken caller spins, and takes a core from the workers).
+    if (finished_locked() || error_ || closed_ || timed_out_ || stop_.load(std::memory_order_relaxed) ||
+        running_.empty()) {
+      events_.fetch_add(1, std::memory_order_release);
+      cv_.notify_all();
+    }
   }
   lk.unlock();
   // last_ref (if any) is released here, after the lock: the call may end now.
