@@ -73,6 +73,23 @@ void BM_RawTbbAutoAlloc(benchmark::State& state) {
 }
 BENCHMARK(BM_RawTbbAutoAlloc)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// The same loop calling the task's function through a pointer the compiler
+// cannot see through, as Parallel calls a task: whether inlining matters.
+double (*volatile g_trivial)(int) = trivial;
+void BM_RawTbbAutoAllocFnPtr(benchmark::State& state) {
+  tbb::task_arena arena(2);
+  for (auto _ : state) {
+    std::vector<double> out(kTrivial);
+    double (*f)(int) = g_trivial;
+    arena.execute([&] {
+      tbb::parallel_for(0, kTrivial, [&](int i) { out[static_cast<std::size_t>(i)] = f(i); });
+    });
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * kTrivial);
+}
+BENCHMARK(BM_RawTbbAutoAllocFnPtr)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 void BM_RawOmpFor(benchmark::State& state) {
   std::vector<double> out(kTrivial);
   for (auto _ : state) {
