@@ -189,6 +189,16 @@ fs::path resolve_temp_root(const std::string& temp_folder) {
   return root;
 }
 
+void lock_memmap_state_for_fork() noexcept {
+  g_sweep_mutex.lock();  // the order remove_stale_folders() takes them in
+  g_folders_mutex.lock();
+}
+
+void unlock_memmap_state_after_fork() noexcept {
+  g_folders_mutex.unlock();
+  g_sweep_mutex.unlock();
+}
+
 void reset_memmap_state_in_fork_child() noexcept {
   new (&g_sweep_mutex) std::mutex();
   new (&g_folders_mutex) std::mutex();

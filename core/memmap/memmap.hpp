@@ -95,6 +95,11 @@ class JOBLIB_EXPORT MemmapContext {
 /// system temp folder. Folders left by dead processes are removed first.
 JOBLIB_EXPORT std::filesystem::path resolve_temp_root(const std::string& temp_folder);
 
+/// Around fork() in the forking thread: holds the memmapping state's locks,
+/// so that the child gets a consistent copy of it (unlock in the parent;
+/// the child re-makes them with reset_memmap_state_in_fork_child()).
+void lock_memmap_state_for_fork() noexcept;
+void unlock_memmap_state_after_fork() noexcept;
 /// In a forked child: re-makes the memmapping locks other threads may have held.
 void reset_memmap_state_in_fork_child() noexcept;
 

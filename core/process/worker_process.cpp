@@ -54,10 +54,8 @@ std::set<int>& parent_fds() {  // parent ends of worker sockets: a forked child 
 // and lets the running calls fail with InterruptedError.
 
 std::mutex g_pools_mutex;  // taken before any pool's own lock, never under it
-std::set<WorkerPool*>& pools() {
-  static auto* s = new std::set<WorkerPool*>();
-  return *s;
-}
+std::set<WorkerPool*>* g_pools = new std::set<WorkerPool*>();
+std::set<WorkerPool*>& pools() { return *g_pools; }
 int g_sig_pipe[2] = {-1, -1};
 struct sigaction g_previous_sigint {};
 std::atomic<bool> g_interrupted{false};
@@ -171,8 +169,10 @@ void reset_in_fork_child() noexcept {
   new (&g_fds_mutex) std::mutex();
   new (&g_pools_mutex) std::mutex();
   new (&g_fork_hooks_mutex) std::mutex();
-  parent_fds().clear();
-  pools().clear();
+  parent_fds().clear();  // consistent: the forking thread held its lock
+  // Pools may have been changing under g_pools_mutex (not held across
+  // fork): the child's copy is left as it is, and a new registry used.
+  g_pools = new std::set<WorkerPool*>();
   reset_memmap_state_in_fork_child();
   for (auto* reset : fork_hooks()) reset();
 }
@@ -367,15 +367,26 @@ WorkerProcess WorkerProcess::launch(const WorkerOptions& options) {
           fmt::format("cannot start a worker process (posix_spawn of /proc/self/exe): {}", std::strerror(rc)));
     }
   } else {
-    std::vector<int> to_close;
-    {
-      std::lock_guard lock(g_fds_mutex);
-      to_close.assign(parent_fds().begin(), parent_fds().end());
-    }
+    // The leaf locks of the state a child inherits (worker sockets, fork
+    // hooks, memmap folders) are held across fork(): a thread changing that
+    // state at that moment would leave the child a half-made copy (an ASan
+    // run caught a child clearing parent_fds() while another thread of the
+    // parent was erasing from it: a double free).
+    detail::lock_memmap_state_for_fork();
+    std::unique_lock hooks_lock(g_fork_hooks_mutex);
+    std::unique_lock fds_lock(g_fds_mutex);
+    const std::vector<int> to_close(parent_fds().begin(), parent_fds().end());
     std::fflush(nullptr);  // else the child would print the parent's unflushed output again
     const pid_t parent = ::getpid();
     pid = ::fork();
+    if (pid != 0) {
+      fds_lock.unlock();
+      hooks_lock.unlock();
+      detail::unlock_memmap_state_after_fork();
+    }
     if (pid == 0) {
+      fds_lock.release();  // re-made by reset_in_fork_child()
+      hooks_lock.release();
       // The child: only this thread exists. Close the other workers'
       // sockets, then serve.
       ::close(sv[0]);
