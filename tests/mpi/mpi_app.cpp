@@ -112,6 +112,29 @@ bool kept_arrays_unchanged(joblib::Array<double> a) {
     if (std::as_const(k)[0] != v || std::as_const(k)[k.size() - 1] != v) return false;
   return true;
 }
+// A task's exception reaches the caller with its type; large arrays, with
+// and without memmapping, reach the tasks intact, and a task's write stays
+// in its copy.
+void errors_and_arrays(int n_jobs) {
+  try {
+    joblib::Parallel({.n_jobs = n_jobs, .backend = "mpi"}).map(fail_at_3, std::vector{1, 2, 3, 4});
+    expect(false, "the task's exception reaches the caller");
+  } catch (const std::invalid_argument& e) {
+    expect(std::string(e.what()) == "bad input: 3", std::string("message: ") + e.what());
+  }
+  joblib::Array<double> a({300'001});
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = double(i % 10);
+  std::vector<float> v(40'001, 0.5f);
+  double expected = 0;
+  for (double x : std::as_const(a)) expected += x;
+  for (float x : v) expected += x;
+  for (auto nbytes : {std::optional<std::string>(), std::optional<std::string>("1M")}) {
+    std::vector<double> sums = joblib::Parallel({.n_jobs = n_jobs, .backend = "mpi", .batch_size = 3, .max_nbytes = nbytes})(
+        std::views::iota(0, 9) | std::views::transform([&](int k) { return joblib::delayed(array_sum)(a, v, k); }));
+    for (int k = 0; k < 9; ++k) expect(sums[std::size_t(k)] == expected + k, "array checksum");
+    expect(std::as_const(a)[0] == 0.0, "a task's write stays in its copy");
+  }
+}
 // Where it ran, the file its array is mapped from, and whether it saw the
 // array as it was sent (no other task's write) with the right sum.
 std::string array_where(joblib::Array<double> a, double expected_sum) {
@@ -142,25 +165,7 @@ int run(int argc, char** argv) {
         joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(rank_of, std::vector<int>(200, 0));
     std::set<int> used(ranks.begin(), ranks.end());
     expect(!used.count(0), "rank 0 runs no task");
-    try {
-      joblib::Parallel({.n_jobs = -1, .backend = "mpi"}).map(fail_at_3, std::vector{1, 2, 3, 4});
-      expect(false, "the task's exception reaches rank 0");
-    } catch (const std::invalid_argument& e) {
-      expect(std::string(e.what()) == "bad input: 3", std::string("message: ") + e.what());
-    }
-    // Large arrays without memmapping travel in the request and come back right.
-    joblib::Array<double> a({300'001});
-    for (std::size_t i = 0; i < a.size(); ++i) a[i] = double(i % 10);
-    std::vector<float> v(40'001, 0.5f);
-    double expected = 0;
-    for (double x : std::as_const(a)) expected += x;
-    for (float x : v) expected += x;
-    for (auto nbytes : {std::optional<std::string>(), std::optional<std::string>("1M")}) {
-      std::vector<double> sums = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 3, .max_nbytes = nbytes})(
-          std::views::iota(0, 9) | std::views::transform([&](int k) { return joblib::delayed(array_sum)(a, v, k); }));
-      for (int k = 0; k < 9; ++k) expect(sums[std::size_t(k)] == expected + k, "array checksum");
-      expect(std::as_const(a)[0] == 0.0, "a task's write stays in its copy");
-    }
+    errors_and_arrays(-1);
     for (double value : {1.0, 2.0, 3.0}) {
       joblib::Array<double> b({300'000});
       for (std::size_t i = 0; i < b.size(); ++i) b[i] = value;
@@ -335,23 +340,7 @@ int run(int argc, char** argv) {
     expect(!workers.count(static_cast<int>(::getpid())), "the program itself runs no task");
     std::vector<double> r = joblib::Parallel({.n_jobs = 2, .backend = "mpi"}).map(root, std::vector{0, 1, 4, 9, 16});
     expect(r == std::vector<double>{0, 1, 2, 3, 4}, "a later call");
-    try {
-      joblib::Parallel({.n_jobs = 3, .backend = "mpi"}).map(fail_at_3, std::vector{1, 2, 3, 4});
-      expect(false, "the task's exception reaches the program");
-    } catch (const std::invalid_argument& e) {
-      expect(std::string(e.what()) == "bad input: 3", std::string("message: ") + e.what());
-    }
-    joblib::Array<double> a({300'001});
-    for (std::size_t i = 0; i < a.size(); ++i) a[i] = double(i % 10);
-    std::vector<float> v(40'001, 0.5f);
-    double expected = 0;
-    for (double x : std::as_const(a)) expected += x;
-    for (float x : v) expected += x;
-    for (auto nbytes : {std::optional<std::string>(), std::optional<std::string>("1M")}) {
-      std::vector<double> sums = joblib::Parallel({.n_jobs = 3, .backend = "mpi", .batch_size = 3, .max_nbytes = nbytes})(
-          std::views::iota(0, 9) | std::views::transform([&](int k) { return joblib::delayed(array_sum)(a, v, k); }));
-      for (int k = 0; k < 9; ++k) expect(sums[std::size_t(k)] == expected + k, "array checksum");
-    }
+    errors_and_arrays(3);
     std::printf("spawned workers:");
     for (int p : workers) std::printf(" %d", p);
     std::printf("\n");
