@@ -36,6 +36,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -138,9 +139,25 @@ std::string host_name() {
 // connection can be made (a firewall), ranks on rank 0's host are still
 // watched by pid.
 
-// Rank 0: a listening socket on every address; "port addr addr ..." for the
-// ranks (127.0.0.1 last), or "" when none can be opened.
-std::string open_liveness(int& listen_fd) {
+// What a rank sends on its liveness connection: its number and the token
+// rank 0 gave it over MPI, so that a stranger connecting to the port (a
+// scanner, another program) is never taken for a rank.
+struct LivenessHello {
+  std::int32_t rank = 0;
+  char token[32] = {};
+};
+
+// 32 random hex digits.
+std::string random_token() {
+  std::random_device rd;
+  std::string t;
+  for (int i = 0; i < 4; ++i) t += fmt::format("{:08x}", rd());
+  return t;
+}
+
+// Rank 0: a listening socket on every address; "port token addr addr ..."
+// for the ranks (127.0.0.1 last), or "" when none can be opened.
+std::string open_liveness(int& listen_fd, const std::string& token) {
   listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (listen_fd < 0) return {};
   sockaddr_in a{};
@@ -153,7 +170,7 @@ std::string open_liveness(int& listen_fd) {
     listen_fd = -1;
     return {};
   }
-  std::string contact = std::to_string(ntohs(a.sin_port));
+  std::string contact = std::to_string(ntohs(a.sin_port)) + " " + token;
   ifaddrs* list = nullptr;
   if (::getifaddrs(&list) == 0) {
     for (ifaddrs* i = list; i; i = i->ifa_next) {
@@ -178,9 +195,12 @@ void connect_liveness(std::string contact, int rank) {
     if (end > at) words.push_back(contact.substr(at, end - at));
     at = end + 1;
   }
-  if (words.size() < 2) return;
+  if (words.size() < 3 || words[1].size() != sizeof LivenessHello::token) return;
   const int port = std::atoi(words[0].c_str());
-  for (std::size_t i = 1; i < words.size(); ++i) {
+  LivenessHello hello;
+  hello.rank = rank;
+  std::memcpy(hello.token, words[1].data(), sizeof hello.token);
+  for (std::size_t i = 2; i < words.size(); ++i) {
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<std::uint16_t>(port));
@@ -194,10 +214,9 @@ void connect_liveness(std::string contact, int rank) {
       socklen_t n = sizeof err;
       up = ::poll(&p, 1, 2000) == 1 && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &n) == 0 && err == 0;
     }
-    const std::int32_t id = rank;
     if (up) {
       ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-      up = ::send(fd, &id, sizeof id, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof id);
+      up = ::send(fd, &hello, sizeof hello, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof hello);
     }
     if (up) {
       g_liveness_fd = fd;
@@ -640,7 +659,7 @@ class Engine {
         MPI_Comm_size(MPI_COMM_WORLD, &size);
       }
       const std::string my_host = host_name();
-      const std::string contact = open_liveness(listen_fd_);
+      const std::string contact = open_liveness(listen_fd_, liveness_token_ = random_token());
       std::vector<Rank> ranks;
       for (int r = 1; r < size; ++r) {
         const int dest = spawn_ ? r - 1 : r;
@@ -908,21 +927,35 @@ class Engine {
   std::set<int> closed_connections() {
     std::set<int> gone;
     if (listen_fd_ < 0) return gone;
-    for (int fd; (fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0;)
-      connecting_.push_back(fd);
+    const auto now = std::chrono::steady_clock::now();
+    for (int fd; (fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0;) {
+      if (connecting_.size() >= 256) {  // a flood of strangers: not kept
+        ::close(fd);
+        continue;
+      }
+      connecting_.emplace_back(fd, now);
+    }
     for (auto it = connecting_.begin(); it != connecting_.end();) {
-      std::int32_t id = 0;
-      const ssize_t n = ::recv(*it, &id, sizeof id, MSG_PEEK);
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      const int fd = it->first;
+      LivenessHello hello;
+      const ssize_t n = ::recv(fd, &hello, sizeof hello, MSG_PEEK);
+      if (n >= 0 && n < static_cast<ssize_t>(sizeof hello) && n != 0 && now - it->second < 5s) {
+        ++it;  // the rest of its hello is on the way
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && now - it->second < 5s) {
         ++it;
         continue;
       }
-      if (n == static_cast<ssize_t>(sizeof id)) {
-        (void)::recv(*it, &id, sizeof id, 0);
-        if (id > 0) connected_.emplace_back(*it, id);
-        else ::close(*it);
+      const bool ours = n == static_cast<ssize_t>(sizeof hello) &&
+                        std::memcmp(hello.token, liveness_token_.data(), sizeof hello.token) == 0 && hello.rank > 0 &&
+                        std::none_of(connected_.begin(), connected_.end(),
+                                     [&](const std::pair<int, int>& c) { return c.second == hello.rank; });
+      if (ours) {
+        (void)::recv(fd, &hello, sizeof hello, 0);
+        connected_.emplace_back(fd, hello.rank);
       } else {
-        ::close(*it);  // not one of ours, or it died at once
+        ::close(fd);  // not one of ours, silent for 5 s, or it died at once
       }
       it = connecting_.erase(it);
     }
@@ -1007,7 +1040,8 @@ class Engine {
   std::uint64_t next_seq_ = 0;  // comm thread only
   std::vector<std::uint64_t> ended_;  // calls that ended (their ranks' kept buffers go)
   int listen_fd_ = -1;                          // liveness (comm thread only)
-  std::vector<int> connecting_;                 // accepted, rank not yet read
+  std::string liveness_token_;                  // what ranks send to be taken for ranks
+  std::vector<std::pair<int, std::chrono::steady_clock::time_point>> connecting_;  // accepted, hello not yet read
   std::vector<std::pair<int, int>> connected_;  // (fd, rank)
   static constexpr std::size_t kRunHead = sizeof(std::uint64_t) + sizeof(RunLimits);
 };
