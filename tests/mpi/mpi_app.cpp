@@ -4,17 +4,23 @@
 //   mpi_app hosts       prints "rank R on HOST" for the ranks that ran tasks, and
 //                       checks that a large array goes to each rank once per call
 //   mpi_app remote_death  a rank on another host than rank 0 dies in a task
+//   mpi_app stranger    connections to rank 0's ports posing as ranks kill no rank
 //   mpi_app spawned     without mpirun: the first call spawns its workers (MPI_Comm_spawn)
 //   mpi_app spawn_unavailable  without mpirun, where MPI cannot spawn 64 workers
 // Each prints "OK <scenario>" when its checks hold, and returns non-zero otherwise.
 #include <joblib/joblib.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <sstream>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -147,6 +153,46 @@ std::string array_where(joblib::Array<double> a, double expected_sum) {
 int pid_after_5ms(int) {
   ::usleep(5000);
   return static_cast<int>(::getpid());
+}
+int nap_100ms(int i) {
+  ::usleep(100000);
+  return i;
+}
+// The TCP ports this process listens on (its sockets in /proc/net/tcp).
+std::vector<int> own_listening_ports() {
+  std::set<std::string> inodes;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(e.path(), ec).string();
+    if (!ec && target.rfind("socket:[", 0) == 0) inodes.insert(target.substr(8, target.size() - 9));
+  }
+  std::vector<int> ports;
+  std::ifstream tcp("/proc/net/tcp");
+  std::string line;
+  std::getline(tcp, line);  // header
+  while (std::getline(tcp, line)) {
+    std::istringstream in(line);
+    std::string slot, local, remote, state, queues, timer, retr, uid, timeout, inode;
+    in >> slot >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+    if (state == "0A" && inodes.count(inode)) ports.push_back(std::stoi(local.substr(local.find(':') + 1), nullptr, 16));
+  }
+  return ports;
+}
+// Connects to `port` as rank `rank` would, with a wrong token, and leaves.
+void pose_as_rank(int port, std::int32_t rank) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    char hello[36] = {};
+    std::memcpy(hello, &rank, sizeof rank);
+    std::memset(hello + 4, 'A', 32);
+    [[maybe_unused]] ssize_t n = ::send(fd, hello, sizeof hello, MSG_NOSIGNAL);
+    ::usleep(20000);
+  }
+  ::close(fd);
 }
 // Dies on any host but `home`.
 int die_if_remote(std::string home) {
@@ -330,6 +376,26 @@ int run(int argc, char** argv) {
       if (!gone) ::usleep(10000);
     }
     expect(gone, "a rank removes the arrays it kept once the call ends");
+  } else if (scenario == "stranger") {
+    // While a call runs, something connects to every port rank 0 listens
+    // on, claims to be rank 1 and rank 2, and leaves: no rank is taken for
+    // dead, and every task completes.
+    (void)joblib::Parallel({.n_jobs = -1, .backend = "mpi"}).map(root, std::vector{1});  // the backend starts
+    std::thread stranger([] {
+      ::usleep(300000);
+      const std::vector<int> ports = own_listening_ports();
+      std::printf("rank 0 listens on %zu port(s)\n", ports.size());
+      for (int port : ports)
+        for (std::int32_t r : {1, 2}) pose_as_rank(port, r);
+    });
+    try {
+      std::vector<int> r = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1})
+                               .map(nap_100ms, std::views::iota(0, 20));
+      expect(r.size() == 20, "every task completed");
+    } catch (const std::exception& e) {
+      expect(false, std::string("a stranger killed the call: ") + e.what());
+    }
+    stranger.join();
   } else if (scenario == "spawned") {
     // Started without mpirun: the first call spawns its 3 workers, which
     // serve every later call; results, errors and arrays as under mpirun.
