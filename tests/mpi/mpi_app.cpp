@@ -6,6 +6,7 @@
 //   mpi_app remote_death  a rank on another host than rank 0 dies in a task
 //   mpi_app stranger    connections to rank 0's ports posing as ranks kill no rank
 //   mpi_app spawned     without mpirun: the first call spawns its workers (MPI_Comm_spawn)
+//   mpi_app spawned_hold  without mpirun: spawned workers run 6 s tasks (killed by spawn_kill.sh)
 //   mpi_app spawn_unavailable  without mpirun, where MPI cannot spawn 64 workers
 // Each prints "OK <scenario>" when its checks hold, and returns non-zero otherwise.
 #include <joblib/joblib.hpp>
@@ -410,6 +411,10 @@ int run(int argc, char** argv) {
     std::printf("spawned workers:");
     for (int p : workers) std::printf(" %d", p);
     std::printf("\n");
+  } else if (scenario == "spawned_hold") {
+    std::printf("program %d\n", static_cast<int>(::getpid()));
+    std::fflush(stdout);
+    joblib::Parallel({.n_jobs = 2, .backend = "mpi", .batch_size = 1}).map(ignore_stop, std::vector<int>(2, 0));
   } else if (scenario == "spawn_unavailable") {
     for (int attempt = 0; attempt < 2; ++attempt) {
       try {
