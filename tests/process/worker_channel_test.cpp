@@ -192,20 +192,26 @@ TEST(WorkerGuardTest, OnlyAWorkerThisLibrarySpawnedTakesOver) {
 namespace relay {
 namespace sdk = joblib::worker_sdk;
 
-// Relays each batch through serve_request in this process: the request
-// flattened into one vector behind 8 bytes of the backend's own (so it
-// starts unaligned), served without a frame block, so the worker side
-// copies its in-frame buffers out.
-class RelayBackend final : public joblib::ParallelBackendBase {
+// A backend whose tasks travel encoded, as to a worker process.
+class EncodingBackend : public joblib::ParallelBackendBase {
  public:
   using ParallelBackendBase::ParallelBackendBase;
-  ~RelayBackend() override { join(); }
-  std::string name() const override { return "relay"; }
   joblib::BackendCapabilities capabilities() const noexcept override {
     joblib::BackendCapabilities c;
     c.needs_encoded_tasks = true;
     return c;
   }
+};
+
+// Relays each batch through serve_request in this process: the request
+// flattened into one vector behind 8 bytes of the backend's own (so it
+// starts unaligned), served without a frame block, so the worker side
+// copies its in-frame buffers out.
+class RelayBackend final : public EncodingBackend {
+ public:
+  using EncodingBackend::EncodingBackend;
+  ~RelayBackend() override { join(); }
+  std::string name() const override { return "relay"; }
   void submit(joblib::Batch& b) noexcept override {
     std::lock_guard lock(m_);
     threads_.emplace_back([&b] {
@@ -249,16 +255,28 @@ double sum_of(joblib::Array<double> a, std::vector<float> v, int i) {
   return s;
 }
 
+// Runs `body` in a child with `Backend` registered as `name` (serve_request
+// turns on the worker's throw traces for its whole process); the child's
+// exit status says whether `body` held.
+template <class Backend, class F>
+void in_child(const char* name, F body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    joblib::register_parallel_backend(name, [](const joblib::BackendInit& i) { return std::make_unique<Backend>(i); });
+    const bool ok = body();
+    std::fflush(nullptr);
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
 }  // namespace relay
 
 TEST(RelayedRequestTest, AFlattenedRequestCarriesItsLargeBuffersIntact) {
-  // Served in a child: serve_request turns on the worker's throw traces for
-  // its whole process.
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    joblib::register_parallel_backend("relay", [](const joblib::BackendInit& i) {
-      return std::make_unique<relay::RelayBackend>(i);
-    });
+  relay::in_child<relay::RelayBackend>("relay", [] {
     joblib::Array<double> a({100'001});
     for (std::size_t i = 0; i < a.size(); ++i) a[i] = double(i % 100);
     std::vector<float> v(30'001, 0.5f);
@@ -269,13 +287,8 @@ TEST(RelayedRequestTest, AFlattenedRequestCarriesItsLargeBuffersIntact) {
         std::views::iota(0, 9) | std::views::transform([&](int i) { return delayed(relay::sum_of)(a, v, i); }));
     bool ok = got.size() == 9 && a[0] == 0.0;
     for (int i = 0; ok && i < 9; ++i) ok = got[std::size_t(i)] == expected + i;
-    std::fflush(nullptr);
-    ::_exit(ok ? 0 : 1);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << status;
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+    return ok;
+  });
 }
 
 namespace kept {
@@ -289,16 +302,11 @@ namespace sdk = joblib::worker_sdk;
 std::vector<std::size_t> request_sizes;
 bool forget = false;
 
-class KeepingBackend final : public joblib::ParallelBackendBase {
+class KeepingBackend final : public relay::EncodingBackend {
  public:
-  using ParallelBackendBase::ParallelBackendBase;
+  using EncodingBackend::EncodingBackend;
   ~KeepingBackend() override { stop_call(); }
   std::string name() const override { return "keeping"; }
-  joblib::BackendCapabilities capabilities() const noexcept override {
-    joblib::BackendCapabilities c;
-    c.needs_encoded_tasks = true;
-    return c;
-  }
   std::exception_ptr start_call(const joblib::CallSettings& s) noexcept override {
     memmap_ = std::make_unique<sdk::CallMemmap>(s);
     worker_ = std::thread([this] { serve(); });
@@ -374,29 +382,10 @@ std::string file_and_check(joblib::Array<double> a, double expected) {
   return a.filename().string() + (fresh && s == expected ? "|ok" : "|bad");
 }
 
-// Runs `body` in a child (serve_request turns on the worker's throw traces
-// for its whole process); the child's exit status says whether it held.
-template <class F>
-void in_child(F body) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    joblib::register_parallel_backend("keeping", [](const joblib::BackendInit& i) {
-      return std::make_unique<KeepingBackend>(i);
-    });
-    const bool ok = body();
-    std::fflush(nullptr);
-    ::_exit(ok ? 0 : 1);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << status;
-  EXPECT_EQ(WEXITSTATUS(status), 0);
-}
-
 }  // namespace kept
 
 TEST(KeptBuffersTest, ALargeBufferTravelsOncePerWorkerPerCallAndItsTasksMapOneFilePrivately) {
-  kept::in_child([] {
+  relay::in_child<kept::KeepingBackend>("keeping", [] {
     joblib::Array<double> a({100'001});  // 800 KB: over max_nbytes
     double expected = 0;
     for (std::size_t i = 0; i < a.size(); ++i) expected += (a[i] = double(i % 10));
@@ -425,7 +414,7 @@ TEST(KeptBuffersTest, ALargeBufferTravelsOncePerWorkerPerCallAndItsTasksMapOneFi
 }
 
 TEST(KeptBuffersTest, ARequestNamingABufferItsWorkerDoesNotHoldFailsWithASerializationError) {
-  kept::in_child([] {
+  relay::in_child<kept::KeepingBackend>("keeping", [] {
     kept::forget = true;
     joblib::Array<double> a({100'001});
     try {
