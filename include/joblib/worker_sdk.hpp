@@ -158,15 +158,19 @@ JOBLIB_EXPORT Request encode_request_parts(Batch& batch, CallMemmap* memmap, std
 /// new call starts or the worker lost them. Not thread-safe.
 class JOBLIB_EXPORT SentBuffers {
  public:
+  /// Empty: the worker holds nothing yet. Throws std::bad_alloc.
   SentBuffers();
   ~SentBuffers();
+  /// Movable (a backend keeps one per worker in a vector); a moved-from
+  /// object holds nothing and may only be destroyed or assigned to.
   SentBuffers(SentBuffers&&) noexcept;
   SentBuffers& operator=(SentBuffers&&) noexcept;
   /// Forgets every buffer. Throws nothing.
   void clear() noexcept;
-  /// How many distinct buffers the worker holds.
+  /// How many distinct buffers the worker holds. Throws nothing.
   std::size_t size() const noexcept;
   struct Impl;
+  /// The internal state (for the SDK's own functions).
   Impl* impl() const noexcept { return impl_.get(); }
 
  private:
@@ -194,15 +198,18 @@ JOBLIB_EXPORT Request encode_request_parts(Batch& batch, CallMemmap* memmap, std
 /// swept by the next process that uses the temp root. Not thread-safe.
 class JOBLIB_EXPORT KeptBuffers {
  public:
+  /// Empty; the folder is made when a first buffer is kept. Throws std::bad_alloc.
   KeptBuffers();
+  /// clear().
   ~KeptBuffers();
   KeptBuffers(const KeptBuffers&) = delete;
   KeptBuffers& operator=(const KeptBuffers&) = delete;
   /// Drops every buffer and removes their files. Throws nothing.
   void clear() noexcept;
-  /// How many distinct buffers are kept.
+  /// How many distinct buffers are kept. Throws nothing.
   std::size_t size() const noexcept;
   struct Impl;
+  /// The internal state (for the SDK's own functions).
   Impl* impl() const noexcept { return impl_.get(); }
 
  private:
