@@ -268,11 +268,24 @@ std::optional<BufferDesc> MemmapContext::describe(std::span<const std::byte> byt
       }
     }
   }
+  return file_desc(std::move(path), bytes.size(), mode);
+}
+
+BufferDesc MemmapContext::write(std::span<const std::byte> bytes, MmapMode mode) {
+  std::string path;
+  {
+    std::lock_guard lock(m_);
+    path = write_file_locked(bytes);
+  }
+  return file_desc(std::move(path), bytes.size(), mode == MmapMode::w_plus ? MmapMode::r_plus : mode);
+}
+
+BufferDesc MemmapContext::file_desc(std::string path, std::size_t size, MmapMode mode) {
   BufferDesc d;
   d.where = 1;
-  d.path = path;
+  d.path = std::move(path);
   d.offset = 0;
-  d.size = bytes.size();
+  d.size = size;
   d.mode = static_cast<std::uint8_t>(mode);
   return d;
 }

@@ -59,6 +59,11 @@ class JOBLIB_EXPORT MemmapContext {
   /// apart: with a writable mmap_mode (r+, w+) each distinct array gets its
   /// own file, and copies of one array share it. Thread-safe.
   std::optional<BufferDesc> describe(std::span<const std::byte> bytes, const std::shared_ptr<const void>& owner);
+  /// Writes `bytes` to a new file of the folder, with no look for an equal
+  /// one written before (the caller knows it is new), for workers to map
+  /// with `mode`. Thread-safe. Throws SerializationError when the folder or
+  /// the file cannot be written.
+  BufferDesc write(std::span<const std::byte> bytes, MmapMode mode);
   /// Buffers over this size are memmapped (nullopt: memmapping is off).
   std::optional<std::size_t> max_nbytes() const noexcept { return max_nbytes_; }
   /// The call's mmap_mode.
@@ -75,6 +80,7 @@ class JOBLIB_EXPORT MemmapContext {
   mutable std::mutex m_;
   std::optional<std::filesystem::path> folder_;
   std::string write_file_locked(std::span<const std::byte> bytes);
+  static BufferDesc file_desc(std::string path, std::size_t size, MmapMode mode);
   // Read-only modes (r, c): one file per content, whatever object holds it.
   std::map<std::pair<std::uint64_t, std::size_t>, std::string> written_;  // (XXH3 of the bytes, size) -> file
   // Writable modes (r+, w+): one file per Array buffer, so that workers never

@@ -178,19 +178,17 @@ struct joblib::worker_sdk::SentBuffers::Impl {
 };
 struct joblib::worker_sdk::KeptBuffers::Impl {
   std::map<std::string, detail::BufferDesc> kept;  // content key -> its file
-  std::map<std::uint8_t, std::unique_ptr<detail::MemmapContext>> folders;  // per mmap_mode
+  std::unique_ptr<detail::MemmapContext> folder;   // made with the first file
 
   detail::BufferDesc keep(const std::string& key, std::span<const std::byte> bytes, std::uint8_t mode) {
     if (auto it = kept.find(key); it != kept.end()) return it->second;
     if (mode > static_cast<std::uint8_t>(MmapMode::c)) throw SerializationError("a kept buffer names an unknown mmap_mode");
-    std::unique_ptr<detail::MemmapContext>& folder = folders[mode];
-    if (!folder) folder = std::make_unique<detail::MemmapContext>("", std::size_t{0}, static_cast<MmapMode>(mode));
-    std::optional<detail::BufferDesc> d = bytes.empty() ? std::nullopt : folder->describe(bytes);
-    if (!d) {  // an empty buffer: inline
-      d.emplace();
-      d->where = 0;
+    detail::BufferDesc d;  // an empty buffer: inline
+    if (!bytes.empty()) {
+      if (!folder) folder = std::make_unique<detail::MemmapContext>("", std::nullopt, MmapMode::r);
+      d = folder->write(bytes, static_cast<MmapMode>(mode));
     }
-    return kept.emplace(key, std::move(*d)).first->second;
+    return kept.emplace(key, std::move(d)).first->second;
   }
   const detail::BufferDesc& find(const std::string& key) const {
     auto it = kept.find(key);
@@ -709,8 +707,7 @@ KeptBuffers::KeptBuffers() : impl_(std::make_unique<Impl>()) {}
 KeptBuffers::~KeptBuffers() { clear(); }
 void KeptBuffers::clear() noexcept {
   impl_->kept.clear();
-  for (auto& [mode, folder] : impl_->folders) folder->cleanup();
-  impl_->folders.clear();
+  impl_->folder.reset();  // removes the folder
 }
 std::size_t KeptBuffers::size() const noexcept { return impl_->kept.size(); }
 

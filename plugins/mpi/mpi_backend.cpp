@@ -99,21 +99,34 @@ void send_request(int dest, int tag, const sdk::Request& r) {
   MPI_Type_free(&type);
 }
 
-// Receives the message that `st` (from a probe) announces.
-std::vector<std::byte> receive_message(const MPI_Status& st) {
-  int count = 0;
-  MPI_Get_count(&st, MPI_BYTE, &count);
+// The size of the message that `st` (from a probe) announces; for one sent
+// in chunks, its size message is received here.
+std::size_t message_size(const MPI_Status& st) {
   if (!(st.MPI_TAG & kBig)) {
-    std::vector<std::byte> buf(static_cast<std::size_t>(count));
-    MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
-    return buf;
+    int count = 0;
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    return static_cast<std::size_t>(count);
   }
   std::uint64_t n = 0;
   MPI_Recv(&n, sizeof n, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
-  std::vector<std::byte> buf(static_cast<std::size_t>(n));
+  return static_cast<std::size_t>(n);
+}
+
+// Receives the `n` bytes of that message (after message_size()) into `p`.
+void receive_body(const MPI_Status& st, std::byte* p, std::size_t n) {
+  if (!(st.MPI_TAG & kBig)) {
+    MPI_Recv(p, static_cast<int>(n), MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
+    return;
+  }
   for (std::size_t off = 0; off < n; off += kChunk)
-    MPI_Recv(buf.data() + off, static_cast<int>(std::min<std::size_t>(kChunk, n - off)), MPI_BYTE, st.MPI_SOURCE,
-             st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
+    MPI_Recv(p + off, static_cast<int>(std::min(kChunk, n - off)), MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, g_comm,
+             MPI_STATUS_IGNORE);
+}
+
+// Receives the message that `st` (from a probe) announces.
+std::vector<std::byte> receive_message(const MPI_Status& st) {
+  std::vector<std::byte> buf(message_size(st));
+  receive_body(st, buf.data(), buf.size());
   return buf;
 }
 
@@ -286,11 +299,6 @@ struct RunLimits {
   std::uint64_t call = 0;
 };
 
-// Large buffers sent once to this rank for the call `g_kept_call` (ranks on
-// another host than rank 0: those on its host map its memmap folder).
-sdk::KeptBuffers* g_kept = nullptr;
-std::uint64_t g_kept_call = 0;
-
 void watch_child() {
   for (;;) {
     std::this_thread::sleep_for(10ms);
@@ -373,21 +381,11 @@ struct RankMessage {
   std::span<const std::byte> bytes;
 };
 RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::ReceiveBlock& block) {
-  int count = 0;
-  MPI_Get_count(&st, MPI_BYTE, &count);
-  std::size_t n = static_cast<std::size_t>(count);
-  const bool big = st.MPI_TAG & kBig;
-  if (big) MPI_Recv(&n, sizeof(std::uint64_t), MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
+  const std::size_t n = message_size(st);
   const std::size_t pad = (64 - lead % 64) % 64;
   std::shared_ptr<std::byte> held = block.get(pad + n);
   std::byte* p = held.get() + pad;
-  if (!big) {
-    MPI_Recv(p, count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
-  } else {
-    for (std::size_t off = 0; off < n; off += kChunk)
-      MPI_Recv(p + off, static_cast<int>(std::min<std::size_t>(kChunk, n - off)), MPI_BYTE, st.MPI_SOURCE,
-               st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
-  }
+  receive_body(st, p, n);
   return {std::move(held), {p, n}};
 }
 
@@ -402,7 +400,11 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
   std::thread(watch_child).detach();
   ::pthread_atfork(nullptr, nullptr, [] { close_liveness_in_fork_child(); });  // every fork, a task's own too
   sdk::ReceiveBlock block;  // large messages are read into it
-  g_kept = new sdk::KeptBuffers();  // cleared at exit (a rank ends with _exit)
+  // Large buffers sent once to this rank for the call `kept_call` (a rank
+  // on another host than rank 0: those on its host map its memmap folder).
+  // Cleared at exit: a rank ends with _exit.
+  sdk::KeptBuffers kept;
+  std::uint64_t kept_call = 0;
   for (;;) {
     MPI_Status st;
     RankMessage received;
@@ -424,7 +426,7 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
       int status = 0;
       if (msg.size() >= sizeof status) std::memcpy(&status, msg.data(), sizeof status);
       if (g_child.running) g_child.worker.stop();
-      g_kept->clear();
+      kept.clear();
       std::fflush(nullptr);
       std::lock_guard lock(g_mpi);
       MPI_Finalize();
@@ -433,7 +435,7 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
     if (tag == kForget && msg.size() >= sizeof(std::uint64_t)) {  // a call ended: its buffers go
       std::uint64_t call = 0;
       std::memcpy(&call, msg.data(), sizeof call);
-      if (call == g_kept_call) g_kept->clear();
+      if (call == kept_call) kept.clear();
     } else if (tag == kHello) {
       if (g_liveness_fd.load() < 0 && !msg.empty())
         std::thread(connect_liveness, std::string(reinterpret_cast<const char*>(msg.data()), msg.size()),
@@ -462,12 +464,12 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
       g_stop = false;
       g_running_seq = seq;
       const auto request = msg.subspan(sizeof seq + sizeof limits);
-      if (limits.call != g_kept_call) {  // another call: the last one's buffers go
-        g_kept->clear();
-        g_kept_call = limits.call;
+      if (limits.call != kept_call) {  // another call: the last one's buffers go
+        kept.clear();
+        kept_call = limits.call;
       }
       if (limits.max_tasks == 0 && limits.memory_limit == 0) {
-        sdk::serve_request(request, reply_to_rank0, &g_stop, received.block, g_kept);
+        sdk::serve_request(request, reply_to_rank0, &g_stop, received.block, &kept);
       } else {
         const std::vector<std::byte> reply = run_in_child(request, limits);
         reply_to_rank0(reply, {});
@@ -697,8 +699,6 @@ class Engine {
     }
   }
 
-  // Hands queued jobs to idle ranks, completes batches from replies, watches
-  // ranks on this host for death; ends when rank 0 ends.
   // Starts spawn_ workers running this program (MPI_Comm_spawn, each
   // with kSpawnedMark as its argument); returns how many. Throws
   // BackendError naming the mpirun line to use when MPI cannot spawn.
@@ -726,6 +726,8 @@ class Engine {
     return spawn_;
   }
 
+  // Hands queued jobs to idle ranks, completes batches from replies, watches
+  // ranks for death; ends when rank 0 ends.
   void loop() {
     auto last_death_check = std::chrono::steady_clock::now();
     int idle_rounds = 0;
@@ -939,11 +941,9 @@ class Engine {
       const int fd = it->first;
       LivenessHello hello;
       const ssize_t n = ::recv(fd, &hello, sizeof hello, MSG_PEEK);
-      if (n >= 0 && n < static_cast<ssize_t>(sizeof hello) && n != 0 && now - it->second < 5s) {
-        ++it;  // the rest of its hello is on the way
-        continue;
-      }
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && now - it->second < 5s) {
+      const bool on_its_way = (n > 0 && n < static_cast<ssize_t>(sizeof hello)) ||
+                              (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+      if (on_its_way && now - it->second < 5s) {  // its hello (or the rest of it) is still coming
         ++it;
         continue;
       }
