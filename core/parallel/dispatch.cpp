@@ -132,6 +132,8 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   void dispatch_locked(std::vector<BatchBase*>& out);
   std::unique_ptr<BatchBase> pull_batch_locked(std::size_t bs, bool& failed);
   void submit(const std::vector<BatchBase*>& batches) noexcept;
+  bool start_claiming(std::vector<BatchBase*>& out);
+  void claimer_done_locked(BatchBase& b, std::unique_ptr<BatchBase>& dropped);
   void record_error_locked(std::size_t seq, std::exception_ptr e);
   // Generator modes whose results may be large count tasks whose results
   // the consumer has not finished with (running, done, and the batch it is
@@ -197,6 +199,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   std::size_t running_tasks_ = 0, done_tasks_ = 0, held_tasks_ = 0;
   AutoBatchSize auto_batch_;
   bool outcomes_ = false;                 // Parallel::outcomes()
+  bool claiming_ = false;                 // the workers claim index ranges (start_claiming)
   bool small_results_ = false;            // Source::small_results(): a generator's window counts batches
   // Batches left running on a thread after a timeout, their tasks retried
   // (or given TimeoutError outcomes) elsewhere: dropped when they end.
@@ -286,7 +289,7 @@ void CallImpl::start() {
     std::rethrow_exception(e);
   }
   std::vector<BatchBase*> out;
-  {
+  if (!start_claiming(out)) {
     Lock lk(m_);
     dispatch_locked(out);
     if (finished_locked()) report_finished_locked();
@@ -385,6 +388,67 @@ void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
 
 void CallImpl::submit(const std::vector<BatchBase*>& batches) noexcept {
   for (BatchBase* b : batches) cfg_.backend->submit(*b);
+}
+
+// A list call over an input cut into index ranges, on threads, that nothing
+// watches batch by batch (no timeout, retries, outcomes, verbose or
+// progress): n_jobs batches claim ranges of the input from one atomic
+// counter, as OpenMP's dynamic schedule does, instead of a batch made,
+// queued and reported under the call's lock for each range. A range is
+// batch_size tasks, or (auto) a guided share of what is left, capped at
+// 1/64 of a worker's share. Results, their order, the error raised (the
+// one of the lowest input index) and stopping stay as the batched path
+// gives them.
+bool CallImpl::start_claiming(std::vector<BatchBase*>& out) {
+  if (generator_ || sequential_ || cfg_.caps.needs_encoded_tasks || cfg_.timeout || cfg_.retries > 0 ||
+      outcomes_ || cfg_.verbose > 0 || cfg_.on_progress || cfg_.progress_bar || !n_tasks_ || *n_tasks_ == 0 ||
+      !source_->splits())
+    return false;
+  const std::size_t n = *n_tasks_;
+  const std::size_t jobs = std::size_t(std::max(cfg_.n_jobs, 1));
+  auto range = std::make_shared<ClaimRange>(n, cfg_.batch_size ? std::size_t(*cfg_.batch_size) : 0,
+                                            n / (64 * jobs), 4 * jobs);
+  std::vector<std::unique_ptr<BatchBase>> claimers = source_->claimers(std::min(jobs, n), range);
+  if (claimers.empty()) return false;
+  Lock lk(m_);
+  claiming_ = true;
+  exhausted_ = true;
+  dispatched_tasks_ = n;
+  const std::int64_t now = now_ns();
+  for (auto& b : claimers) {
+    b->seq_ = next_seq_++;
+    b->stop_ = &stop_;
+    b->call_ = this;
+    b->dispatched_ns_ = now;
+    ++dispatched_batches_;
+    out.push_back(b.get());
+    running_.emplace(b->seq_, std::move(b));
+  }
+  running_tasks_ = n;
+  return true;
+}
+
+// A claiming batch has run out of ranges (or the call stopped). Its error
+// is ranked by the input index of its failing task. When the last one
+// ends and every task ran, one of them stands for the whole input: it is
+// what the caller takes, its results in the call's output.
+void CallImpl::claimer_done_locked(BatchBase& b, std::unique_ptr<BatchBase>& dropped) {
+  auto node = running_.extract(b.seq_);
+  last_completion_ns_ = now_ns();
+  completed_tasks_ += b.completed_;
+  if (b.error_ && b.from_backend_ && stop_.load()) b.error_ = nullptr;  // dropped by a stopping backend
+  if (b.error_) record_error_locked(b.first_index_ + b.error_offset_, b.error_);
+  if (running_.empty() && !closed_ && !error_ && completed_tasks_ == *n_tasks_) {
+    running_tasks_ = 0;
+    b.size_ = b.completed_ = *n_tasks_;
+    b.seq_ = 0;
+    done_tasks_ = *n_tasks_;
+    done_.put(0, std::move(node.mapped()));
+    report_finished_locked();
+  } else {
+    if (running_.empty()) running_tasks_ = 0;
+    dropped = std::move(node.mapped());
+  }
 }
 
 void CallImpl::record_error_locked(std::size_t seq, std::exception_ptr e) {
@@ -517,6 +581,12 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
         dropped = std::move(it->second);
         abandoned_.erase(it);
       }
+    } else if (claiming_) {
+      claimer_done_locked(b, dropped);
+      if (finished_locked() || error_ || stop_.load(std::memory_order_relaxed)) {
+        events_.fetch_add(1, std::memory_order_release);
+        cv_.notify_all();
+      }
     } else if (retry_locked(b)) {
       out.push_back(&b);  // stays in running_; sent again below
     } else {
@@ -637,6 +707,14 @@ void CallImpl::on_stop_requested() noexcept {
 
 void CallImpl::check_cancelled_locked(Lock& lk) {
   if (!cancelled_.load() || raised_) return;
+  if (!error_ && claiming_) {
+    // Claiming batches count their tasks when they end: let them stop (they
+    // do so between tasks) before saying how far the call got.
+    lk.unlock();
+    cfg_.backend->abort();
+    lk.lock();
+    cv_.wait(lk, [this] { return running_.empty() && in_callback_ == 0; });
+  }
   if (!error_) {
     record_error_locked(0, std::make_exception_ptr(CancelledError(fmt::format(
                                "the call was cancelled: its stop_token was requested ({} of {} tasks done)",

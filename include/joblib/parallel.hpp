@@ -307,6 +307,53 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
   }
 };
 
+/// A batch that claims index ranges of a sliced input (ClaimRange) and runs
+/// them until none is left or the call stops, writing each result straight
+/// into the call's output (Source::claimers: list calls on threads). Its
+/// completed_ counts the tasks it ran; error_offset_ is the input index of
+/// the task that threw.
+template <class View, class TaskT, class R>
+class ClaimBatch final : public ResultBatch<R> {
+ public:
+  std::shared_ptr<View> view_;
+  std::shared_ptr<ClaimRange> range_;
+
+  void run_tasks() noexcept override {
+    const auto first = std::ranges::begin(std::as_const(*view_));
+    std::size_t i = 0, ran = 0, begin = 0, end = 0;
+    try {
+      while (!this->should_stop() && range_->claim(begin, end)) {
+        for (i = begin; i < end; ++i) {
+          if (this->should_stop()) break;
+          TaskT task = first[static_cast<std::ptrdiff_t>(i)];
+          if constexpr (std::is_void_v<R>)
+            std::invoke(task);
+          else
+            this->direct_[i] = std::invoke(task);
+          ++ran;
+        }
+      }
+    } catch (...) {
+      this->error_ = std::current_exception();
+      this->error_offset_ = i;
+    }
+    this->completed_ += ran;
+  }
+
+  // Never called: claiming batches are made for thread backends only.
+  [[noreturn]] void encode_tasks(CodeRef&, OutputStream&, BufferSink*) override { throw_claimed(); }
+  [[noreturn]] void decode_results(std::span<const std::byte>, BufferSource*) override { throw_claimed(); }
+  void reset_results() noexcept override {}
+  bool fill_error(std::exception_ptr) override { return false; }
+  std::unique_ptr<BatchBase> copy_tasks() const override { return nullptr; }
+  std::string task_function(std::size_t) const override { return type_name<TaskT>(); }
+
+ private:
+  [[noreturn]] static void throw_claimed() {
+    throw_not_portable(type_name<TaskT>(), "a batch that claims index ranges runs on threads only");
+  }
+};
+
 /// Pulls tasks from an input range. `View` is views::all of what the user
 /// passed: an owning view for rvalue containers, a ref_view for lvalues.
 /// A sliceable input (sliceable_v) is cut into index ranges instead.
@@ -373,6 +420,29 @@ class RangeSource final : public Source {
   std::optional<std::size_t> remaining() const override {
     if (total_) return *total_ - pulled_;
     return std::nullopt;
+  }
+
+  std::vector<std::unique_ptr<BatchBase>> claimers(std::size_t count,
+                                                   const std::shared_ptr<ClaimRange>& range) override {
+    std::vector<std::unique_ptr<BatchBase>> out;
+    if constexpr (sliced && (can_write_directly || std::is_void_v<R>)) {
+      if (pulled_ != 0 || !total_ || *total_ == 0) return out;
+      if constexpr (!std::is_void_v<R>)
+        if (!output_) return out;
+      for (std::size_t k = 0; k < count; ++k) {
+        auto b = std::make_unique<ClaimBatch<View, TaskT, R>>();
+        b->view_ = view_;
+        b->range_ = range;
+        if constexpr (!std::is_void_v<R>) {
+          b->output_ = output_;
+          b->direct_ = output_->data();
+        }
+        out.push_back(std::move(b));
+      }
+      pulled_ = *total_;
+      if constexpr (!std::is_void_v<R>) output_.reset();  // the batches and the Results hold it now
+    }
+    return out;
   }
 
   bool gives_outcomes() const noexcept override { return Outcomes; }

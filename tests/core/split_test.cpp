@@ -11,6 +11,8 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <optional>
+#include <stop_token>
 #include <ranges>
 #include <set>
 #include <stdexcept>
@@ -142,5 +144,87 @@ TEST(SplitThreads, AUsersOwnRangeIsStillPulledOneAtATimeInOrder) {
   ASSERT_EQ(produced.size(), 5000u);
   for (int i = 0; i < 5000; ++i) EXPECT_EQ(produced[std::size_t(i)], i);
 }
+
+// List calls on threads: the workers claim index ranges of the input from
+// one counter (batch_size tasks, or guided shares) instead of batches made
+// under the call's lock. Every task must run once, results in place, the
+// error of the lowest index must win, and a cancel must say how far it got.
+class SplitClaim : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SplitClaim, EveryTaskRunsOnceWhateverTheSizesBatchSizesAndWorkers) {
+  for (int n : {1, 2, 3, 7, 64, 1000, 4099}) {
+    for (std::optional<int> bs : {std::optional<int>{}, std::optional<int>{1}, std::optional<int>{3},
+                                  std::optional<int>{1000}}) {
+      for (int jobs : {2, 5}) {
+        std::vector<std::atomic<int>> runs(static_cast<std::size_t>(n));
+        const std::vector<long> r = Parallel({.n_jobs = jobs, .backend = GetParam(), .batch_size = bs})
+                                        .map([&](int i) {
+                                          ++runs[std::size_t(i)];
+                                          return long(i) * 3;
+                                        }, std::views::iota(0, n));
+        ASSERT_EQ(r.size(), std::size_t(n));
+        for (int i = 0; i < n; ++i) {
+          ASSERT_EQ(r[std::size_t(i)], long(i) * 3) << "n=" << n << " jobs=" << jobs << " i=" << i;
+          ASSERT_EQ(runs[std::size_t(i)].load(), 1) << "n=" << n << " jobs=" << jobs << " i=" << i;
+        }
+        // Tasks returning void: each runs once too.
+        std::vector<std::atomic<int>> void_runs(static_cast<std::size_t>(n));
+        Parallel({.n_jobs = jobs, .backend = GetParam(), .batch_size = bs})
+            .map([&](int i) { ++void_runs[std::size_t(i)]; }, std::views::iota(0, n))
+            .wait();
+        for (int i = 0; i < n; ++i) ASSERT_EQ(void_runs[std::size_t(i)].load(), 1) << "void n=" << n << " i=" << i;
+      }
+    }
+  }
+}
+
+TEST_P(SplitClaim, TheLowestIndexErrorWinsWhenALaterTaskFailsFirst) {
+  for (std::optional<int> bs : {std::optional<int>{1}, std::optional<int>{}}) {
+    std::atomic<bool> later_failed{false};
+    try {
+      (void)std::vector<int>(Parallel({.n_jobs = 2, .backend = GetParam(), .batch_size = bs})
+                                 .map([&](int i) {
+                                   if (i == 700) {
+                                     // Fails only after task 3000 has failed on the other worker.
+                                     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+                                     while (!later_failed && std::chrono::steady_clock::now() < until)
+                                       std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                                     throw std::out_of_range("task 700 fails");
+                                   }
+                                   if (i == 3000) {
+                                     later_failed = true;
+                                     throw std::invalid_argument("task 3000 fails");
+                                   }
+                                   return i;
+                                 }, std::views::iota(0, 5000)));
+      ADD_FAILURE() << "no error";
+    } catch (const std::out_of_range& e) {
+      EXPECT_STREQ(e.what(), "task 700 fails");
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "the later task's error won: " << e.what();
+    }
+    EXPECT_TRUE(later_failed.load());
+  }
+}
+
+TEST_P(SplitClaim, ACancelledCallCountsEveryTaskThatRan) {
+  std::stop_source stop;
+  std::atomic<int> ran{0};
+  try {
+    (void)std::vector<int>(Parallel({.n_jobs = 2, .backend = GetParam(), .batch_size = 1,
+                                     .stop_token = stop.get_token()})
+                               .map([&](int i) {
+                                 if (++ran == 3) stop.request_stop();
+                                 return i;
+                               }, std::views::iota(0, 100000)));
+    FAIL() << "no CancelledError";
+  } catch (const joblib::CancelledError& e) {
+    EXPECT_EQ(std::string(e.what()), "the call was cancelled: its stop_token was requested (" +
+                                         std::to_string(ran.load()) + " of 100000 tasks done)");
+  }
+  EXPECT_LT(ran.load(), 100000);
+}
+
+INSTANTIATE_TEST_SUITE_P(Threads, SplitClaim, ::testing::Values("threading", "tbb", "openmp"));
 
 }  // namespace

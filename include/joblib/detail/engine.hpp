@@ -14,6 +14,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace joblib::detail {
 
@@ -87,6 +88,45 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   void name_dead_worker_tasks() noexcept;
 };
 
+/// The index ranges of a call's input that its workers claim one after
+/// another, as OpenMP's dynamic and guided schedules do (Source::claimers):
+/// a fixed size (batch_size), or a guided one, a share of what is left,
+/// capped. Claiming is one atomic operation: no lock, no batch object.
+class ClaimRange {
+ public:
+  /// `total` tasks; ranges of `fixed` tasks, or (fixed = 0) of what is left
+  /// divided by `divisor`, between 1 and `max_chunk`.
+  ClaimRange(std::size_t total, std::size_t fixed, std::size_t max_chunk, std::size_t divisor) noexcept
+      : total_(total), fixed_(fixed), max_chunk_(max_chunk < 1 ? 1 : max_chunk), divisor_(divisor < 1 ? 1 : divisor) {}
+
+  /// Claims the next range [begin, end); false once every index is claimed.
+  bool claim(std::size_t& begin, std::size_t& end) noexcept {
+    if (fixed_ != 0) {
+      if (next_.load(std::memory_order_relaxed) >= total_) return false;
+      begin = next_.fetch_add(fixed_, std::memory_order_relaxed);
+      if (begin >= total_) return false;
+      end = total_ - begin < fixed_ ? total_ : begin + fixed_;
+      return true;
+    }
+    std::size_t cur = next_.load(std::memory_order_relaxed);
+    for (;;) {
+      if (cur >= total_) return false;
+      std::size_t chunk = (total_ - cur) / divisor_;
+      chunk = chunk < 1 ? 1 : (chunk > max_chunk_ ? max_chunk_ : chunk);
+      if (next_.compare_exchange_weak(cur, cur + chunk, std::memory_order_relaxed)) {
+        begin = cur;
+        end = cur + chunk;
+        return true;
+      }
+    }
+  }
+
+ private:
+  alignas(64) std::atomic<std::size_t> next_{0};
+  alignas(64) std::size_t total_;
+  std::size_t fixed_, max_chunk_, divisor_;
+};
+
 /// The input of one call: pulls tasks lazily into batches.
 class JOBLIB_EXPORT Source {
  public:
@@ -107,6 +147,17 @@ class JOBLIB_EXPORT Source {
   /// struct of them: trivially copyable, at most small_result_bytes), so
   /// that results held for a generator's consumer cost little memory.
   virtual bool small_results() const noexcept { return false; }
+  /// Before anything is pulled, for a list call on threads: `count` batches
+  /// that each run tasks of `range` until it is exhausted (or the call
+  /// stops), writing results straight into the call's output; the input is
+  /// then fully pulled. Empty when this input cannot be claimed (it is not
+  /// cut into index ranges, or its results cannot be written in place).
+  virtual std::vector<std::unique_ptr<BatchBase>> claimers(std::size_t count,
+                                                           const std::shared_ptr<ClaimRange>& range) {
+    (void)count;
+    (void)range;
+    return {};
+  }
 };
 
 /// The largest result Source::small_results() calls small.
