@@ -13,6 +13,8 @@
 
 #include <fmt/format.h>
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
@@ -46,6 +48,7 @@ void spin_until_changed(const std::atomic<std::uint64_t>& value, std::uint64_t s
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
+    if ((i & 15) == 15) sched_yield();
     if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return;
   }
 }
@@ -134,6 +137,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   void submit(const std::vector<BatchBase*>& batches) noexcept;
   bool start_claiming(std::vector<BatchBase*>& out);
   void claimer_done_locked(BatchBase& b, std::unique_ptr<BatchBase>& dropped);
+  void finish_claims_locked(std::unique_ptr<BatchBase> b);
   void record_error_locked(std::size_t seq, std::exception_ptr e);
   // Generator modes whose results may be large count tasks whose results
   // the consumer has not finished with (running, done, and the batch it is
@@ -408,7 +412,13 @@ bool CallImpl::start_claiming(std::vector<BatchBase*>& out) {
   const std::size_t jobs = std::size_t(std::max(cfg_.n_jobs, 1));
   auto range = std::make_shared<ClaimRange>(n, cfg_.batch_size ? std::size_t(*cfg_.batch_size) : 0,
                                             n / (64 * jobs), 4 * jobs);
-  std::vector<std::unique_ptr<BatchBase>> claimers = source_->claimers(std::min(jobs, n), range);
+  std::vector<std::unique_ptr<BatchBase>> claimers;
+  try {
+    claimers = source_->claimers(std::min(jobs, n), range);  // reserves the output
+  } catch (...) {
+    finish_backend();
+    throw;
+  }
   if (claimers.empty()) return false;
   Lock lk(m_);
   claiming_ = true;
@@ -438,17 +448,26 @@ void CallImpl::claimer_done_locked(BatchBase& b, std::unique_ptr<BatchBase>& dro
   completed_tasks_ += b.completed_;
   if (b.error_ && b.from_backend_ && stop_.load()) b.error_ = nullptr;  // dropped by a stopping backend
   if (b.error_) record_error_locked(b.first_index_ + b.error_offset_, b.error_);
-  if (running_.empty() && !closed_ && !error_ && completed_tasks_ == *n_tasks_) {
-    running_tasks_ = 0;
-    b.size_ = b.completed_ = *n_tasks_;
-    b.seq_ = 0;
-    done_tasks_ = *n_tasks_;
-    done_.put(0, std::move(node.mapped()));
-    report_finished_locked();
-  } else {
-    if (running_.empty()) running_tasks_ = 0;
+  if (!running_.empty()) {
     dropped = std::move(node.mapped());
+    return;
   }
+  running_tasks_ = 0;
+  finish_claims_locked(std::move(node.mapped()));
+}
+
+// Every claiming batch has ended (the one that made the output among
+// them): when every task ran, `b` stands for the whole input (the caller
+// takes it, its results in the output); otherwise the call stopped and its
+// error is raised.
+void CallImpl::finish_claims_locked(std::unique_ptr<BatchBase> b) {
+  if (closed_ || error_ || completed_tasks_ != *n_tasks_) return;
+  b->size_ = b->completed_ = *n_tasks_;
+  b->seq_ = 0;
+  b->claims_done();
+  done_tasks_ = *n_tasks_;
+  done_.put(0, std::move(b));
+  report_finished_locked();
 }
 
 void CallImpl::record_error_locked(std::size_t seq, std::exception_ptr e) {

@@ -10,11 +10,14 @@
 #include <joblib/options.hpp>
 #include <joblib/outcome.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <deque>
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <ranges>
 #include <string>
@@ -312,24 +315,81 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
 /// into the call's output (Source::claimers: list calls on threads). Its
 /// completed_ counts the tasks it ran; error_offset_ is the input index of
 /// the task that threw.
+/// The output of a claimed call. Its storage is reserved by the caller
+/// (from the caller's heap, which frees it); its elements are made by the
+/// first claiming batch to start, slice after slice, while the others
+/// already run tasks: a range whose elements are made is written in
+/// place, one that is not yet made keeps its results aside (pending),
+/// moved in once every element is made.
+template <class R>
+struct ClaimOutput {
+  std::shared_ptr<std::vector<R>> vec;  // capacity reserved for `size`: its storage never moves
+  R* base = nullptr;                    // vec's storage
+  std::size_t size = 0;
+  std::atomic<std::size_t> ready{0};    // elements [0, ready) are made
+  std::atomic<bool> unmade{true};       // the first batch to start makes them
+  std::mutex m;                         // pending, and its last move
+  std::vector<std::pair<std::size_t, std::vector<R>>> pending;
+
+  /// Makes the `size` default results (about 256 KiB at a time), then moves
+  /// the pending ones in. Throws what R's default constructor throws.
+  void make() {
+    constexpr std::size_t slice = sizeof(R) >= (std::size_t(256) << 10) ? 1 : (std::size_t(256) << 10) / sizeof(R);
+    for (std::size_t k = 0; k < size;) {
+      k = size - k < slice ? size : k + slice;
+      vec->resize(k);  // within the reserved capacity: no element moves
+      ready.store(k, std::memory_order_release);
+    }
+    std::lock_guard lock(m);
+    for (auto& [first, results] : pending) std::ranges::move(results, base + first);
+    pending.clear();
+  }
+  /// The results of tasks first.., run while their elements were not made.
+  void put(std::size_t first, std::vector<R>&& results) {
+    std::lock_guard lock(m);
+    if (first + results.size() <= ready.load(std::memory_order_acquire))
+      std::ranges::move(results, base + first);
+    else
+      pending.emplace_back(first, std::move(results));
+  }
+};
+
 template <class View, class TaskT, class R>
 class ClaimBatch final : public ResultBatch<R> {
  public:
   std::shared_ptr<View> view_;
   std::shared_ptr<ClaimRange> range_;
+  std::shared_ptr<ClaimOutput<R>> out_;  // null when R is void
 
   void run_tasks() noexcept override {
     const auto first = std::ranges::begin(std::as_const(*view_));
     std::size_t i = 0, ran = 0, begin = 0, end = 0;
     try {
+      [[maybe_unused]] std::size_t ready = 0;  // what this batch last saw of out_->ready
+      if constexpr (!std::is_void_v<R>)
+        if (out_->unmade.exchange(false)) out_->make();
       while (!this->should_stop() && range_->claim(begin, end)) {
+        if constexpr (!std::is_void_v<R>) {
+          if (end > ready) ready = out_->ready.load(std::memory_order_acquire);
+          if (end > ready) {  // not made yet: keep these results aside
+            std::vector<R> aside(end - begin);
+            for (i = begin; i < end; ++i) {
+              if (this->should_stop()) break;
+              TaskT task = first[static_cast<std::ptrdiff_t>(i)];
+              aside[i - begin] = std::invoke(task);
+              ++ran;
+            }
+            if (i == end) out_->put(begin, std::move(aside));
+            continue;
+          }
+        }
         for (i = begin; i < end; ++i) {
           if (this->should_stop()) break;
           TaskT task = first[static_cast<std::ptrdiff_t>(i)];
           if constexpr (std::is_void_v<R>)
             std::invoke(task);
           else
-            this->direct_[i] = std::invoke(task);
+            out_->base[i] = std::invoke(task);
           ++ran;
         }
       }
@@ -338,6 +398,10 @@ class ClaimBatch final : public ResultBatch<R> {
       this->error_offset_ = i;
     }
     this->completed_ += ran;
+  }
+
+  void claims_done() noexcept override {
+    if constexpr (!std::is_void_v<R>) this->direct_ = out_->base;
   }
 
   // Never called: claiming batches are made for thread backends only.
@@ -378,7 +442,7 @@ class RangeSource final : public Source {
       : view_(std::make_shared<View>(std::move(view))), it_(std::ranges::begin(*view_)) {
     if constexpr (std::ranges::sized_range<View>) total_ = static_cast<std::size_t>(std::ranges::size(*view_));
     if constexpr (can_write_directly)
-      if (direct_output && *total_ > 0) output_ = std::make_shared<std::vector<R>>(*total_);
+      if (direct_output && *total_ > 0) output_ = std::make_shared<std::vector<R>>();  // sized when used
   }
 
   std::unique_ptr<BatchBase> pull(std::size_t max) override {
@@ -391,6 +455,7 @@ class RangeSource final : public Source {
       batch->size_ = batch->count_;
       if constexpr (can_write_directly) {
         if (output_) {
+          if (output_->size() != *total_) output_->resize(*total_);
           batch->output_ = output_;
           batch->direct_ = output_->data() + pulled_;
         }
@@ -429,21 +494,30 @@ class RangeSource final : public Source {
       if (pulled_ != 0 || !total_ || *total_ == 0) return out;
       if constexpr (!std::is_void_v<R>)
         if (!output_) return out;
+      if constexpr (!std::is_void_v<R>) {
+        claim_output_ = std::make_shared<ClaimOutput<R>>();
+        claim_output_->size = *total_;
+        claim_output_->vec = std::move(output_);  // the batches and the Results hold it now
+        // Allocated here, from the caller's heap arena (which frees it, and
+        // reuses it call after call); its elements are made by a worker.
+        claim_output_->vec->reserve(*total_);
+        claim_output_->base = claim_output_->vec->data();
+      }
       for (std::size_t k = 0; k < count; ++k) {
         auto b = std::make_unique<ClaimBatch<View, TaskT, R>>();
         b->view_ = view_;
         b->range_ = range;
         if constexpr (!std::is_void_v<R>) {
-          b->output_ = output_;
-          b->direct_ = output_->data();
+          b->out_ = claim_output_;
+          b->output_ = claim_output_->vec;
         }
         out.push_back(std::move(b));
       }
       pulled_ = *total_;
-      if constexpr (!std::is_void_v<R>) output_.reset();  // the batches and the Results hold it now
     }
     return out;
   }
+
 
   bool gives_outcomes() const noexcept override { return Outcomes; }
   bool splits() const noexcept override { return sliced; }
@@ -466,6 +540,7 @@ class RangeSource final : public Source {
   std::shared_ptr<View> view_;  // shared with the sliced batches
   std::ranges::iterator_t<View> it_;
   std::shared_ptr<std::vector<R>> output_;  // list mode, can_write_directly: the call's results
+  std::shared_ptr<ClaimOutput<std::conditional_t<std::is_void_v<R>, char, R>>> claim_output_;  // claimers()
   std::size_t pulled_ = 0;
   std::optional<std::size_t> total_;
 };

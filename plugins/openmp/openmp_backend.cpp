@@ -45,11 +45,20 @@ class Team {
   }
 
  private:
-  // Next batch, or nullptr once the queue is empty and no call is active.
+  // Next batch, or nullptr once the queue is empty and no call is active:
+  // then every thread of the region leaves it, and takes no batch of a call
+  // that starts meanwhile. That call waits for the next region, with the
+  // whole team: a thread still in this one would run it alone while the
+  // others wait for it at the region's end.
   joblib::Batch* next() {
     std::unique_lock lock(m_);
-    cv_.wait(lock, [this] { return !queue_.empty() || active_calls_ == 0; });
-    if (queue_.empty()) return nullptr;
+    cv_.wait(lock, [this] { return closing_ || !queue_.empty() || active_calls_ == 0; });
+    if (closing_) return nullptr;
+    if (queue_.empty()) {
+      closing_ = true;
+      cv_.notify_all();
+      return nullptr;
+    }
     joblib::Batch* b = queue_.front();
     queue_.pop_front();
     return b;
@@ -61,6 +70,7 @@ class Team {
         std::unique_lock lock(m_);
         cv_.wait(lock, [this] { return active_calls_ > 0 || !queue_.empty() || retired_; });
         if (retired_ && active_calls_ == 0 && queue_.empty()) return;
+        closing_ = false;  // no thread is in a region now
       }
 #pragma omp parallel num_threads(n_)
       {
@@ -75,6 +85,7 @@ class Team {
   std::deque<joblib::Batch*> queue_;
   int active_calls_ = 0;
   bool retired_ = false;
+  bool closing_ = false;  // the region is ending: its threads take no batch
   std::thread driver_;
 };
 

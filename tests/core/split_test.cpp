@@ -225,6 +225,24 @@ TEST_P(SplitClaim, ACancelledCallCountsEveryTaskThatRan) {
   EXPECT_LT(ran.load(), 100000);
 }
 
+TEST_P(SplitClaim, ACallStartedRightAfterAnotherGetsEveryWorker) {
+  // Two tasks that each wait for the other: they finish only if the call
+  // runs them at once. Calls follow each other with no pause (the openmp
+  // team's previous region may still be ending when the next call starts).
+  for (int call = 0; call < 40; ++call) {
+    std::atomic<int> arrived{0};
+    const std::vector<int> r = Parallel({.n_jobs = 2, .backend = GetParam(), .batch_size = 1})
+                                   .map([&](int i) {
+                                     ++arrived;
+                                     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+                                     while (arrived.load() < 2 && std::chrono::steady_clock::now() < until)
+                                       std::this_thread::yield();
+                                     return arrived.load() >= 2 ? i : -1;
+                                   }, std::views::iota(0, 2));
+    ASSERT_EQ(r, (std::vector<int>{0, 1})) << "call " << call << ": its two tasks did not run at once";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Threads, SplitClaim, ::testing::Values("threading", "tbb", "openmp"));
 
 }  // namespace

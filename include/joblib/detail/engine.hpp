@@ -56,6 +56,9 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   /// A batch holding copies of the tasks, to try them again while this one
   /// still runs on a thread (after a timeout); null when tasks cannot be copied.
   virtual std::unique_ptr<BatchBase> copy_tasks() const = 0;
+  /// A claiming batch (Source::claimers) that stands for the whole input
+  /// once every task has run: points its results at the call's output.
+  virtual void claims_done() noexcept {}
 
   // ---- the dispatcher's bookkeeping ----
   std::size_t size_ = 0;           // tasks in the batch
@@ -149,9 +152,11 @@ class JOBLIB_EXPORT Source {
   virtual bool small_results() const noexcept { return false; }
   /// Before anything is pulled, for a list call on threads: `count` batches
   /// that each run tasks of `range` until it is exhausted (or the call
-  /// stops), writing results straight into the call's output; the input is
+  /// stops), writing results straight into the call's output, which it
+  /// reserves (the first of them to start makes its elements); the input is
   /// then fully pulled. Empty when this input cannot be claimed (it is not
   /// cut into index ranges, or its results cannot be written in place).
+  /// Throws std::bad_alloc.
   virtual std::vector<std::unique_ptr<BatchBase>> claimers(std::size_t count,
                                                            const std::shared_ptr<ClaimRange>& range) {
     (void)count;
