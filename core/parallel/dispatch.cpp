@@ -414,7 +414,9 @@ bool CallImpl::start_claiming(std::vector<BatchBase*>& out) {
                                             n / (64 * jobs), 4 * jobs);
   std::vector<std::unique_ptr<BatchBase>> claimers;
   try {
-    claimers = source_->claimers(std::min(jobs, n), range);  // reserves the output
+    // No more at once than pre_dispatch lets batches be in flight.
+    const std::size_t count = std::min({jobs, n, window_ == 0 ? jobs : window_});
+    claimers = source_->claimers(count, range);  // reserves the output
   } catch (...) {
     finish_backend();
     throw;

@@ -243,6 +243,24 @@ TEST_P(SplitClaim, ACallStartedRightAfterAnotherGetsEveryWorker) {
   }
 }
 
+TEST_P(SplitClaim, PreDispatchStillBoundsTheTasksInFlight) {
+  // joblib's pre_dispatch = "1": one batch in flight, so one task at a time.
+  std::atomic<int> now{0}, most{0};
+  const std::vector<int> r = Parallel({.n_jobs = 2, .backend = GetParam(), .pre_dispatch = "1", .batch_size = 1})
+                                 .map([&](int i) {
+                                   const int in = ++now;
+                                   int seen = most.load();
+                                   while (in > seen && !most.compare_exchange_weak(seen, in)) {
+                                   }
+                                   std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                                   --now;
+                                   return i;
+                                 }, std::views::iota(0, 20));
+  ASSERT_EQ(r.size(), 20u);
+  EXPECT_EQ(r[19], 19);
+  EXPECT_EQ(most.load(), 1);
+}
+
 INSTANTIATE_TEST_SUITE_P(Threads, SplitClaim, ::testing::Values("threading", "tbb", "openmp"));
 
 }  // namespace
