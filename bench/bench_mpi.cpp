@@ -5,6 +5,9 @@
 //   bench_mpi joblib   Parallel over the mpi backend: per-task cost batched and with
 //                      batch_size = 1, strong scaling of 1 ms tasks, a 400 MB array
 //                      to 8 tasks
+//   bench_mpi sweep    bench_scaling's cases over the job's worker ranks (run once
+//                      per -np): "mpi_scaling <workers> <seconds>" for 400 tasks of
+//                      1 ms, and with 2 workers "mpi_cost <task us> <us added per task>"
 // Each line is "name value unit". Best of several repetitions.
 #define OMPI_SKIP_MPICXX 1
 #include <joblib/joblib.hpp>
@@ -118,7 +121,35 @@ int with_joblib() {
 }
 }  // namespace
 
+// bench_scaling's task: spins for `us` microseconds.
+double spin(int us) {
+  const auto until = Clock::now() + std::chrono::microseconds(us);
+  double x = 0;
+  while (Clock::now() < until)
+    for (int k = 0; k < 64; ++k) x += std::sqrt(double(k));
+  return x;
+}
+
+// bench_scaling's cases, on every worker rank of the job.
+int sweep() {
+  const int workers = std::atoi(std::getenv("OMPI_COMM_WORLD_SIZE")) - 1;
+  joblib::Parallel p({.n_jobs = -1, .backend = "mpi"});
+  (void)std::vector<double>(p.map(spin, std::vector<int>(std::size_t(workers), 1)));  // warm: every rank answered
+  auto wall = [&](int n, int us) {
+    return best_of(3, [&] { (void)std::vector<double>(p.map(spin, std::vector<int>(std::size_t(n), us))); });
+  };
+  std::printf("mpi_scaling %d %.6f\n", workers, wall(400, 1000));
+  if (workers == 2)
+    for (int us : {1, 10, 100, 1000, 10000}) {
+      const int n = std::clamp(400000 / us, 40, 20000);
+      const double t = wall(n, us);
+      std::printf("mpi_cost %d %.4f\n", us, std::max(0.0, (t - double(n) * us * 1e-6 / 2) / n) * 1e6);
+    }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "joblib";
+  if (mode == "sweep") return sweep();
   return mode == "raw" ? raw(argc, argv) : with_joblib();
 }

@@ -2,9 +2,12 @@
 // workers on threading, tbb and loky, with the speedup and efficiency
 // against one worker of the same backend; and the cost each backend adds
 // per task against the task's duration (1 us .. 10 ms), so that a user sees
-// where each one pays off. Writes docs/benchmarks_scaling.svg.
+// where each one pays off. Writes docs/benchmarks_scaling.svg. The mpi
+// backend runs under mpirun, one job per worker count: bench/run_mpi_bench.sh
+// writes its figures to a file, which, given as the second argument, adds
+// mpi to the plot.
 //
-//   ./build/bench/bin/bench_scaling [docs/benchmarks_scaling.svg]
+//   ./build/bench/bin/bench_scaling [docs/benchmarks_scaling.svg [build/bench/mpi_scaling.txt]]
 #include <joblib/joblib.hpp>
 
 #include <algorithm>
@@ -44,7 +47,7 @@ double run(const std::string& backend, int workers, int n, int us, int reps = 3)
   return best;
 }
 
-const char* const kColors[] = {"#1f77b4", "#d62728", "#2ca02c"};
+const char* const kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd"};
 
 }  // namespace
 
@@ -76,6 +79,40 @@ int main(int argc, char** argv) {
       std::printf("%-10s task %6d us: %9.2f us per task (%.0f%% of the task)\n", b.c_str(), us, per, 100 * per / us);
     }
 
+  // The mpi figures of bench/run_mpi_bench.sh: "mpi_scaling <workers> <s>", "mpi_cost <us> <us>".
+  std::vector<std::string> plotted = backends;
+  if (argc > 2) {
+    std::ifstream in(argv[2]);
+    std::map<int, double> wall;
+    std::map<int, double> added;
+    for (std::string key; in >> key;) {
+      double a = 0, b = 0;
+      in >> a >> b;
+      if (key == "mpi_scaling") wall[int(a)] = b;
+      if (key == "mpi_cost") added[int(a)] = b;
+    }
+    bool whole = wall.count(1) > 0;
+    for (int w = 1; w <= 8; ++w) whole = whole && wall.count(w);
+    for (int us : durations) whole = whole && added.count(us);
+    if (!whole) {
+      std::fprintf(stderr, "%s: no complete mpi figures (run bench/run_mpi_bench.sh first)\n", argv[2]);
+      return 1;
+    }
+    std::printf("\nmpi (from %s)\n", argv[2]);
+    for (int w = 1; w <= 8; ++w) {
+      const double s = wall[1] / wall[w];
+      speedup["mpi"].push_back(s);
+      std::printf("%-10s workers %d: %7.1f ms  speedup %.2f  efficiency %.2f\n", "mpi", w, wall[w] * 1e3, s,
+                  s / std::min(w, cores));
+    }
+    for (int us : durations) {
+      cost["mpi"].push_back(added[us]);
+      std::printf("%-10s task %6d us: %9.2f us per task (%.0f%% of the task)\n", "mpi", us, added[us],
+                  100 * added[us] / us);
+    }
+    plotted.push_back("mpi");
+  }
+
   // Two panels: speedup against workers, per-task cost against duration.
   const std::string path = argc > 1 ? argv[1] : "benchmarks_scaling.svg";
   std::ofstream svg(path);
@@ -101,13 +138,13 @@ int main(int argc, char** argv) {
   for (int x = 1; x <= 8; ++x)
     svg << "<text x='" << l1 + pw * (x - 1) / 7.0 << "' y='" << top + ph + 16 << "' text-anchor='middle'>" << x
         << "</text>\n";
-  for (std::size_t i = 0; i < backends.size(); ++i) {
+  for (std::size_t i = 0; i < plotted.size(); ++i) {
     svg << "<polyline fill='none' stroke='" << kColors[i] << "' stroke-width='2' points='";
     for (int x = 1; x <= 8; ++x)
-      svg << l1 + pw * (x - 1) / 7.0 << ',' << top + ph - ph * std::min(speedup[backends[i]][std::size_t(x - 1)], smax) / smax
+      svg << l1 + pw * (x - 1) / 7.0 << ',' << top + ph - ph * std::min(speedup[plotted[i]][std::size_t(x - 1)], smax) / smax
           << ' ';
     svg << "'/>\n<text x='" << l1 + 10 << "' y='" << top + 16 + 16 * int(i) << "' fill='" << kColors[i] << "'>"
-        << backends[i] << "</text>\n";
+        << plotted[i] << "</text>\n";
   }
   // Right: log10(per-task cost in us) against log10(duration in us).
   const int l2 = 460;
@@ -119,9 +156,9 @@ int main(int argc, char** argv) {
   for (std::size_t j = 0; j < durations.size(); ++j)
     svg << "<text x='" << l2 + pw * double(j) / 4 << "' y='" << top + ph + 16 << "' text-anchor='middle'>"
         << durations[j] << "</text>\n";
-  for (std::size_t i = 0; i < backends.size(); ++i) {
+  for (std::size_t i = 0; i < plotted.size(); ++i) {
     svg << "<polyline fill='none' stroke='" << kColors[i] << "' stroke-width='2' points='";
-    for (std::size_t j = 0; j < durations.size(); ++j) svg << l2 + pw * double(j) / 4 << ',' << ly(cost[backends[i]][j]) << ' ';
+    for (std::size_t j = 0; j < durations.size(); ++j) svg << l2 + pw * double(j) / 4 << ',' << ly(cost[plotted[i]][j]) << ' ';
     svg << "'/>\n";
   }
   svg << "</svg>\n";

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The mpi backend's figures beside raw MPI, in one run:
 #   bash bench/run_mpi_bench.sh [build/bench]
+# It also runs bench_scaling's cases over 1..8 worker ranks (one mpirun per
+# count) into <build>/mpi_scaling.txt, which bench_scaling adds to its plot:
+#   ./build/bench/bin/bench_scaling docs/benchmarks_scaling.svg build/bench/mpi_scaling.txt
 set -euo pipefail
 build="${1:-build/bench}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
@@ -15,3 +18,11 @@ xfer="$(echo "$raw" | awk '/raw_400MB_transfer/ {print $2}')"
 arr="$(echo "$lib" | awk '/max_nbytes_none/ {print $2}')"
 awk -v a="$one" -v b="$rt" 'BEGIN {printf "batch_size=1 per task / raw MPI round trip: %.1fx\n", a / b}'
 awk -v a="$arr" -v b="$xfer" 'BEGIN {printf "400 MB to 8 tasks (no memmap) / raw 400 MB transfer: %.1fx\n", a / b}'
+sweep="$build/mpi_scaling.txt"
+: > "$sweep"
+for workers in 1 2 3 4 5 6 7 8; do
+  mpirun -np $((workers + 1)) "$build/bin/bench_mpi" sweep >> "$sweep"
+done
+awk -v cpus="$(nproc)" '/^mpi_scaling/ {if ($2 == 1) t1 = $3; c = $2 < cpus ? $2 : cpus;
+       printf "mpi workers %d: %7.1f ms  speedup %.2f  efficiency %.2f\n", $2, $3 * 1e3, t1 / $3, t1 / $3 / c}' "$sweep"
+awk '/^mpi_cost/ {printf "mpi task %6d us: %9.2f us per task (%.0f%% of the task)\n", $2, $3, 100 * $3 / $2}' "$sweep"
