@@ -12,6 +12,8 @@
 #define OMPI_SKIP_MPICXX 1
 #include <joblib/joblib.hpp>
 
+#include "spin.hpp"
+
 #include <mpi.h>
 
 #include <algorithm>
@@ -121,14 +123,7 @@ int with_joblib() {
 }
 }  // namespace
 
-// bench_scaling's task: spins for `us` microseconds.
-double spin(int us) {
-  const auto until = Clock::now() + std::chrono::microseconds(us);
-  double x = 0;
-  while (Clock::now() < until)
-    for (int k = 0; k < 64; ++k) x += std::sqrt(double(k));
-  return x;
-}
+using bench::spin;
 
 // bench_scaling's cases, on every worker rank of the job.
 int sweep() {

@@ -10,6 +10,8 @@
 //   ./build/bench/bin/bench_scaling [docs/benchmarks_scaling.svg [build/bench/mpi_scaling.txt]]
 #include <joblib/joblib.hpp>
 
+#include "spin.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -24,15 +26,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Spins for `us` microseconds of this thread's time (CPU-bound, like a
-// numeric kernel): returns a value so that nothing is optimised away.
-double spin(int us) {
-  const auto until = Clock::now() + std::chrono::microseconds(us);
-  double x = 0;
-  while (Clock::now() < until)
-    for (int k = 0; k < 64; ++k) x += std::sqrt(double(k));
-  return x;
-}
+using bench::spin;
 
 // Best of `reps` wall times of n tasks of `us` microseconds.
 double run(const std::string& backend, int workers, int n, int us, int reps = 3) {
