@@ -343,6 +343,7 @@ struct ClaimOutput {
     std::lock_guard lock(m);
     for (auto& [first, results] : pending) std::ranges::move(results, base + first);
     pending.clear();
+    vec.reset();  // the batches hold it (ResultBatch::output_); the Results moves it out when alone
   }
   /// The results of tasks first.., run while their elements were not made.
   void put(std::size_t first, std::vector<R>&& results) {
@@ -433,7 +434,7 @@ class RangeSource final : public Source {
     if constexpr (!sliced || std::is_void_v<R> || std::is_same_v<R, bool>)
       return false;
     else
-      return std::is_default_constructible_v<R> && std::is_move_assignable_v<R>;
+      return std::is_default_constructible_v<R> && std::is_move_constructible_v<R> && std::is_move_assignable_v<R>;
   }();
 
   /// `direct_output`: a list call without a timeout (no batch is ever

@@ -243,6 +243,31 @@ TEST_P(SplitClaim, ACallStartedRightAfterAnotherGetsEveryWorker) {
   }
 }
 
+// A result that counts its copies.
+struct Counted {
+  static inline std::atomic<int> copies{0};
+  int value = 0;
+  Counted() = default;
+  explicit Counted(int v) : value(v) {}
+  Counted(const Counted& o) : value(o.value) { ++copies; }
+  Counted& operator=(const Counted& o) {
+    value = o.value;
+    ++copies;
+    return *this;
+  }
+  Counted(Counted&&) noexcept = default;
+  Counted& operator=(Counted&&) noexcept = default;
+};
+
+TEST_P(SplitClaim, TheResultsAreWrittenInPlaceAndNeverCopied) {
+  Counted::copies = 0;
+  const std::vector<Counted> r =
+      Parallel({.n_jobs = 2, .backend = GetParam()}).map([](int i) { return Counted(i); }, std::views::iota(0, 100000));
+  ASSERT_EQ(r.size(), 100000u);
+  for (int i = 0; i < 100000; ++i) ASSERT_EQ(r[std::size_t(i)].value, i);
+  EXPECT_EQ(Counted::copies.load(), 0);
+}
+
 TEST_P(SplitClaim, PreDispatchStillBoundsTheTasksInFlight) {
   // joblib's pre_dispatch = "1": one batch in flight, so one task at a time.
   std::atomic<int> now{0}, most{0};
