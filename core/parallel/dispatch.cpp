@@ -428,6 +428,7 @@ bool CallImpl::start_claiming(std::vector<BatchBase*>& out) {
   dispatched_tasks_ = n;
   const std::int64_t now = now_ns();
   for (auto& b : claimers) {
+    b->size_ = n;  // any task of the input may be its (what a backend reports about it says so)
     b->seq_ = next_seq_++;
     b->stop_ = &stop_;
     b->call_ = this;
@@ -449,7 +450,8 @@ void CallImpl::claimer_done_locked(BatchBase& b, std::unique_ptr<BatchBase>& dro
   last_completion_ns_ = now_ns();
   completed_tasks_ += b.completed_;
   if (b.error_ && b.from_backend_ && stop_.load()) b.error_ = nullptr;  // dropped by a stopping backend
-  if (b.error_) record_error_locked(b.first_index_ + b.error_offset_, b.error_);
+  // A task's error by its input index; one the backend gave the whole batch after them.
+  if (b.error_) record_error_locked(b.from_backend_ ? kNoError - 1 : b.first_index_ + b.error_offset_, b.error_);
   if (!running_.empty()) {
     dropped = std::move(node.mapped());
     return;
@@ -728,19 +730,23 @@ void CallImpl::on_stop_requested() noexcept {
 
 void CallImpl::check_cancelled_locked(Lock& lk) {
   if (!cancelled_.load() || raised_) return;
-  if (!error_ && claiming_) {
+  const bool failed_before = error_ != nullptr;
+  if (!failed_before && claiming_) {
     // Claiming batches count their tasks when they end: let them stop (they
-    // do so between tasks) before saying how far the call got.
+    // do so between tasks) before saying how far the call got. A task that
+    // fails meanwhile (seeing the stop) does not replace the cancel, as a
+    // batch's error recorded after it does not on the batched path.
     lk.unlock();
     cfg_.backend->abort();
     lk.lock();
     cv_.wait(lk, [this] { return running_.empty() && in_callback_ == 0; });
   }
-  if (!error_) {
-    record_error_locked(0, std::make_exception_ptr(CancelledError(fmt::format(
-                               "the call was cancelled: its stop_token was requested ({} of {} tasks done)",
-                               completed_tasks_, n_tasks_ ? std::to_string(*n_tasks_) : std::string("?")))));
+  if (!failed_before) {
+    error_ = std::make_exception_ptr(CancelledError(fmt::format(
+        "the call was cancelled: its stop_token was requested ({} of {} tasks done)", completed_tasks_,
+        n_tasks_ ? std::to_string(*n_tasks_) : std::string("?"))));
     error_seq_ = 0;
+    stop_.store(true);
   }
   raise_locked(lk);
 }

@@ -373,6 +373,7 @@ class ClaimBatch final : public ResultBatch<R> {
         if constexpr (!std::is_void_v<R>) {
           if (end > ready) ready = out_->ready.load(std::memory_order_acquire);
           if (end > ready) {  // not made yet: keep these results aside
+            i = begin;  // what fails here fails at the range's first task
             std::vector<R> aside(end - begin);
             for (i = begin; i < end; ++i) {
               if (this->should_stop()) break;
@@ -380,7 +381,10 @@ class ClaimBatch final : public ResultBatch<R> {
               aside[i - begin] = std::invoke(task);
               ++ran;
             }
-            if (i == end) out_->put(begin, std::move(aside));
+            if (i == end) {
+              i = begin;
+              out_->put(begin, std::move(aside));
+            }
             continue;
           }
         }

@@ -243,6 +243,34 @@ TEST_P(SplitClaim, ACallStartedRightAfterAnotherGetsEveryWorker) {
   }
 }
 
+TEST_P(SplitClaim, ACancelWinsOverTheErrorOfATaskThatSeesIt) {
+  // Tasks that throw when they see the stop: the call still raises
+  // CancelledError, as the batched path does.
+  std::stop_source stop;
+  std::atomic<int> started{0};
+  std::jthread stopper([&] {
+    while (started.load() < 2) std::this_thread::yield();
+    stop.request_stop();
+  });
+  try {
+    (void)std::vector<int>(Parallel({.n_jobs = 2, .backend = GetParam(), .batch_size = 1,
+                                     .stop_token = stop.get_token()})
+                               .map([&](int i) {
+                                 ++started;
+                                 const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+                                 while (!joblib::stop_requested() && std::chrono::steady_clock::now() < until)
+                                   std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                                 if (joblib::stop_requested()) throw std::runtime_error("a task saw the stop");
+                                 return i;
+                               }, std::views::iota(0, 100)));
+    ADD_FAILURE() << "no error";
+  } catch (const joblib::CancelledError& e) {
+    EXPECT_NE(std::string(e.what()).find("its stop_token was requested"), std::string::npos) << e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "the task's error won: " << e.what();
+  }
+}
+
 // A result that counts its copies.
 struct Counted {
   static inline std::atomic<int> copies{0};
