@@ -310,11 +310,6 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
   }
 };
 
-/// A batch that claims index ranges of a sliced input (ClaimRange) and runs
-/// them until none is left or the call stops, writing each result straight
-/// into the call's output (Source::claimers: list calls on threads). Its
-/// completed_ counts the tasks it ran; error_offset_ is the input index of
-/// the task that threw.
 /// The output of a claimed call. Its storage is reserved by the caller
 /// (from the caller's heap, which frees it); its elements are made by the
 /// first claiming batch to start, slice after slice, while the others
@@ -355,6 +350,11 @@ struct ClaimOutput {
   }
 };
 
+/// A batch that claims index ranges of a sliced input (ClaimRange) and runs
+/// them until none is left or the call stops, writing each result straight
+/// into the call's output (Source::claimers: list calls on threads). Its
+/// completed_ counts the tasks it ran; error_offset_ is the input index of
+/// the task that threw.
 template <class View, class TaskT, class R>
 class ClaimBatch final : public ResultBatch<R> {
  public:
@@ -365,38 +365,39 @@ class ClaimBatch final : public ResultBatch<R> {
   void run_tasks() noexcept override {
     const auto first = std::ranges::begin(std::as_const(*view_));
     std::size_t i = 0, ran = 0, begin = 0, end = 0;
+    // Runs tasks [from, to), `store` taking each; false when the call stopped.
+    auto run = [&](std::size_t from, std::size_t to, auto&& store) {
+      for (i = from; i < to; ++i) {
+        if (this->should_stop()) return false;
+        TaskT task = first[static_cast<std::ptrdiff_t>(i)];
+        store(i, task);
+        ++ran;
+      }
+      return true;
+    };
     try {
       [[maybe_unused]] std::size_t ready = 0;  // what this batch last saw of out_->ready
       if constexpr (!std::is_void_v<R>)
         if (out_->unmade.exchange(false)) out_->make();
       while (!this->should_stop() && range_->claim(begin, end)) {
-        if constexpr (!std::is_void_v<R>) {
+        bool going = true;
+        if constexpr (std::is_void_v<R>) {
+          going = run(begin, end, [](std::size_t, TaskT& task) { std::invoke(task); });
+        } else {
           if (end > ready) ready = out_->ready.load(std::memory_order_acquire);
-          if (end > ready) {  // not made yet: keep these results aside
+          if (end <= ready) {
+            going = run(begin, end, [&](std::size_t k, TaskT& task) { out_->base[k] = std::invoke(task); });
+          } else {  // not made yet: keep these results aside
             i = begin;  // what fails here fails at the range's first task
             std::vector<R> aside(end - begin);
-            for (i = begin; i < end; ++i) {
-              if (this->should_stop()) break;
-              TaskT task = first[static_cast<std::ptrdiff_t>(i)];
-              aside[i - begin] = std::invoke(task);
-              ++ran;
-            }
-            if (i == end) {
+            going = run(begin, end, [&](std::size_t k, TaskT& task) { aside[k - begin] = std::invoke(task); });
+            if (going) {
               i = begin;
               out_->put(begin, std::move(aside));
             }
-            continue;
           }
         }
-        for (i = begin; i < end; ++i) {
-          if (this->should_stop()) break;
-          TaskT task = first[static_cast<std::ptrdiff_t>(i)];
-          if constexpr (std::is_void_v<R>)
-            std::invoke(task);
-          else
-            out_->base[i] = std::invoke(task);
-          ++ran;
-        }
+        if (!going) break;
       }
     } catch (...) {
       this->error_ = std::current_exception();
@@ -497,24 +498,24 @@ class RangeSource final : public Source {
     std::vector<std::unique_ptr<BatchBase>> out;
     if constexpr (sliced && (can_write_directly || std::is_void_v<R>)) {
       if (pulled_ != 0 || !total_ || *total_ == 0) return out;
-      if constexpr (!std::is_void_v<R>)
-        if (!output_) return out;
+      [[maybe_unused]] std::shared_ptr<ClaimOutput<R>> output;
       if constexpr (!std::is_void_v<R>) {
-        claim_output_ = std::make_shared<ClaimOutput<R>>();
-        claim_output_->size = *total_;
-        claim_output_->vec = std::move(output_);  // the batches and the Results hold it now
+        if (!output_) return out;
+        output = std::make_shared<ClaimOutput<R>>();
+        output->size = *total_;
+        output->vec = std::move(output_);  // the batches and the Results hold it now
         // Allocated here, from the caller's heap arena (which frees it, and
         // reuses it call after call); its elements are made by a worker.
-        claim_output_->vec->reserve(*total_);
-        claim_output_->base = claim_output_->vec->data();
+        output->vec->reserve(*total_);
+        output->base = output->vec->data();
       }
       for (std::size_t k = 0; k < count; ++k) {
         auto b = std::make_unique<ClaimBatch<View, TaskT, R>>();
         b->view_ = view_;
         b->range_ = range;
         if constexpr (!std::is_void_v<R>) {
-          b->out_ = claim_output_;
-          b->output_ = claim_output_->vec;
+          b->out_ = output;
+          b->output_ = output->vec;
         }
         out.push_back(std::move(b));
       }
@@ -522,7 +523,6 @@ class RangeSource final : public Source {
     }
     return out;
   }
-
 
   bool gives_outcomes() const noexcept override { return Outcomes; }
   bool splits() const noexcept override { return sliced; }
@@ -545,7 +545,6 @@ class RangeSource final : public Source {
   std::shared_ptr<View> view_;  // shared with the sliced batches
   std::ranges::iterator_t<View> it_;
   std::shared_ptr<std::vector<R>> output_;  // list mode, can_write_directly: the call's results
-  std::shared_ptr<ClaimOutput<std::conditional_t<std::is_void_v<R>, char, R>>> claim_output_;  // claimers()
   std::size_t pulled_ = 0;
   std::optional<std::size_t> total_;
 };
