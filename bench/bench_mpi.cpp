@@ -5,6 +5,7 @@
 //   bench_mpi joblib   Parallel over the mpi backend: per-task cost batched and with
 //                      batch_size = 1, strong scaling of 1 ms tasks, a 400 MB array
 //                      to 8 tasks
+//   bench_mpi batch1   only the batch_size = 1 case of `joblib`
 //   bench_mpi sweep    bench_scaling's cases over the job's worker ranks (run once
 //                      per -np): "mpi_scaling <workers> <seconds>" for 400 tasks of
 //                      1 ms, and with 2 workers "mpi_cost <task us> <us added per task>"
@@ -125,6 +126,17 @@ int with_joblib() {
 
 using bench::spin;
 
+// Only the batch_size = 1 case (for working on it).
+int batch1() {
+  (void)joblib::Parallel({.n_jobs = -1, .backend = "mpi"}).map(trivial, std::views::iota(0, 10));
+  const int n1 = 20'000;
+  const double single = best_of(5, [&] {
+    (void)joblib::Parallel({.n_jobs = -1, .backend = "mpi", .pre_dispatch = std::getenv("PD") ? std::getenv("PD") : "2*n_jobs", .batch_size = 1}).map(trivial, std::views::iota(0, n1));
+  });
+  std::printf("batch_size_1_per_task %.3f us\n", single / n1 * 1e6);
+  return 0;
+}
+
 // bench_scaling's cases, on every worker rank of the job.
 int sweep() {
   const int workers = std::atoi(std::getenv("OMPI_COMM_WORLD_SIZE")) - 1;
@@ -146,5 +158,6 @@ int sweep() {
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "joblib";
   if (mode == "sweep") return sweep();
+  if (mode == "batch1") return batch1();
   return mode == "raw" ? raw(argc, argv) : with_joblib();
 }

@@ -11,6 +11,7 @@
 #include <joblib/detail/engine.hpp>
 #include <joblib/errors.hpp>
 
+#include <boost/container/small_vector.hpp>
 #include <fmt/format.h>
 
 #include <sched.h>
@@ -31,6 +32,9 @@
 #include <vector>
 
 namespace joblib::detail {
+
+// Batches to hand to the backend (one or two at a time, mostly): on the stack.
+using BatchList = boost::container::small_vector<BatchBase*, 8>;
 namespace {
 
 constexpr std::size_t kNoError = std::numeric_limits<std::size_t>::max();
@@ -132,10 +136,10 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   using Lock = std::unique_lock<std::mutex>;
 
   std::size_t next_batch_size_locked();
-  void dispatch_locked(std::vector<BatchBase*>& out);
+  void dispatch_locked(BatchList& out);
   std::unique_ptr<BatchBase> pull_batch_locked(std::size_t bs, bool& failed);
-  void submit(const std::vector<BatchBase*>& batches) noexcept;
-  bool start_claiming(std::vector<BatchBase*>& out);
+  void submit(const BatchList& batches) noexcept;
+  bool start_claiming(BatchList& out);
   void claimer_done_locked(BatchBase& b, std::unique_ptr<BatchBase>& dropped);
   void finish_claims_locked(std::unique_ptr<BatchBase> b);
   void record_error_locked(std::size_t seq, std::exception_ptr e);
@@ -163,7 +167,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   void on_stop_requested() noexcept;
   void check_cancelled_locked(Lock& lk);
   bool retry_locked(BatchBase& b);
-  bool give_up_on_locked(BatchBase& b, const std::string& message, std::vector<BatchBase*>& out);
+  bool give_up_on_locked(BatchBase& b, const std::string& message, BatchList& out);
 
   Resolved cfg_;
   std::unique_ptr<Source> source_;
@@ -292,7 +296,7 @@ void CallImpl::start() {
     backend_stopped_ = true;
     std::rethrow_exception(e);
   }
-  std::vector<BatchBase*> out;
+  BatchList out;
   if (!start_claiming(out)) {
     Lock lk(m_);
     dispatch_locked(out);
@@ -360,7 +364,7 @@ std::unique_ptr<BatchBase> CallImpl::pull_batch_locked(std::size_t bs, bool& fai
   return b;
 }
 
-void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
+void CallImpl::dispatch_locked(BatchList& out) {
   while (!stop_.load(std::memory_order_relaxed) && !exhausted_ && (window_ == 0 || in_window_locked() < window_)) {
     std::size_t bs = next_batch_size_locked();
     if (window_counts_tasks() && window_ != 0) {
@@ -390,7 +394,7 @@ void CallImpl::dispatch_locked(std::vector<BatchBase*>& out) {
   }
 }
 
-void CallImpl::submit(const std::vector<BatchBase*>& batches) noexcept {
+void CallImpl::submit(const BatchList& batches) noexcept {
   for (BatchBase* b : batches) cfg_.backend->submit(*b);
 }
 
@@ -403,7 +407,7 @@ void CallImpl::submit(const std::vector<BatchBase*>& batches) noexcept {
 // 1/64 of a worker's share. Results, their order, the error raised (the
 // one of the lowest input index) and stopping stay as the batched path
 // gives them.
-bool CallImpl::start_claiming(std::vector<BatchBase*>& out) {
+bool CallImpl::start_claiming(BatchList& out) {
   if (generator_ || sequential_ || cfg_.caps.needs_encoded_tasks || cfg_.timeout || cfg_.retries > 0 ||
       outcomes_ || cfg_.verbose > 0 || cfg_.on_progress || cfg_.progress_bar || !n_tasks_ || *n_tasks_ == 0 ||
       !source_->splits())
@@ -594,7 +598,7 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
   // (self_) until its last running batch has reported.
   std::shared_ptr<CallImpl> last_ref;   // set when an abandoned call ends here
   std::unique_ptr<BatchBase> dropped;   // destroyed after the lock is released
-  std::vector<BatchBase*> out;
+  BatchList out;
   {
     Lock lk(m_);
     ++in_callback_;
@@ -676,7 +680,7 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
   // last_ref (if any) is released here, after the lock: the call may end now.
 }
 
-bool CallImpl::give_up_on_locked(BatchBase& b, const std::string& message, std::vector<BatchBase*>& out) {
+bool CallImpl::give_up_on_locked(BatchBase& b, const std::string& message, BatchList& out) {
   // A batch on a thread ran over the timeout: it cannot be stopped, so it is
   // left to finish (its outcome dropped) and its spare copy is tried again,
   // or, retries spent, gives TimeoutError outcomes.
@@ -838,7 +842,7 @@ void CallImpl::wait_locked(Lock& lk, const std::function<bool()>& ready) {
       time_out_locked(lk, *b, over.waiting);  // throws
     }
     if (!give_up.empty()) {
-      std::vector<BatchBase*> out;
+      BatchList out;
       for (BatchBase* b : give_up)
         give_up_on_locked(*b,
                           fmt::format("a task ran longer than the timeout of {} s (in a batch of {} starting at task {})",
@@ -958,7 +962,7 @@ std::unique_ptr<BatchBase> CallImpl::run_inline_locked(Lock& lk) {
 }
 
 std::unique_ptr<BatchBase> CallImpl::next() {
-  std::vector<BatchBase*> out;
+  BatchList out;
   std::unique_ptr<BatchBase> b;
   {
     Lock lk(m_);

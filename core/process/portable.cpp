@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -101,28 +102,84 @@ std::map<std::string, std::pair<ElfW(Addr), std::string>>& by_path() {
   return *m;
 }
 
-}  // namespace
-
-CodeRef code_ref(const void* address) {
+// The loaded module whose code holds `address`, or null. _dl_find_object
+// (glibc 2.35) looks it up without a lock and without reading symbol
+// tables, as dladdr1 does: code_ref() runs for every batch sent.
+link_map* module_at(const void* address) noexcept {
+#if defined(__GLIBC_PREREQ) && __GLIBC_PREREQ(2, 35)
+  dl_find_object found{};
+  if (_dl_find_object(const_cast<void*>(address), &found) == 0) return found.dlfo_link_map;
+#endif
   Dl_info info{};
   link_map* lm = nullptr;
-  if (!dladdr1(address, &info, reinterpret_cast<void**>(&lm), RTLD_DL_LINKMAP) || !lm)
+  if (!dladdr1(address, &info, reinterpret_cast<void**>(&lm), RTLD_DL_LINKMAP)) return nullptr;
+  return lm;
+}
+
+void* resolve_code_slow(const CodeRef& ref);
+
+}  // namespace
+
+const CodeRef& code_ref(const void* address) {
+  link_map* lm = module_at(address);
+  if (!lm)
     throw SerializationError(fmt::format("cannot send the code at {}: it lies in no loaded module", address));
-  std::lock_guard lock(g_mutex);
-  auto it = by_base().find(lm->l_addr);
-  if (it == by_base().end()) {
-    ModuleInfo m;
-    m.base = lm->l_addr;
-    m.path = (lm->l_name && *lm->l_name) ? real_path(lm->l_name) : self_exe();
-    m.build_id = build_id_at(lm->l_addr);
-    it = by_base().emplace(lm->l_addr, std::move(m)).first;
+  // The last few addresses this thread looked up, with the module they were
+  // found in then (a module loaded again elsewhere is looked up again).
+  struct Cached {
+    const void* address = nullptr;
+    const link_map* module = nullptr;
+    ElfW(Addr) base = 0;
+    CodeRef ref;
+  };
+  static thread_local std::array<Cached, 8> cache;
+  static thread_local std::size_t next = 0;
+  for (Cached& c : cache)
+    if (c.address == address && c.module == lm && c.base == lm->l_addr) return c.ref;
+  Cached& slot = cache[next++ % cache.size()];
+  slot.address = nullptr;  // until filled (the lookup may throw)
+  {
+    std::lock_guard lock(g_mutex);
+    auto it = by_base().find(lm->l_addr);
+    if (it == by_base().end()) {
+      ModuleInfo m;
+      m.base = lm->l_addr;
+      m.path = (lm->l_name && *lm->l_name) ? real_path(lm->l_name) : self_exe();
+      m.build_id = build_id_at(lm->l_addr);
+      it = by_base().emplace(lm->l_addr, std::move(m)).first;
+    }
+    slot.ref.module = it->second.path;
+    slot.ref.offset = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address) - lm->l_addr);
+    slot.ref.build_id = it->second.build_id;
   }
-  return CodeRef{it->second.path,
-                 static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address) - lm->l_addr),
-                 it->second.build_id};
+  slot.address = address;
+  slot.module = lm;
+  slot.base = lm->l_addr;
+  return slot.ref;
 }
 
 void* resolve_code(const CodeRef& ref) {
+  // The last few modules this thread resolved (a worker resolves the same
+  // one or two for every request): their base, without the lock or the map.
+  struct Cached {
+    std::string module, build_id;
+    ElfW(Addr) base = 0;
+  };
+  static thread_local std::array<Cached, 4> cache;
+  static thread_local std::size_t next = 0;
+  for (const Cached& c : cache)
+    if (!c.module.empty() && c.module == ref.module && c.build_id == ref.build_id)
+      return reinterpret_cast<void*>(c.base + ref.offset);
+  void* address = resolve_code_slow(ref);
+  Cached& slot = cache[next++ % cache.size()];
+  slot.module = ref.module;
+  slot.build_id = ref.build_id;
+  slot.base = reinterpret_cast<ElfW(Addr)>(address) - ref.offset;
+  return address;
+}
+
+namespace {
+void* resolve_code_slow(const CodeRef& ref) {
   std::lock_guard lock(g_mutex);
   auto it = by_path().find(ref.module);
   if (it == by_path().end()) {
@@ -149,6 +206,7 @@ void* resolve_code(const CodeRef& ref) {
         ref.build_id.empty() ? "(none)" : ref.build_id));
   return reinterpret_cast<void*>(it->second.first + ref.offset);
 }
+}  // namespace
 
 
 std::string function_name(const void* address) {

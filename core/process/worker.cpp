@@ -266,9 +266,43 @@ std::vector<std::byte> make_init_request(const CodeRef& entry, std::span<const s
   return make_request(entry, {}, structure);
 }
 
+namespace {
+// MemoryOutputs of this thread's, reused from one request to the next (a
+// request is encoded for every batch sent): two, as a request's header is
+// encoded while its structure is held. A third user at once (never, today)
+// gets a fresh one. Memory over 1 MiB is freed after use.
+class ScratchOutput {
+ public:
+  ScratchOutput() : slot_(depth() < 2 ? depth()++ : -1) {
+    if (slot_ >= 0) kept()[slot_].clear();
+  }
+  ~ScratchOutput() {
+    if (slot_ < 0) return;
+    if (kept()[slot_].capacity() > (std::size_t{1} << 20)) kept()[slot_].reset();
+    --depth();
+  }
+  ScratchOutput(const ScratchOutput&) = delete;
+  ScratchOutput& operator=(const ScratchOutput&) = delete;
+  MemoryOutput& get() noexcept { return slot_ >= 0 ? kept()[slot_] : own_; }
+
+ private:
+  static MemoryOutput* kept() noexcept {
+    static thread_local MemoryOutput out[2];
+    return out;
+  }
+  static int& depth() noexcept {
+    static thread_local int n = 0;
+    return n;
+  }
+  int slot_;
+  MemoryOutput own_;
+};
+}  // namespace
+
 std::vector<std::byte> make_request(const CodeRef& entry, std::vector<BufferDesc> buffers,
                                     std::span<const std::byte> structure, std::size_t headroom) {
-  MemoryOutput header;
+  ScratchOutput scratch;
+  MemoryOutput& header = scratch.get();
   encode(RequestHeader{entry, std::move(buffers), structure.size()}, header);
   std::vector<std::byte> out(headroom + sizeof(std::uint64_t) + header.size() + structure.size());
   std::byte* p = out.data() + headroom;
@@ -519,11 +553,6 @@ void reply_error(const ReplyFn& reply, std::size_t index, std::exception_ptr e, 
   reply(std::span<const std::byte>(&status, 1), env);
 }
 
-std::unordered_map<std::string, WorkerEntry>& entry_cache() {
-  static auto* entries = new std::unordered_map<std::string, WorkerEntry>();
-  return *entries;
-}
-
 // Buffers sent once per worker (where 3: in this frame, kept now; where 4:
 // kept earlier) become references to the files `kept` wrote; without
 // `kept`, one in the frame is read as any in-frame buffer.
@@ -561,15 +590,7 @@ void handle_request(std::span<const std::byte> all, MemoryOutput& out, const Rep
     if (header.structure_size > all.size() - body) throw SerializationError("a request's tasks are longer than its frame");
     std::span<const std::byte> structure = all.subspan(body, static_cast<std::size_t>(header.structure_size));
     const std::size_t area = std::min(in_frame_area(body + structure.size()), all.size());
-    const std::string key = header.entry.module + "#" + std::to_string(header.entry.offset);
-    auto& cache = entry_cache();
-    WorkerEntry entry = nullptr;
-    if (auto it = cache.find(key); it != cache.end()) {
-      entry = it->second;
-    } else {
-      entry = reinterpret_cast<WorkerEntry>(resolve_code(header.entry));
-      cache.emplace(key, entry);
-    }
+    const auto entry = reinterpret_cast<WorkerEntry>(resolve_code(header.entry));
     resolve_kept(header.buffers, all.subspan(area), kept);
     RequestSource source(header.buffers, all.subspan(area), frame);
     (void)take_throw_trace();  // forget throws of earlier requests
@@ -724,8 +745,9 @@ Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headr
 }
 
 Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headroom, SentBuffers* sent) {
-  CodeRef entry;
-  MemoryOutput structure;
+  static thread_local CodeRef entry;  // reused: its strings keep their memory
+  ScratchOutput scratch;
+  MemoryOutput& structure = scratch.get();
   RequestSink sink(memmap ? memmap->context() : nullptr, sent ? sent->impl() : nullptr);
   if (std::exception_ptr e = batch.encode(entry, structure, &sink)) std::rethrow_exception(e);
   Request r;

@@ -48,10 +48,13 @@ namespace sdk = joblib::worker_sdk;
 using namespace std::chrono_literals;
 
 // ---- messages ------------------------------------------------------------------------
-// One MPI message per request or reply, tagged with its kind; a message over
-// kChunk bytes travels as a size then chunks, its tag marked kBig.
+// One MPI message per request or reply, tagged with its kind. Each side
+// keeps a receive posted into an inbox of kInbox bytes: a message over that
+// travels as its size (8 bytes), then its bytes (in chunks of kChunk), all
+// tagged `kind | kBig`.
 
 enum Tag : int { kRun = 1, kReply = 2, kInit = 3, kExit = 4, kHello = 5, kCancel = 6, kForget = 7, kBig = 0x100 };
+constexpr std::size_t kInbox = std::size_t{64} << 10;
 constexpr std::size_t kChunk = std::size_t{1} << 30;
 
 // Where the backend's messages go: MPI_COMM_WORLD in an mpirun job (rank 0
@@ -65,7 +68,7 @@ constexpr const char* kSpawnedMark = "--joblib-mpi-spawned-worker";
 constexpr auto kHeldGrace = std::chrono::seconds(2);
 
 void send_message(int dest, int tag, std::span<const std::byte> bytes) {
-  if (bytes.size() <= kChunk) {
+  if (bytes.size() <= kInbox) {
     MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, dest, tag, g_comm);
     return;
   }
@@ -76,13 +79,18 @@ void send_message(int dest, int tag, std::span<const std::byte> bytes) {
              g_comm);
 }
 
-// Sends `r` (its headroom filled) as one message without copying its
-// buffers: a datatype over its pieces; over kChunk, flattened and chunked.
+// Sends `r` (its headroom filled) without copying its buffers: a datatype
+// over its pieces (after its size, over kInbox); over kChunk, flattened and
+// chunked.
 void send_request(int dest, int tag, const sdk::Request& r) {
-  const std::size_t total = r.size();
+  const std::uint64_t total = r.size();
   if (r.buffers.empty() || total > kChunk) {
     if (r.buffers.empty()) return send_message(dest, tag, r.bytes);
     return send_message(dest, tag, r.flatten());
+  }
+  if (total > kInbox) {
+    MPI_Send(&total, sizeof total, MPI_BYTE, dest, tag | kBig, g_comm);
+    tag |= kBig;
   }
   std::vector<int> lengths;
   std::vector<MPI_Aint> places;
@@ -251,24 +259,89 @@ void close_liveness_in_fork_child() noexcept {
 // a cancel of it (rank 0's call was stopped) every millisecond and raises the
 // flag that joblib::stop_requested() reads in the task. Every MPI call holds
 // g_mpi (MPI_THREAD_SERIALIZED). A run message is [8-byte sequence][request];
-// a cancel names the sequence it stops.
+// a cancel names the sequence it stops. Rank 0 may have sent the next
+// request already: a cancel of it is kept, and that request is not run.
 
 std::mutex g_mpi;
 std::atomic<bool> g_stop{false};
+std::mutex g_seq_m;                           // g_running_seq's changes, g_cancelled
 std::atomic<std::uint64_t> g_running_seq{0};  // 0: nothing runs
+std::uint64_t g_last_seq = 0;                 // the last request started
+std::vector<std::uint64_t> g_cancelled;       // requests cancelled before they started
+
+// A cancel of request `seq` came: the running one sees the stop; a later
+// one is not run. (One that ended already is forgotten.)
+void cancel_seq(std::uint64_t seq) {
+  std::lock_guard lock(g_seq_m);
+  if (seq == g_running_seq.load())
+    g_stop = true;
+  else if (seq > g_last_seq)
+    g_cancelled.push_back(seq);
+}
+
+// Request `seq` starts: false if it was cancelled before (it is then not run).
+bool start_seq(std::uint64_t seq) {
+  std::lock_guard lock(g_seq_m);
+  g_stop = false;
+  g_last_seq = seq;
+  const bool cancelled = std::find(g_cancelled.begin(), g_cancelled.end(), seq) != g_cancelled.end();
+  std::erase_if(g_cancelled, [&](std::uint64_t s) { return s <= seq; });
+  g_running_seq = cancelled ? 0 : seq;
+  return !cancelled;
+}
+
+// Rank 0's messages land in g_inbox, where a receive is kept posted (all
+// under g_mpi). The serving thread takes each message; while it runs a task,
+// the watcher takes the cancels: those that land in the inbox, and those
+// behind a message it left there for the serving thread (g_arrived).
+std::vector<std::byte> g_inbox;
+MPI_Request g_inbox_request = MPI_REQUEST_NULL;
+bool g_arrived = false;     // the inbox holds a message for the serving thread
+MPI_Status g_arrived_status;
+
+void post_inbox() {
+  MPI_Irecv(g_inbox.data(), static_cast<int>(g_inbox.size()), MPI_BYTE, 0, MPI_ANY_TAG, g_comm, &g_inbox_request);
+}
+
+// True when the inbox holds a message (its status in `st`).
+bool inbox_arrived(MPI_Status& st) {
+  if (g_arrived) {
+    st = g_arrived_status;
+    return true;
+  }
+  int flag = 0;
+  MPI_Test(&g_inbox_request, &flag, &st);
+  return flag != 0;
+}
 
 void watch_cancels() {
   for (;;) {
     std::this_thread::sleep_for(1ms);
     if (g_running_seq.load() == 0) continue;
-    std::lock_guard lock(g_mpi);
-    int flag = 0;
-    MPI_Status st;
-    MPI_Iprobe(0, kCancel, g_comm, &flag, &st);
-    if (!flag) continue;
-    std::uint64_t seq = 0;
-    MPI_Recv(&seq, sizeof seq, MPI_BYTE, 0, kCancel, g_comm, MPI_STATUS_IGNORE);
-    if (seq == g_running_seq.load()) g_stop = true;
+    std::vector<std::uint64_t> seqs;
+    {
+      std::lock_guard lock(g_mpi);
+      MPI_Status st;
+      if (!g_arrived && inbox_arrived(st)) {
+        if (st.MPI_TAG == kCancel) {
+          std::uint64_t seq = 0;
+          std::memcpy(&seq, g_inbox.data(), sizeof seq);
+          seqs.push_back(seq);
+          post_inbox();
+        } else {
+          g_arrived = true;  // the serving thread's, when its task ends
+          g_arrived_status = st;
+        }
+      }
+      for (int flag = 1; g_arrived && flag;) {
+        MPI_Iprobe(0, kCancel, g_comm, &flag, &st);
+        if (!flag) break;
+        std::uint64_t seq = 0;
+        MPI_Recv(&seq, sizeof seq, MPI_BYTE, 0, kCancel, g_comm, MPI_STATUS_IGNORE);
+        seqs.push_back(seq);
+      }
+    }
+    for (std::uint64_t seq : seqs) cancel_seq(seq);
   }
 }
 
@@ -365,11 +438,15 @@ std::vector<std::byte> run_in_child(std::span<const std::byte> request, const Ru
 
 void reply_to_rank0(std::span<const std::byte> head, std::span<const std::byte> body) {
   g_running_seq = 0;
-  std::vector<std::byte> reply(head.size() + body.size());
+  static std::vector<std::byte> reply;  // the serving thread's; its memory is kept up to kInbox
+  reply.resize(head.size() + body.size());
   std::memcpy(reply.data(), head.data(), head.size());
   if (!body.empty()) std::memcpy(reply.data() + head.size(), body.data(), body.size());
-  std::lock_guard lock(g_mpi);
-  send_message(0, kReply, reply);
+  {
+    std::lock_guard lock(g_mpi);
+    send_message(0, kReply, reply);
+  }
+  if (reply.capacity() > kInbox) reply = {};
 }
 
 // A message received into a block: its bytes start `lead` bytes before a
@@ -380,13 +457,42 @@ struct RankMessage {
   std::shared_ptr<std::byte> block;
   std::span<const std::byte> bytes;
 };
-RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::ReceiveBlock& block) {
-  const std::size_t n = message_size(st);
+// Takes the message that arrived in the inbox (status `st`): copied, or
+// (over kInbox) received now, after its size; then posts the inbox again.
+RankMessage take_from_inbox(const MPI_Status& st, std::size_t lead, sdk::ReceiveBlock& block) {
+  int count = 0;
+  MPI_Get_count(&st, MPI_BYTE, &count);
+  std::uint64_t n = static_cast<std::uint64_t>(count);
+  if (st.MPI_TAG & kBig) {
+    n = 0;
+    if (count == sizeof n) std::memcpy(&n, g_inbox.data(), sizeof n);
+  }
   const std::size_t pad = (64 - lead % 64) % 64;
-  std::shared_ptr<std::byte> held = block.get(pad + n);
+  // A message from the inbox is copied into a block of its size kept for
+  // them, unless a task still holds a window into it (an array it keeps).
+  static std::shared_ptr<std::byte> small;
+  std::shared_ptr<std::byte> held;
+  if (!(st.MPI_TAG & kBig)) {
+    if (!small || small.use_count() != 1) {
+      void* raw = std::aligned_alloc(64, kInbox + 64);
+      if (!raw) throw std::bad_alloc();
+      small = std::shared_ptr<std::byte>(static_cast<std::byte*>(raw), [](std::byte* b) { std::free(b); });
+    }
+    held = small;
+  } else {
+    held = block.get(pad + static_cast<std::size_t>(n));
+  }
   std::byte* p = held.get() + pad;
-  receive_body(st, p, n);
-  return {std::move(held), {p, n}};
+  if (st.MPI_TAG & kBig) {
+    for (std::uint64_t off = 0; off < n; off += kChunk)
+      MPI_Recv(p + off, static_cast<int>(std::min<std::uint64_t>(kChunk, n - off)), MPI_BYTE, 0, st.MPI_TAG, g_comm,
+               MPI_STATUS_IGNORE);
+  } else if (n != 0) {
+    std::memcpy(p, g_inbox.data(), static_cast<std::size_t>(n));
+  }
+  g_arrived = false;
+  post_inbox();
+  return {std::move(held), {p, static_cast<std::size_t>(n)}};
 }
 
 // `spawned`: started by rank 0 with MPI_Comm_spawn (then this worker is
@@ -399,7 +505,12 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
   std::thread(watch_cancels).detach();
   std::thread(watch_child).detach();
   ::pthread_atfork(nullptr, nullptr, [] { close_liveness_in_fork_child(); });  // every fork, a task's own too
-  sdk::ReceiveBlock block;  // large messages are read into it
+  sdk::ReceiveBlock block;  // messages are read into it
+  {
+    std::lock_guard lock(g_mpi);
+    g_inbox.resize(kInbox);
+    post_inbox();
+  }
   // Large buffers sent once to this rank for the call `kept_call` (a rank
   // on another host than rank 0: those on its host map its memmap folder).
   // Cleared at exit: a rank ends with _exit.
@@ -411,10 +522,8 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
     for (int i = 0;; ++i) {
       {
         std::lock_guard lock(g_mpi);
-        int flag = 0;
-        MPI_Iprobe(0, MPI_ANY_TAG, g_comm, &flag, &st);
-        if (flag) {
-          received = receive_into_block(st, sizeof(std::uint64_t) + sizeof(RunLimits), block);
+        if (inbox_arrived(st)) {
+          received = take_from_inbox(st, sizeof(std::uint64_t) + sizeof(RunLimits), block);
           break;
         }
       }
@@ -429,6 +538,8 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
       kept.clear();
       std::fflush(nullptr);
       std::lock_guard lock(g_mpi);
+      MPI_Cancel(&g_inbox_request);
+      MPI_Request_free(&g_inbox_request);
       MPI_Finalize();
       ::_exit(status);
     }
@@ -444,11 +555,14 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
       const std::string info = host_name() + "\n" + std::to_string(::getpid());
       std::lock_guard lock(g_mpi);
       send_message(0, kHello, std::as_bytes(std::span(info)));
+    } else if (tag == kCancel && msg.size() >= sizeof(std::uint64_t)) {
+      std::uint64_t seq = 0;
+      std::memcpy(&seq, msg.data(), sizeof seq);
+      cancel_seq(seq);
     } else if (tag == kInit && msg.size() >= sizeof(std::uint64_t)) {
       std::uint64_t seq = 0;
       std::memcpy(&seq, msg.data(), sizeof seq);
-      g_stop = false;
-      g_running_seq = seq;
+      (void)start_seq(seq);  // sent only to an idle rank: never cancelled before it starts
       const auto init = msg.subspan(sizeof seq);
       g_last_init.assign(init.begin(), init.end());  // a child started later runs it too
       if (g_child.running) {  // the child ran another initializer: a fresh one runs this one
@@ -461,8 +575,11 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
       std::memcpy(&seq, msg.data(), sizeof seq);
       RunLimits limits;
       std::memcpy(&limits, msg.data() + sizeof seq, sizeof limits);
-      g_stop = false;
-      g_running_seq = seq;
+      if (!start_seq(seq)) {  // its call stopped while it waited here: rank 0 drops the reply
+        const std::vector<std::byte> reply = sdk::failure_reply(0, std::make_exception_ptr(joblib::Error("cancelled")));
+        reply_to_rank0(reply, {});
+        continue;
+      }
       const auto request = msg.subspan(sizeof seq + sizeof limits);
       if (limits.call != kept_call) {  // another call: the last one's buffers go
         kept.clear();
@@ -475,7 +592,6 @@ RankMessage receive_into_block(const MPI_Status& st, std::size_t lead, sdk::Rece
         reply_to_rank0(reply, {});
       }
     }
-    // A cancel that came after its task ended is dropped.
   }
 }
 
@@ -522,20 +638,102 @@ struct Job {
   std::uint64_t max_tasks = 0;      // max_tasks_per_child (0: none)
   std::uint64_t memory_limit = 0;   // worker_memory_limit in bytes (0: none)
   std::uint64_t serial = 0;         // the call's serial number
+  bool may_queue = false;           // may wait on a rank behind a batch of its call (no timeout)
+  bool timed = false;               // its call has a timeout (whose error names the rank)
 };
+
+// A request sent without waiting (MPI_Isend): it owns its bytes, so that
+// its batch may be failed and freed while the bytes are still read.
+struct Sending {
+  std::vector<std::byte> bytes;
+  MPI_Request first = MPI_REQUEST_NULL;   // the message
+  std::vector<MPI_Request> more;          // its chunks, over kChunk
+  Sending() = default;
+  Sending(Sending&& o) noexcept
+      : bytes(std::move(o.bytes)), first(std::exchange(o.first, MPI_REQUEST_NULL)),
+        more(std::move(o.more)) {}
+  Sending& operator=(Sending&& o) noexcept {
+    bytes = std::move(o.bytes);
+    first = std::exchange(o.first, MPI_REQUEST_NULL);
+    more = std::move(o.more);
+    return *this;
+  }
+  bool active() const noexcept { return first != MPI_REQUEST_NULL || !more.empty(); }
+  // True once every part is sent (the bytes may go).
+  bool done() {
+    int a = 1, b = 1;
+    if (first != MPI_REQUEST_NULL) MPI_Test(&first, &a, MPI_STATUS_IGNORE);
+    if (!more.empty()) MPI_Testall(static_cast<int>(more.size()), more.data(), &b, MPI_STATUSES_IGNORE);
+    return a && b;
+  }
+  void wait() {
+    if (first != MPI_REQUEST_NULL) MPI_Wait(&first, MPI_STATUS_IGNORE);
+    if (!more.empty()) MPI_Waitall(static_cast<int>(more.size()), more.data(), MPI_STATUSES_IGNORE);
+    more.clear();
+    bytes = {};
+  }
+};
+
+// Sends `bytes` as a message without waiting (its size, 8 bytes, is sent at
+// once when it is over kInbox).
+Sending isend_message(int dest, int tag, std::vector<std::byte> bytes) {
+  Sending s;
+  s.bytes = std::move(bytes);
+  const std::size_t n = s.bytes.size();
+  if (n <= kInbox) {
+    MPI_Isend(s.bytes.data(), static_cast<int>(n), MPI_BYTE, dest, tag, g_comm, &s.first);
+    return s;
+  }
+  const std::uint64_t size = n;
+  MPI_Send(&size, sizeof size, MPI_BYTE, dest, tag | kBig, g_comm);
+  if (n <= kChunk) {
+    MPI_Isend(s.bytes.data(), static_cast<int>(n), MPI_BYTE, dest, tag | kBig, g_comm, &s.first);
+    return s;
+  }
+  for (std::size_t off = 0; off < n; off += kChunk) {
+    s.more.emplace_back();
+    MPI_Isend(s.bytes.data() + off, static_cast<int>(std::min(kChunk, n - off)), MPI_BYTE, dest, tag | kBig, g_comm,
+              &s.more.back());
+  }
+  return s;
+}
+
+// A request of ours that a rank holds (runs, or has queued behind the one it runs).
+struct Out {
+  joblib::Batch* batch = nullptr;  // null until sent, and once aborted (its reply is dropped)
+  const void* call = nullptr;
+  std::uint64_t seq = 0;           // its sequence number (0: not sent yet)
+  bool cancel = false;             // its call stopped: tell the rank
+  std::chrono::steady_clock::time_point sent_at{}, cancelled_at{};
+  Sending sending;  // sent without waiting (comm thread only)
+};
+
+// How many requests a rank may hold: the one it runs, and one queued behind
+// it so that it starts the next as soon as it replies, without waiting a
+// round trip for it. A request is queued only behind one of its own call
+// (no timeout), that rank's last of which took under kQuickBatch: for
+// longer batches the round trip is small beside them, and a queued batch
+// could wait there while another rank is idle.
+constexpr std::size_t kMaxHeld = 2;
+constexpr auto kQuickBatch = std::chrono::microseconds(200);
 
 struct Rank {
   int rank = 0;  // its number in messages (1..N-1)
   int dest = 0;  // its rank in g_comm
   std::string host;
+  std::string location;  // "MPI rank 2, host node7", for TimeoutError
   pid_t pid = 0;
   bool same_host = false;
-  bool busy = false;      // a request of ours is out
-  std::uint64_t seq = 0;  // the request's sequence number
-  bool cancel = false;    // its call stopped: tell the rank
-  std::chrono::steady_clock::time_point cancelled_at{};  // when its call stopped
-  Job job;                // its batch (null once aborted: the reply will be dropped)
+  std::deque<Out> out;  // its requests, oldest (the one it runs) first; it replies in this order
+  const void* quick_call = nullptr;  // the call whose last batch here took under kQuickBatch
+  std::chrono::steady_clock::time_point last_reply{};
   bool dead = false;
+  bool busy() const { return !out.empty(); }
+  // Held for over kHeldGrace by a task whose call stopped (it ignores
+  // joblib::stop_requested(), or timed out).
+  bool held(std::chrono::steady_clock::time_point now) const {
+    return busy() && !out.front().batch && now - out.front().cancelled_at > kHeldGrace;
+  }
   std::vector<std::byte> initializer_done;  // the initializer this rank has run
   sdk::SentBuffers sent;                    // large buffers it keeps for call `sent_call` (comm thread only)
   std::uint64_t sent_call = 0;
@@ -594,11 +792,13 @@ class Engine {
       // A rank cannot be stopped from here: its batch fails now, and the
       // reply it sends when its task ends is dropped.
       for (Rank& r : ranks_)
-        if (r.busy && r.job.batch && r.job.call == call) {
-          dropped.push_back(std::exchange(r.job.batch, nullptr));
-          r.cancel = true;
-          r.cancelled_at = std::chrono::steady_clock::now();
-        }
+        for (Out& o : r.out)
+          if (o.batch && o.call == call) {
+            dropped.push_back(std::exchange(o.batch, nullptr));
+            o.cancel = true;
+            o.cancelled_at = std::chrono::steady_clock::now();
+          }
+      notes_ = true;
     }
     cv_.notify_all();
     for (joblib::Batch* b : dropped) b->fail(cancelled());
@@ -612,6 +812,7 @@ class Engine {
       if (!ready_ || serial == 0) return;
       try {
         ended_.push_back(serial);
+        notes_ = true;
       } catch (...) {  // out of memory: the rank drops them at the next call
       }
     }
@@ -623,6 +824,7 @@ class Engine {
     {
       std::lock_guard lock(m_);
       stopping_ = true;
+      stopping_flag_ = true;
       exit_status_ = status;
       stopped_at_ = std::chrono::steady_clock::now();
       if (!started_) {
@@ -676,8 +878,12 @@ class Engine {
         rk.host = text.substr(0, text.find('\n'));
         rk.pid = static_cast<pid_t>(std::atol(text.substr(text.find('\n') + 1).c_str()));
         rk.same_host = rk.host == my_host;
+        rk.location = "MPI rank " + std::to_string(r) + ", host " + rk.host;
         ranks.push_back(std::move(rk));
       }
+      inbox_.assign(ranks.size(), {});
+      recv_.assign(ranks.size(), MPI_REQUEST_NULL);
+      for (std::size_t i = 0; i < ranks.size(); ++i) post_receive(i, ranks[i].dest);
       {
         std::lock_guard lock(m_);
         ranks_ = std::move(ranks);
@@ -731,17 +937,30 @@ class Engine {
   void loop() {
     auto last_death_check = std::chrono::steady_clock::now();
     int idle_rounds = 0;
+    unsigned busy_rounds = 0;
+    std::vector<int> done_index(recv_.size());
+    std::vector<MPI_Status> done_status(recv_.size());
     for (;;) {
       bool progressed = dispatch();
-      send_cancels();
-      send_forgets();
-      int flag = 0;
-      MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, g_comm, &flag, &st);
-      if (flag) {
+      if (notes_.exchange(false)) {
+        send_cancels();
+        send_forgets();
+      }
+      int count = 0;
+      MPI_Testsome(static_cast<int>(recv_.size()), recv_.data(), &count, done_index.data(), done_status.data());
+      for (int k = 0; k < count; ++k) {  // MPI_UNDEFINED (< 0): no receive is posted
         progressed = true;
-        std::vector<std::byte> msg = receive_message(st);
-        reply_from(st.MPI_SOURCE, (st.MPI_TAG & ~kBig) == kReply ? &msg : nullptr);
+        const auto i = static_cast<std::size_t>(done_index[static_cast<std::size_t>(k)]);
+        const MPI_Status& st = done_status[static_cast<std::size_t>(k)];
+        const std::span<const std::byte> msg = take_message(i, st);
+        reply_from(i, msg, (st.MPI_TAG & ~kBig) == kReply);
+        post_receive(i, st.MPI_SOURCE);
+      }
+      // Busy: straight on to the next message (the checks below are for
+      // when it goes quiet, and every 64 rounds).
+      if (progressed && (++busy_rounds & 63) != 0 && !stopping_flag_.load(std::memory_order_relaxed)) {
+        idle_rounds = 0;
+        continue;
       }
       const auto now = std::chrono::steady_clock::now();
       if (now - last_death_check > 10ms) {
@@ -749,7 +968,7 @@ class Engine {
         check_deaths();
       }
       std::unique_lock lock(m_);
-      const bool any_busy = std::any_of(ranks_.begin(), ranks_.end(), [](const Rank& r) { return r.busy; });
+      const bool any_busy = std::any_of(ranks_.begin(), ranks_.end(), [](const Rank& r) { return r.busy(); });
       if (stopping_ && !any_busy) break;
       if (stopping_ && now - stopped_at_ > 2s) break;  // a rank still runs an abandoned task
       if (progressed) {
@@ -759,7 +978,7 @@ class Engine {
       ++idle_rounds;
       if (idle_rounds < 2000) continue;
       const bool work_waiting = !queue_.empty() && std::any_of(ranks_.begin(), ranks_.end(), [](const Rank& r) {
-        return !r.busy && !r.dead;
+        return !r.busy() && !r.dead;
       });
       if (work_waiting) continue;
       // Nothing to do at once: sleep until a submit, a stop, or the next look.
@@ -777,25 +996,35 @@ class Engine {
     for (;;) {
       Job job;
       Rank* rank = nullptr;
+      Out* slot = nullptr;
       std::deque<Job> failed;
       std::string held;
       {
         std::lock_guard lock(m_);
         if (queue_.empty()) return sent;
         for (Rank& r : ranks_)
-          if (!r.busy && !r.dead) {
+          if (!r.busy() && !r.dead) {
             rank = &r;
             break;
           }
+        if (!rank && queue_.front().may_queue) {
+          // Queued behind a quick batch of the same call.
+          const Job& next = queue_.front();
+          for (Rank& r : ranks_)
+            if (!r.dead && r.out.size() < kMaxHeld && r.quick_call == next.call &&
+                std::all_of(r.out.begin(), r.out.end(), [&](const Out& o) { return o.batch && o.call == next.call; }) &&
+                (next.initializer.empty() || r.initializer_done == next.initializer)) {
+              rank = &r;
+              break;
+            }
+        }
         if (!rank) {
           // Every rank is dead, or held for over kHeldGrace by a task whose
           // call stopped (it ignores joblib::stop_requested(), or timed
           // out): nothing queued can run. (A task that sees the stop ends at
           // once and frees its rank well within the grace.)
           const auto now = std::chrono::steady_clock::now();
-          if (std::all_of(ranks_.begin(), ranks_.end(), [&](const Rank& r) {
-                return r.dead || (r.busy && !r.job.batch && now - r.cancelled_at > kHeldGrace);
-              })) {
+          if (std::all_of(ranks_.begin(), ranks_.end(), [&](const Rank& r) { return r.dead || r.held(now); })) {
             for (const Rank& r : ranks_)
               held += (held.empty() ? "" : ", ") + r.where() + (r.dead ? " is dead" : " still runs an abandoned task");
             failed = std::move(queue_);
@@ -804,28 +1033,36 @@ class Engine {
         } else {
           job = std::move(queue_.front());
           queue_.pop_front();
-          rank->busy = true;
-          rank->job.batch = nullptr;  // not abort()'s until sent
-          rank->job.call = job.call;
+          rank->out.emplace_back();  // its batch is not abort()'s until sent
+          slot = &rank->out.back();
+          slot->call = job.call;
         }
       }
       for (Job& j : failed)  // outside the lock: a failing batch may call back into submit()
         j.batch->fail(std::make_exception_ptr(joblib::BackendError(
             "no MPI worker rank can take this batch: " + (held.empty() ? std::string("there are none") : held))));
       if (!rank) return sent;
+      // Sent on, without waiting, to a rank that is busy: it may be sending
+      // us a reply at the same time, and neither send can wait for the other.
+      const bool queued = rank->out.size() > 1;
       // Outside the lock: encoding may write memmap files. A rank on another
       // host cannot map this host's files: its buffers travel in the message.
+      std::uint64_t seq = 0;
+      Sending sending;
       try {
         if (!job.initializer.empty() && rank->initializer_done != job.initializer) {
           std::vector<std::byte> init(sizeof(std::uint64_t) + job.initializer.size());
-          const std::uint64_t seq = ++next_seq_;
+          seq = ++next_seq_;
           std::memcpy(init.data(), &seq, sizeof seq);
           std::memcpy(init.data() + sizeof seq, job.initializer.data(), job.initializer.size());
           send_message(rank->dest, kInit, init);
+          // The rank is idle: its next message is this reply.
+          const auto i = static_cast<std::size_t>(rank - ranks_.data());
           MPI_Status st;
-          MPI_Probe(rank->dest, MPI_ANY_TAG, g_comm, &st);
-          std::vector<std::byte> reply = receive_message(st);
-          if (std::exception_ptr failed_init = sdk::initializer_outcome(reply)) std::rethrow_exception(failed_init);
+          MPI_Wait(&recv_[i], &st);
+          std::exception_ptr failed_init = sdk::initializer_outcome(take_message(i, st));
+          post_receive(i, rank->dest);
+          if (failed_init) std::rethrow_exception(failed_init);
           rank->initializer_done = job.initializer;
         }
         // A rank on another host cannot map this host's files: a buffer
@@ -841,18 +1078,21 @@ class Engine {
             rank->same_host ? sdk::encode_request_parts(*job.batch, job.memmap, kRunHead)
             : in_child      ? sdk::encode_request_parts(*job.batch, nullptr, kRunHead)
                             : sdk::encode_request_parts(*job.batch, job.memmap, kRunHead, &rank->sent);
-        const std::uint64_t seq = ++next_seq_;
+        seq = ++next_seq_;
         const RunLimits limits{job.max_tasks, job.memory_limit, job.batch->size(), job.serial};
         std::memcpy(request.bytes.data(), &seq, sizeof seq);  // in the headroom encode_request_parts left
         std::memcpy(request.bytes.data() + sizeof seq, &limits, sizeof limits);
-        job.batch->set_location("MPI rank " + std::to_string(rank->rank) + ", host " + rank->host);
+        if (job.timed) job.batch->set_location(rank->location);
         job.batch->started();
-        send_request(rank->dest, kRun, request);
+        if (queued)
+          sending = isend_message(rank->dest, kRun, request.buffers.empty() ? std::move(request.bytes) : request.flatten());
+        else
+          send_request(rank->dest, kRun, request);
         sent = true;
       } catch (...) {
         {
           std::lock_guard lock(m_);
-          rank->busy = false;
+          rank->out.pop_back();
         }
         job.batch->fail(std::current_exception());
         continue;
@@ -862,17 +1102,49 @@ class Engine {
       bool stopped = false;
       {
         std::lock_guard lock(m_);
-        rank->seq = next_seq_;
+        slot->seq = seq;
+        slot->sent_at = std::chrono::steady_clock::now();
+        slot->sending = std::move(sending);
         stopped = aborted_.count(job.call) > 0;
         if (stopped) {
-          rank->cancel = true;
-          rank->cancelled_at = std::chrono::steady_clock::now();
+          slot->cancel = true;
+          slot->cancelled_at = slot->sent_at;
+          notes_ = true;
         } else {
-          rank->job.batch = job.batch;
+          slot->batch = job.batch;
         }
       }
       if (stopped) job.batch->fail(cancelled());
     }
+  }
+
+  // Posts the receive of rank `i`'s next message (into its inbox).
+  void post_receive(std::size_t i, int dest) {
+    if (inbox_[i].size() != kInbox) inbox_[i].resize(kInbox);
+    MPI_Irecv(inbox_[i].data(), static_cast<int>(kInbox), MPI_BYTE, dest, MPI_ANY_TAG, g_comm, &recv_[i]);
+  }
+
+  // Rank `i`'s message, whose posted receive completed with `st`: in its
+  // inbox, or (over kInbox) received now, after its size, into big_.
+  std::span<const std::byte> take_message(std::size_t i, const MPI_Status& st) {
+    int count = 0;
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    if (!(st.MPI_TAG & kBig)) return {inbox_[i].data(), static_cast<std::size_t>(count)};
+    std::uint64_t n = 0;
+    if (count == sizeof n) std::memcpy(&n, inbox_[i].data(), sizeof n);
+    if (big_.capacity() > (std::size_t{1} << 20)) big_ = {};  // the last large reply's memory is not kept
+    big_.resize(static_cast<std::size_t>(n));
+    for (std::size_t off = 0; off < n; off += kChunk)
+      MPI_Recv(big_.data() + off, static_cast<int>(std::min<std::uint64_t>(kChunk, n - off)), MPI_BYTE,
+               st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
+    return big_;
+  }
+
+  // Stops listening to rank `i` (it died, or the job ends).
+  void drop_receive(std::size_t i) {
+    if (recv_[i] == MPI_REQUEST_NULL) return;
+    MPI_Cancel(&recv_[i]);
+    MPI_Request_free(&recv_[i]);
   }
 
   // Tells ranks that kept large buffers for a call that ended to drop them.
@@ -898,30 +1170,41 @@ class Engine {
     {
       std::lock_guard lock(m_);
       for (Rank& r : ranks_)
-        if (r.cancel) {
-          r.cancel = false;
-          if (r.busy) todo.emplace_back(r.dest, r.seq);
-        }
+        for (Out& o : r.out)
+          if (o.cancel && o.seq != 0) {
+            o.cancel = false;
+            if (!r.dead) todo.emplace_back(r.dest, o.seq);
+          }
     }
     for (auto& [rank, seq] : todo) MPI_Send(&seq, sizeof seq, MPI_BYTE, rank, kCancel, g_comm);
   }
 
-  void reply_from(int source, std::vector<std::byte>* reply) {
+  // A rank replies to its requests in the order they were sent.
+  void reply_from(std::size_t i, std::span<const std::byte> msg, bool is_reply) {
     joblib::Batch* batch = nullptr;
+    Sending sending;
     {
       std::lock_guard lock(m_);
-      for (Rank& r : ranks_)
-        if (r.dest == source) {
-          r.busy = false;
-          r.cancel = false;
-          batch = std::exchange(r.job.batch, nullptr);
-        }
+      Rank& r = ranks_[i];
+      if (r.out.empty()) return;  // not ours (it died, and is still heard from)
+      Out& o = r.out.front();
+      batch = std::exchange(o.batch, nullptr);
+      sending = std::move(o.sending);
+      // How long the batch took there: from when it was sent, or from the
+      // rank's last reply if it waited behind that one.
+      const auto now = std::chrono::steady_clock::now();
+      const bool quick = batch && now - std::max(o.sent_at, r.last_reply) < kQuickBatch;
+      r.quick_call = quick ? o.call : nullptr;
+      r.last_reply = now;
+      r.out.pop_front();
     }
+    sending.wait();  // received, since it replied
     if (batch) {
-      if (reply) sdk::complete_batch(*batch, *reply);
-      else batch->fail(std::make_exception_ptr(joblib::SerializationError("an MPI worker sent an unexpected message")));
+      if (is_reply)
+        sdk::complete_batch(*batch, msg);
+      else
+        batch->fail(std::make_exception_ptr(joblib::SerializationError("an MPI worker sent an unexpected message")));
     }
-    cv_.notify_all();
   }
 
   // Takes the ranks' liveness connections; returns the ranks whose
@@ -978,17 +1261,24 @@ class Engine {
   }
 
   void check_deaths() {
+    std::erase_if(unsent_, [](Sending& s) { return s.done(); });
     const std::set<int> gone = closed_connections();
     std::vector<std::pair<joblib::Batch*, std::string>> lost;
     {
       std::lock_guard lock(m_);
-      for (Rank& r : ranks_) {
+      for (std::size_t i = 0; i < ranks_.size(); ++i) {
+        Rank& r = ranks_[i];
         if (r.dead) continue;
         const bool pid_gone = r.same_host && r.pid > 0 && ::kill(r.pid, 0) != 0 && errno == ESRCH;
         if (pid_gone || gone.count(r.rank)) {
           r.dead = true;
-          if (r.busy && r.job.batch) lost.emplace_back(std::exchange(r.job.batch, nullptr), r.where());
-          r.busy = false;
+          drop_receive(i);
+          for (Out& o : r.out) {
+            if (o.batch) lost.emplace_back(std::exchange(o.batch, nullptr), r.where());
+            // A send to it that may never complete keeps its bytes until it does.
+            if (o.sending.active() && !o.sending.done()) unsent_.push_back(std::move(o.sending));
+          }
+          r.out.clear();
         }
       }
     }
@@ -1008,7 +1298,7 @@ class Engine {
       status = exit_status_;
       for (Rank& r : ranks_) {
         if (r.dead) continue;
-        if (r.busy) {
+        if (r.busy()) {
           stuck = true;
           continue;
         }
@@ -1020,6 +1310,7 @@ class Engine {
       std::fflush(stderr);
       MPI_Abort(g_comm, status ? status : 1);  // spawned workers too
     }
+    for (std::size_t i = 0; i < recv_.size(); ++i) drop_receive(i);
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Finalize();
@@ -1032,6 +1323,10 @@ class Engine {
   std::vector<Rank> ranks_;
   std::thread comm_;
   bool started_ = false, ready_ = false, stopping_ = false;
+  std::atomic<bool> stopping_flag_{false};  // stopping_, read without the lock
+  // A cancel or a forget may be waiting to be sent (set by abort(),
+  // forget() and dispatch(), cleared by the comm thread before it sends them).
+  std::atomic<bool> notes_{false};
   int spawn_ = 0;                // workers to spawn (a program started without mpirun)
   bool we_initialised_ = false;  // this backend called MPI_Init
   int exit_status_ = 0;
@@ -1039,6 +1334,10 @@ class Engine {
   std::chrono::steady_clock::time_point stopped_at_{};  // when shutdown() came
   std::uint64_t next_seq_ = 0;  // comm thread only
   std::vector<std::uint64_t> ended_;  // calls that ended (their ranks' kept buffers go)
+  std::vector<Sending> unsent_;                // sends to ranks that died (comm thread only)
+  std::vector<MPI_Request> recv_;              // each rank's posted receive (comm thread only)
+  std::vector<std::vector<std::byte>> inbox_;  // where it lands
+  std::vector<std::byte> big_;                 // a reply over kInbox
   int listen_fd_ = -1;                          // liveness (comm thread only)
   std::string liveness_token_;                  // what ranks send to be taken for ranks
   std::vector<std::pair<int, std::chrono::steady_clock::time_point>> connecting_;  // accepted, hello not yet read
@@ -1094,6 +1393,10 @@ class MpiBackend final : public joblib::ParallelBackendBase {
     try {
       max_tasks_ = s.max_tasks_per_child ? static_cast<std::uint64_t>(*s.max_tasks_per_child) : 0;
       memory_limit_ = s.worker_memory_limit.value_or(0);
+      // A batch of a call with a timeout is never queued on a rank: its
+      // clock starts when it is sent.
+      may_queue_ = !s.timeout && max_tasks_ == 0 && memory_limit_ == 0;
+      timed_ = s.timeout.has_value();
       // Outside an mpirun job, the first call spawns its n_jobs workers,
       // and they serve every later call of the program.
       Engine::get().ensure_started(g_in_mpi_job ? 0 : std::max(s.n_jobs, 1));
@@ -1108,7 +1411,7 @@ class MpiBackend final : public joblib::ParallelBackendBase {
   }
   void submit(joblib::Batch& batch) noexcept override {
     try {
-      Engine::get().submit({&batch, this, memmap_.get(), initializer_, max_tasks_, memory_limit_, serial_});
+      Engine::get().submit({&batch, this, memmap_.get(), initializer_, max_tasks_, memory_limit_, serial_, may_queue_, timed_});
     } catch (...) {
       batch.fail(std::current_exception());
     }
@@ -1125,6 +1428,8 @@ class MpiBackend final : public joblib::ParallelBackendBase {
   std::vector<std::byte> initializer_;
   std::uint64_t max_tasks_ = 0, memory_limit_ = 0;
   std::uint64_t serial_ = 0;  // this call's number (0: no call)
+  bool may_queue_ = false;
+  bool timed_ = false;
 };
 
 }  // namespace

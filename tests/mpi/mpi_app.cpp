@@ -5,6 +5,9 @@
 //                       checks that a large array goes to each rank once per call
 //   mpi_app remote_death  a rank on another host than rank 0 dies in a task
 //   mpi_app stranger    connections to rank 0's ports posing as ranks kill no rank
+//   mpi_app queued      quick batches queued on the ranks: results in order, messages
+//                       around the ranks' 64 KiB inbox, a queued batch of a failed call
+//                       never runs
 //   mpi_app spawned     without mpirun: the first call spawns its workers (MPI_Comm_spawn)
 //   mpi_app spawned_hold  without mpirun: spawned workers run 6 s tasks (killed by spawn_kill.sh)
 //   mpi_app spawn_unavailable  without mpirun, where MPI cannot spawn 64 workers
@@ -17,6 +20,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -24,6 +28,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <ranges>
@@ -154,6 +159,24 @@ std::string array_where(joblib::Array<double> a, double expected_sum) {
 int pid_after_5ms(int) {
   ::usleep(5000);
   return static_cast<int>(::getpid());
+}
+// The string reversed (requests and replies of every size around 64 KiB).
+std::string reversed(std::string s) { return std::string(s.rbegin(), s.rend()); }
+std::int64_t monotonic_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+// Writes when it started (the monotonic clock, one for the machine's
+// processes) to dir/i; from task 200 on, then holds its rank for 1 s,
+// ignoring stops.
+int step(std::string dir, int i) {
+  {
+    std::ofstream f(dir + "/" + std::to_string(i) + ".tmp");
+    f << monotonic_ns();
+  }
+  std::filesystem::rename(dir + "/" + std::to_string(i) + ".tmp", dir + "/" + std::to_string(i));
+  if (i >= 200) ::usleep(1000000);
+  return i;
 }
 int nap_100ms(int i) {
   ::usleep(100000);
@@ -342,6 +365,74 @@ int run(int argc, char** argv) {
     canceller2.join();
     std::vector<int> after = joblib::Parallel({.n_jobs = -1, .backend = "mpi"}).map(fail_at_3, std::vector<int>{1, 2});
     expect(after == std::vector<int>({1, 2}), "a call after the cancellations works");
+  } else if (scenario == "queued") {
+    // Quick batches are queued on a rank behind the one it runs: every result, in order.
+    const int n = 20'000;
+    std::vector<int> ranks = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1})
+                                 .map(rank_of, std::vector<int>(std::size_t(n), 0));
+    std::vector<double> roots =
+        joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(root, std::views::iota(0, n));
+    bool in_order = true;
+    for (int i = 0; i < n; ++i) in_order = in_order && roots[std::size_t(i)] == std::sqrt(double(i));
+    expect(in_order, "20000 results in input order");
+    expect(std::set<int>(ranks.begin(), ranks.end()) == std::set<int>{1, 2}, "both ranks ran tasks");
+    // Requests and replies just under, at and over the ranks' inbox (64 KiB),
+    // and far over it, queued or not.
+    std::vector<std::string> texts;
+    for (std::size_t len = 65536 - 400; len <= 65536 + 64; ++len) texts.push_back(std::string(len, 'a'));
+    for (std::size_t len : {std::size_t{1} << 20, std::size_t{5} << 20}) texts.push_back(std::string(len, 'b'));
+    for (std::string& t : texts)
+      for (std::size_t k = 0; k < t.size(); k += 997) t[k] = char('c' + k % 20);
+    std::vector<std::string> back =
+        joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(reversed, texts);
+    std::size_t same = 0;
+    for (std::size_t i = 0; i < texts.size(); ++i)
+      same += back[i] == std::string(texts[i].rbegin(), texts[i].rend()) ? 1 : 0;
+    expect(same == texts.size(), "every message around 64 KiB came back whole: " + std::to_string(same) + " of " +
+                                     std::to_string(texts.size()));
+    // Both ranks run a 1 s task, each with a batch queued behind it, when
+    // the call is cancelled: the queued batches never run, though their
+    // ranks are free after 1 s.
+    const std::string dir = "/tmp/mpi_app_queued_" + std::to_string(::getpid());
+    std::filesystem::create_directories(dir);
+    auto long_ones = [&] {
+      std::vector<int> out;
+      for (const auto& e : std::filesystem::directory_iterator(dir))
+        if (e.path().extension() != ".tmp" && std::stoi(e.path().filename().string()) >= 200)
+          out.push_back(std::stoi(e.path().filename().string()));
+      return out;
+    };
+    std::stop_source stop;
+    std::thread canceller([&] {
+      for (int k = 0; k < 10000 && long_ones().size() < 2; ++k) ::usleep(1000);
+      stop.request_stop();
+    });
+    try {
+      joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1, .stop_token = stop.get_token()})(
+          std::views::iota(0, 400) | std::views::transform([&](int i) { return joblib::delayed(step)(dir, i); }));
+      expect(false, "a CancelledError");
+    } catch (const joblib::CancelledError&) {
+    }
+    canceller.join();
+    ::usleep(1500000);  // the 1 s tasks have ended: a batch queued behind one would have started
+    std::map<int, std::int64_t> started;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      if (e.path().extension() == ".tmp") continue;
+      std::int64_t t = 0;
+      std::ifstream(e.path()) >> t;
+      started[std::stoi(e.path().filename().string())] = t;
+    }
+    std::filesystem::remove_all(dir);
+    std::int64_t first_long = std::numeric_limits<std::int64_t>::max();
+    for (const auto& [i, t] : started)
+      if (i >= 200) first_long = std::min(first_long, t);
+    expect(first_long != std::numeric_limits<std::int64_t>::max(), "1 s tasks ran");
+    for (const auto& [i, t] : started)
+      expect(t < first_long + 900'000'000, "task " + std::to_string(i) + " started " +
+                                               std::to_string((t - first_long) / 1'000'000) +
+                                               " ms after the first 1 s task, after its call was cancelled");
+    ranks = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(rank_of, std::vector<int>(200, 0));
+    expect(std::set<int>(ranks.begin(), ranks.end()) == std::set<int>{1, 2}, "both ranks serve the next call");
   } else if (scenario == "hosts") {
     std::vector<std::string> w =
         joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(where, std::vector<int>(64, 0));

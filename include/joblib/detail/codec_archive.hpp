@@ -114,6 +114,13 @@ class JOBLIB_EXPORT MemoryOutput final : public OutputStream {
   std::size_t size() const noexcept { return static_cast<std::size_t>(cur_ - buf_.get()); }
   /// Forgets the bytes written, keeps the memory.
   void clear() noexcept { cur_ = buf_.get(); }
+  /// Bytes it can hold before it grows.
+  std::size_t capacity() const noexcept { return static_cast<std::size_t>(end_ - buf_.get()); }
+  /// Forgets the bytes written and frees the memory.
+  void reset() noexcept {
+    buf_.reset();
+    cur_ = end_ = nullptr;
+  }
 
  private:
   void overflow(const void* p, std::size_t n) override;

@@ -25,8 +25,10 @@ struct CodeRef {
 };
 
 /// The portable reference of a code address of this process. Throws
-/// SerializationError when the address lies in no loaded module.
-JOBLIB_EXPORT CodeRef code_ref(const void* address);
+/// SerializationError when the address lies in no loaded module. The
+/// reference is the calling thread's, kept until its next call (it is looked
+/// up for every batch a process backend sends: it is not copied).
+JOBLIB_EXPORT const CodeRef& code_ref(const void* address);
 
 /// The address `ref` names in this process (loading the module if needed).
 /// Throws SerializationError when the module cannot be found or loaded, or
