@@ -131,7 +131,7 @@ int batch1() {
   (void)joblib::Parallel({.n_jobs = -1, .backend = "mpi"}).map(trivial, std::views::iota(0, 10));
   const int n1 = 20'000;
   const double single = best_of(5, [&] {
-    (void)joblib::Parallel({.n_jobs = -1, .backend = "mpi", .pre_dispatch = std::getenv("PD") ? std::getenv("PD") : "2*n_jobs", .batch_size = 1}).map(trivial, std::views::iota(0, n1));
+    (void)joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(trivial, std::views::iota(0, n1));
   });
   std::printf("batch_size_1_per_task %.3f us\n", single / n1 * 1e6);
   return 0;

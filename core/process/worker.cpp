@@ -303,7 +303,13 @@ std::vector<std::byte> make_request(const CodeRef& entry, std::vector<BufferDesc
                                     std::span<const std::byte> structure, std::size_t headroom) {
   ScratchOutput scratch;
   MemoryOutput& header = scratch.get();
-  encode(RequestHeader{entry, std::move(buffers), structure.size()}, header);
+  // Reused: its strings keep their memory from one request to the next.
+  static thread_local RequestHeader fields;
+  fields.entry = entry;
+  fields.buffers = std::move(buffers);
+  fields.structure_size = structure.size();
+  encode(fields, header);
+  fields.buffers.clear();
   std::vector<std::byte> out(headroom + sizeof(std::uint64_t) + header.size() + structure.size());
   std::byte* p = out.data() + headroom;
   const std::uint64_t n = header.size();
@@ -585,7 +591,9 @@ void handle_request(std::span<const std::byte> all, MemoryOutput& out, const Rep
     if (all.size() < sizeof hn) throw SerializationError("a request frame is too short");
     std::memcpy(&hn, all.data(), sizeof hn);
     if (hn > all.size() - sizeof hn) throw SerializationError("a request header is longer than its frame");
-    RequestHeader header = decode<RequestHeader>(all.subspan(sizeof hn, static_cast<std::size_t>(hn)));
+    // Reused: its strings keep their memory from one request to the next.
+    static thread_local RequestHeader header;
+    decode_into(header, all.subspan(sizeof hn, static_cast<std::size_t>(hn)));
     const std::size_t body = sizeof hn + static_cast<std::size_t>(hn);
     if (header.structure_size > all.size() - body) throw SerializationError("a request's tasks are longer than its frame");
     std::span<const std::byte> structure = all.subspan(body, static_cast<std::size_t>(header.structure_size));

@@ -35,6 +35,7 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <iterator>
 #include <mutex>
 #include <random>
 #include <set>
@@ -997,7 +998,7 @@ class Engine {
       Job job;
       Rank* rank = nullptr;
       Out* slot = nullptr;
-      std::deque<Job> failed;
+      std::vector<Job> failed;  // (a std::deque would allocate here, every round)
       std::string held;
       {
         std::lock_guard lock(m_);
@@ -1027,7 +1028,7 @@ class Engine {
           if (std::all_of(ranks_.begin(), ranks_.end(), [&](const Rank& r) { return r.dead || r.held(now); })) {
             for (const Rank& r : ranks_)
               held += (held.empty() ? "" : ", ") + r.where() + (r.dead ? " is dead" : " still runs an abandoned task");
-            failed = std::move(queue_);
+            failed.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
             queue_.clear();
           }
         } else {

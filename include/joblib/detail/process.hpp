@@ -148,7 +148,7 @@ F load_callable(DecodeArchive& ar) {
       return reinterpret_cast<F>(ar.last_code());
     }
     if (same != 0) throw_decode_error("a function reference has a bad tag");
-    CodeRef ref;
+    static thread_local CodeRef ref;  // reused: its strings keep their memory
     ar(ref);
     void* p = resolve_code(ref);
     ar.set_last_code(p);
