@@ -167,12 +167,12 @@ std::int64_t monotonic_ns() {
       .count();
 }
 // Writes when it started (the monotonic clock, one for the machine's
-// processes) to dir/i; from task 200 on, then holds its rank for 1 s,
-// ignoring stops.
+// processes) and its rank to dir/i; from task 200 on, then holds its rank
+// for 1 s, ignoring stops.
 int step(std::string dir, int i) {
   {
     std::ofstream f(dir + "/" + std::to_string(i) + ".tmp");
-    f << monotonic_ns();
+    f << monotonic_ns() << " " << rank_of(0);
   }
   std::filesystem::rename(dir + "/" + std::to_string(i) + ".tmp", dir + "/" + std::to_string(i));
   if (i >= 200) ::usleep(1000000);
@@ -403,8 +403,10 @@ int run(int argc, char** argv) {
       return out;
     };
     std::stop_source stop;
+    std::int64_t cancelled_at = 0;
     std::thread canceller([&] {
       for (int k = 0; k < 10000 && long_ones().size() < 2; ++k) ::usleep(1000);
+      cancelled_at = monotonic_ns();
       stop.request_stop();
     });
     try {
@@ -415,22 +417,30 @@ int run(int argc, char** argv) {
     }
     canceller.join();
     ::usleep(1500000);  // the 1 s tasks have ended: a batch queued behind one would have started
-    std::map<int, std::int64_t> started;
+    struct Start {
+      std::int64_t at = 0;
+      int rank = 0;
+    };
+    std::map<int, Start> started;
     for (const auto& e : std::filesystem::directory_iterator(dir)) {
       if (e.path().extension() == ".tmp") continue;
-      std::int64_t t = 0;
-      std::ifstream(e.path()) >> t;
-      started[std::stoi(e.path().filename().string())] = t;
+      Start st;
+      std::ifstream(e.path()) >> st.at >> st.rank;
+      started[std::stoi(e.path().filename().string())] = st;
     }
     std::filesystem::remove_all(dir);
-    std::int64_t first_long = std::numeric_limits<std::int64_t>::max();
-    for (const auto& [i, t] : started)
-      if (i >= 200) first_long = std::min(first_long, t);
-    expect(first_long != std::numeric_limits<std::int64_t>::max(), "1 s tasks ran");
-    for (const auto& [i, t] : started)
-      expect(t < first_long + 900'000'000, "task " + std::to_string(i) + " started " +
-                                               std::to_string((t - first_long) / 1'000'000) +
-                                               " ms after the first 1 s task, after its call was cancelled");
+    std::map<int, std::int64_t> first_long;  // rank -> when its first 1 s task started
+    for (const auto& [i, st] : started)
+      if (i >= 200 && (!first_long.count(st.rank) || st.at < first_long[st.rank])) first_long[st.rank] = st.at;
+    expect(first_long.size() == 2, "both ranks ran a 1 s task");
+    // A task that started on a rank after its first 1 s task ended, and
+    // after the cancel, waited there behind it.
+    for (const auto& [i, st] : started)
+      expect(!first_long.count(st.rank) || st.at < first_long[st.rank] + 900'000'000 ||
+                 st.at < cancelled_at + 50'000'000,
+             "task " + std::to_string(i) + " started on rank " + std::to_string(st.rank) + " " +
+                 std::to_string((st.at - first_long[st.rank]) / 1'000'000) +
+                 " ms after that rank's first 1 s task, after its call was cancelled");
     ranks = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(rank_of, std::vector<int>(200, 0));
     expect(std::set<int>(ranks.begin(), ranks.end()) == std::set<int>{1, 2}, "both ranks serve the next call");
   } else if (scenario == "hosts") {
