@@ -106,9 +106,11 @@ std::map<std::string, std::pair<ElfW(Addr), std::string>>& by_path() {
 // (glibc 2.35) looks it up without a lock and without reading symbol
 // tables, as dladdr1 does: code_ref() runs for every batch sent.
 link_map* module_at(const void* address) noexcept {
-#if defined(__GLIBC_PREREQ) && __GLIBC_PREREQ(2, 35)
+#ifdef __GLIBC_PREREQ
+#if __GLIBC_PREREQ(2, 35)
   dl_find_object found{};
   if (_dl_find_object(const_cast<void*>(address), &found) == 0) return found.dlfo_link_map;
+#endif
 #endif
   Dl_info info{};
   link_map* lm = nullptr;

@@ -592,6 +592,7 @@ void handle_request(std::span<const std::byte> all, MemoryOutput& out, const Rep
     std::memcpy(&hn, all.data(), sizeof hn);
     if (hn > all.size() - sizeof hn) throw SerializationError("a request header is longer than its frame");
     // Reused: its strings keep their memory from one request to the next.
+    // (A thread serves one request at a time: a task never serves another.)
     static thread_local RequestHeader header;
     decode_into(header, all.subspan(sizeof hn, static_cast<std::size_t>(hn)));
     const std::size_t body = sizeof hn + static_cast<std::size_t>(hn);
@@ -753,7 +754,9 @@ Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headr
 }
 
 Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headroom, SentBuffers* sent) {
-  static thread_local CodeRef entry;  // reused: its strings keep their memory
+  // Reused: its strings keep their memory. (Encoding a batch never encodes
+  // another request on the same thread.)
+  static thread_local CodeRef entry;
   ScratchOutput scratch;
   MemoryOutput& structure = scratch.get();
   RequestSink sink(memmap ? memmap->context() : nullptr, sent ? sent->impl() : nullptr);

@@ -259,13 +259,14 @@ void close_liveness_in_fork_child() noexcept {
 // The main thread serves requests; while one runs, a watcher thread looks for
 // a cancel of it (rank 0's call was stopped) every millisecond and raises the
 // flag that joblib::stop_requested() reads in the task. Every MPI call holds
-// g_mpi (MPI_THREAD_SERIALIZED). A run message is [8-byte sequence][request];
-// a cancel names the sequence it stops. Rank 0 may have sent the next
-// request already: a cancel of it is kept, and that request is not run.
+// g_mpi (MPI_THREAD_SERIALIZED). A run message is [8-byte sequence]
+// [RunLimits][request]; a cancel names the sequence it stops. Rank 0 may
+// have sent the next request already: a cancel of it is kept, and that
+// request is not run.
 
 std::mutex g_mpi;
 std::atomic<bool> g_stop{false};
-std::mutex g_seq_m;                           // g_running_seq's changes, g_cancelled
+std::mutex g_seq_m;                           // start_seq() and cancel_seq() (g_running_seq back to 0 needs none)
 std::atomic<std::uint64_t> g_running_seq{0};  // 0: nothing runs
 std::uint64_t g_last_seq = 0;                 // the last request started
 std::vector<std::uint64_t> g_cancelled;       // requests cancelled before they started
@@ -524,7 +525,10 @@ RankMessage take_from_inbox(const MPI_Status& st, std::size_t lead, sdk::Receive
       {
         std::lock_guard lock(g_mpi);
         if (inbox_arrived(st)) {
-          received = take_from_inbox(st, sizeof(std::uint64_t) + sizeof(RunLimits), block);
+          // A run request's buffers start after its sequence and limits, an
+          // init request's after its sequence: both land 64-byte aligned.
+          const bool init = (st.MPI_TAG & ~kBig) == kInit;
+          received = take_from_inbox(st, sizeof(std::uint64_t) + (init ? 0 : sizeof(RunLimits)), block);
           break;
         }
       }
@@ -639,7 +643,7 @@ struct Job {
   std::uint64_t max_tasks = 0;      // max_tasks_per_child (0: none)
   std::uint64_t memory_limit = 0;   // worker_memory_limit in bytes (0: none)
   std::uint64_t serial = 0;         // the call's serial number
-  bool may_queue = false;           // may wait on a rank behind a batch of its call (no timeout)
+  bool may_queue = false;           // may wait on a rank behind a batch of its call (no timeout, no children)
   bool timed = false;               // its call has a timeout (whose error names the rank)
 };
 
@@ -666,6 +670,19 @@ struct Sending {
     if (first != MPI_REQUEST_NULL) MPI_Test(&first, &a, MPI_STATUS_IGNORE);
     if (!more.empty()) MPI_Testall(static_cast<int>(more.size()), more.data(), &b, MPI_STATUSES_IGNORE);
     return a && b;
+  }
+  // Gives up on the send (its rank died): cancels and frees its requests.
+  void abandon() {
+    if (first != MPI_REQUEST_NULL) {
+      MPI_Cancel(&first);
+      MPI_Request_free(&first);
+    }
+    for (MPI_Request& r : more)
+      if (r != MPI_REQUEST_NULL) {
+        MPI_Cancel(&r);
+        MPI_Request_free(&r);
+      }
+    more.clear();
   }
   void wait() {
     if (first != MPI_REQUEST_NULL) MPI_Wait(&first, MPI_STATUS_IGNORE);
@@ -703,6 +720,7 @@ Sending isend_message(int dest, int tag, std::vector<std::byte> bytes) {
 struct Out {
   joblib::Batch* batch = nullptr;  // null until sent, and once aborted (its reply is dropped)
   const void* call = nullptr;
+  std::uint64_t serial = 0;        // its call's serial number
   std::uint64_t seq = 0;           // its sequence number (0: not sent yet)
   bool cancel = false;             // its call stopped: tell the rank
   std::chrono::steady_clock::time_point sent_at{}, cancelled_at{};
@@ -726,7 +744,7 @@ struct Rank {
   pid_t pid = 0;
   bool same_host = false;
   std::deque<Out> out;  // its requests, oldest (the one it runs) first; it replies in this order
-  const void* quick_call = nullptr;  // the call whose last batch here took under kQuickBatch
+  std::uint64_t quick_call = 0;  // the serial number of the call whose last batch here took under kQuickBatch
   std::chrono::steady_clock::time_point last_reply{};
   bool dead = false;
   bool busy() const { return !out.empty(); }
@@ -1012,7 +1030,7 @@ class Engine {
           // Queued behind a quick batch of the same call.
           const Job& next = queue_.front();
           for (Rank& r : ranks_)
-            if (!r.dead && r.out.size() < kMaxHeld && r.quick_call == next.call &&
+            if (!r.dead && r.out.size() < kMaxHeld && r.quick_call == next.serial &&
                 std::all_of(r.out.begin(), r.out.end(), [&](const Out& o) { return o.batch && o.call == next.call; }) &&
                 (next.initializer.empty() || r.initializer_done == next.initializer)) {
               rank = &r;
@@ -1037,6 +1055,7 @@ class Engine {
           rank->out.emplace_back();  // its batch is not abort()'s until sent
           slot = &rank->out.back();
           slot->call = job.call;
+          slot->serial = job.serial;
         }
       }
       for (Job& j : failed)  // outside the lock: a failing batch may call back into submit()
@@ -1045,6 +1064,8 @@ class Engine {
       if (!rank) return sent;
       // Sent on, without waiting, to a rank that is busy: it may be sending
       // us a reply at the same time, and neither send can wait for the other.
+      // (Only 8-byte messages go to a busy rank with a blocking send: a
+      // cancel, a forget, the size of a large request. They always go eagerly.)
       const bool queued = rank->out.size() > 1;
       // Outside the lock: encoding may write memmap files. A rank on another
       // host cannot map this host's files: its buffers travel in the message.
@@ -1187,7 +1208,7 @@ class Engine {
     {
       std::lock_guard lock(m_);
       Rank& r = ranks_[i];
-      if (r.out.empty()) return;  // not ours (it died, and is still heard from)
+      if (r.out.empty()) return;  // nothing of ours is out there: dropped
       Out& o = r.out.front();
       batch = std::exchange(o.batch, nullptr);
       sending = std::move(o.sending);
@@ -1195,7 +1216,7 @@ class Engine {
       // rank's last reply if it waited behind that one.
       const auto now = std::chrono::steady_clock::now();
       const bool quick = batch && now - std::max(o.sent_at, r.last_reply) < kQuickBatch;
-      r.quick_call = quick ? o.call : nullptr;
+      r.quick_call = quick ? o.serial : 0;
       r.last_reply = now;
       r.out.pop_front();
     }
@@ -1312,6 +1333,7 @@ class Engine {
       MPI_Abort(g_comm, status ? status : 1);  // spawned workers too
     }
     for (std::size_t i = 0; i < recv_.size(); ++i) drop_receive(i);
+    for (Sending& u : unsent_) u.abandon();  // to ranks that died: never to complete
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Finalize();
