@@ -4,6 +4,7 @@
 // takes_over_when = "OMPI_COMM_WORLD_SIZE") makes ranks 1..N-1 serve tasks
 // before main runs, and lets rank 0 run main. In rank 0 one communication
 // thread owns every MPI call of the backend: it hands batches to idle ranks
+// (and a second quick batch of a call to a rank that runs one of it)
 // and completes them from their replies. See docs/mpi.md.
 #include <joblib/backend.hpp>
 #include <joblib/config.hpp>
@@ -951,7 +952,7 @@ class Engine {
     return spawn_;
   }
 
-  // Hands queued jobs to idle ranks, completes batches from replies, watches
+  // Hands queued jobs to ranks, completes batches from replies, watches
   // ranks for death; ends when rank 0 ends.
   void loop() {
     auto last_death_check = std::chrono::steady_clock::now();
@@ -1007,7 +1008,8 @@ class Engine {
     finish();
   }
 
-  // Gives queued jobs to idle ranks; true if one was sent. A batch stays
+  // Gives queued jobs to idle ranks (or queues one behind a quick batch of
+  // its call, see kMaxHeld); true if one was sent. A batch stays
   // this thread's own until it is sent: only then may abort() take it (it
   // could otherwise fail, and so free, the batch while it is encoded).
   bool dispatch() {
