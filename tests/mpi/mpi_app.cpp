@@ -167,20 +167,20 @@ std::int64_t monotonic_ns() {
       .count();
 }
 // Writes to dir/i when it started (the monotonic clock, one for the
-// machine's processes), its rank, and whether a 1 s task had ended on its
-// rank before; from task 200 on, then holds its rank for 1 s, ignoring
+// machine's processes), its rank, and whether a 1 s task of the same dir had
+// ended on its rank before; from task 200 on, then holds its rank for 1 s, ignoring
 // stops, and writes dir/i.end.
-bool g_long_task_ended = false;  // in this rank
+std::string g_long_task_ended_in;  // the dir of the last 1 s task that ended in this rank
 int step(std::string dir, int i) {
   const std::string at = dir + "/" + std::to_string(i);
   {
     std::ofstream f(at + ".tmp");
-    f << monotonic_ns() << " " << rank_of(0) << " " << (g_long_task_ended ? 1 : 0);
+    f << monotonic_ns() << " " << rank_of(0) << " " << (g_long_task_ended_in == dir ? 1 : 0);
   }
   std::filesystem::rename(at + ".tmp", at);
   if (i >= 200) {
     ::usleep(1000000);
-    g_long_task_ended = true;
+    g_long_task_ended_in = dir;
     std::ofstream(at + ".end") << 1;
   }
   return i;
@@ -403,50 +403,53 @@ int run(int argc, char** argv) {
                                      std::to_string(texts.size()));
     // Both ranks run a 1 s task, each with a batch queued behind it, when
     // the call is cancelled: the queued batches never run, and the ranks
-    // serve the next call once the 1 s tasks end.
-    const std::string dir = "/tmp/mpi_app_queued_" + std::to_string(::getpid());
-    std::filesystem::create_directories(dir);
-    auto count = [&](const std::string& ext) {
-      int n = 0;
-      for (const auto& e : std::filesystem::directory_iterator(dir)) {
-        const std::string name = e.path().filename().string();
-        if (e.path().extension() == ext && std::stoi(name) >= 200) ++n;
+    // serve the next call once the 1 s tasks end. Twice: a batch is queued
+    // only behind a rank's quick batches, which a busy machine may slow.
+    for (int round = 0; round < 2; ++round) {
+      const std::string dir = "/tmp/mpi_app_queued_" + std::to_string(::getpid()) + "_" + std::to_string(round);
+      std::filesystem::create_directories(dir);
+      auto count = [&](const std::string& ext) {
+        int n = 0;
+        for (const auto& e : std::filesystem::directory_iterator(dir)) {
+          const std::string name = e.path().filename().string();
+          if (e.path().extension() == ext && std::stoi(name) >= 200) ++n;
+        }
+        return n;
+      };
+      std::stop_source stop;
+      std::int64_t cancelled_at = 0;
+      std::thread canceller([&] {
+        for (int k = 0; k < 10000 && count("") < 2; ++k) ::usleep(1000);
+        cancelled_at = monotonic_ns();
+        stop.request_stop();
+      });
+      try {
+        joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1, .stop_token = stop.get_token()})(
+            std::views::iota(0, 400) | std::views::transform([&](int i) { return joblib::delayed(step)(dir, i); }));
+        expect(false, "a CancelledError");
+      } catch (const joblib::CancelledError&) {
       }
-      return n;
-    };
-    std::stop_source stop;
-    std::int64_t cancelled_at = 0;
-    std::thread canceller([&] {
-      for (int k = 0; k < 10000 && count("") < 2; ++k) ::usleep(1000);
-      cancelled_at = monotonic_ns();
-      stop.request_stop();
-    });
-    try {
-      joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1, .stop_token = stop.get_token()})(
-          std::views::iota(0, 400) | std::views::transform([&](int i) { return joblib::delayed(step)(dir, i); }));
-      expect(false, "a CancelledError");
-    } catch (const joblib::CancelledError&) {
+      canceller.join();
+      // Once the 1 s tasks have ended, a rank serves a batch of the next call
+      // only after what it held before (a batch queued behind its 1 s task).
+      for (int k = 0; k < 10000 && count(".end") < count(""); ++k) ::usleep(1000);
+      ranks = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(nap_50ms, std::vector<int>(8, 0));
+      expect(std::set<int>(ranks.begin(), ranks.end()) == std::set<int>{1, 2}, "both ranks serve the next call");
+      int long_ones = 0;
+      for (const auto& e : std::filesystem::directory_iterator(dir)) {
+        if (e.path().has_extension()) continue;
+        std::int64_t at = 0;
+        int rank = 0, after_long = 0;
+        std::ifstream(e.path()) >> at >> rank >> after_long;
+        const int i = std::stoi(e.path().filename().string());
+        long_ones += i >= 200 ? 1 : 0;
+        expect(!(after_long && at > cancelled_at),
+               "task " + std::to_string(i) + " started on rank " + std::to_string(rank) +
+                   " after a 1 s task ended there, after its call was cancelled");
+      }
+      std::filesystem::remove_all(dir);
+      expect(long_ones >= 2, "two 1 s tasks ran: " + std::to_string(long_ones));
     }
-    canceller.join();
-    // Once the 1 s tasks have ended, a rank serves a batch of the next call
-    // only after what it held before (a batch queued behind its 1 s task).
-    for (int k = 0; k < 10000 && count(".end") < count(""); ++k) ::usleep(1000);
-    ranks = joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(nap_50ms, std::vector<int>(8, 0));
-    expect(std::set<int>(ranks.begin(), ranks.end()) == std::set<int>{1, 2}, "both ranks serve the next call");
-    int long_ones = 0;
-    for (const auto& e : std::filesystem::directory_iterator(dir)) {
-      if (e.path().has_extension()) continue;
-      std::int64_t at = 0;
-      int rank = 0, after_long = 0;
-      std::ifstream(e.path()) >> at >> rank >> after_long;
-      const int i = std::stoi(e.path().filename().string());
-      long_ones += i >= 200 ? 1 : 0;
-      expect(!(after_long && at > cancelled_at),
-             "task " + std::to_string(i) + " started on rank " + std::to_string(rank) +
-                 " after a 1 s task ended there, after its call was cancelled");
-    }
-    std::filesystem::remove_all(dir);
-    expect(long_ones >= 2, "two 1 s tasks ran: " + std::to_string(long_ones));
   } else if (scenario == "hosts") {
     std::vector<std::string> w =
         joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(where, std::vector<int>(64, 0));
