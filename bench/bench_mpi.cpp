@@ -89,6 +89,15 @@ double one_ms(int i) {
 }
 double first_of(joblib::Array<double> a, int i) { return std::as_const(a)[static_cast<std::size_t>(i)]; }
 
+// Prints the per-task cost of 20,000 trivial tasks with batch_size = 1 (best of `reps`).
+void print_batch_size_1(int reps) {
+  const int n1 = 20'000;
+  const double single = best_of(reps, [&] {
+    (void)joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(trivial, std::views::iota(0, n1));
+  });
+  std::printf("batch_size_1_per_task %.3f us\n", single / n1 * 1e6);
+}
+
 int with_joblib() {
   const int workers = std::atoi(std::getenv("OMPI_COMM_WORLD_SIZE")) - 1;
   using joblib::Parallel;
@@ -99,11 +108,7 @@ int with_joblib() {
     (void)Parallel({.n_jobs = -1, .backend = "mpi"}).map(trivial, std::views::iota(0, n));
   });
   std::printf("batched_per_task %.3f us\n", batched / n * 1e6);
-  const int n1 = 20'000;
-  const double single = best_of(3, [&] {
-    (void)Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(trivial, std::views::iota(0, n1));
-  });
-  std::printf("batch_size_1_per_task %.3f us\n", single / n1 * 1e6);
+  print_batch_size_1(3);
   // Strong scaling: 400 tasks of 1 ms over the worker ranks.
   const double seq = 400 * 1e-3;
   const double t = best_of(3, [&] {
@@ -126,14 +131,10 @@ int with_joblib() {
 
 using bench::spin;
 
-// Only the batch_size = 1 case (for working on it).
+// Only the batch_size = 1 case (run_mpi_bench.sh launches it several times).
 int batch1() {
-  (void)joblib::Parallel({.n_jobs = -1, .backend = "mpi"}).map(trivial, std::views::iota(0, 10));
-  const int n1 = 20'000;
-  const double single = best_of(5, [&] {
-    (void)joblib::Parallel({.n_jobs = -1, .backend = "mpi", .batch_size = 1}).map(trivial, std::views::iota(0, n1));
-  });
-  std::printf("batch_size_1_per_task %.3f us\n", single / n1 * 1e6);
+  (void)joblib::Parallel({.n_jobs = -1, .backend = "mpi"}).map(trivial, std::views::iota(0, 10));  // start-up
+  print_batch_size_1(5);
   return 0;
 }
 

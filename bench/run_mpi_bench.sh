@@ -2,8 +2,9 @@
 # The mpi backend's figures beside raw MPI, in one run:
 #   bash bench/run_mpi_bench.sh [build/bench]
 # Then batch_size = 1 and the raw round trip again, five launches of each
-# (their best and median ratios). It also runs bench_scaling's cases over 1..8 worker ranks (one mpirun per
-# count) into <build>/mpi_scaling.txt, which bench_scaling adds to its plot:
+# (their best and median ratios). It also runs bench_scaling's cases over
+# 1..8 worker ranks (one mpirun per count) into <build>/mpi_scaling.txt,
+# which bench_scaling adds to its plot:
 #   ./build/bench/bin/bench_scaling docs/benchmarks_scaling.svg build/bench/mpi_scaling.txt
 set -euo pipefail
 build="${1:-build/bench}"
@@ -28,11 +29,11 @@ for i in 1 2 3 4 5; do
 done
 echo "raw round trip, 5 launches: ${rts[*]} us"
 echo "batch_size=1 per task, 5 launches: ${ones[*]} us"
-printf '%s\n' "${rts[@]}" | sort -g > "$build/.rts"
-printf '%s\n' "${ones[@]}" | sort -g > "$build/.ones"
-paste "$build/.rts" "$build/.ones" | awk 'NR == 1 {printf "batch_size=1 / raw round trip, best of 5 each: %.2f / %.3f = %.1fx\n", $2, $1, $2 / $1}
-  NR == 3 {printf "batch_size=1 / raw round trip, median of 5 each: %.2f / %.3f = %.1fx\n", $2, $1, $2 / $1}'
-rm -f "$build/.rts" "$build/.ones"
+best_and_median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[1], v[3]}'; }
+read -r rt_best rt_median < <(best_and_median "${rts[@]}")
+read -r one_best one_median < <(best_and_median "${ones[@]}")
+awk -v a="$one_best" -v b="$rt_best" 'BEGIN {printf "batch_size=1 / raw round trip, best of 5 each: %.2f / %.3f = %.1fx\n", a, b, a / b}'
+awk -v a="$one_median" -v b="$rt_median" 'BEGIN {printf "batch_size=1 / raw round trip, median of 5 each: %.2f / %.3f = %.1fx\n", a, b, a / b}'
 awk -v a="$arr" -v b="$xfer" 'BEGIN {printf "400 MB to 8 tasks (no memmap) / raw 400 MB transfer: %.1fx\n", a / b}'
 sweep="$build/mpi_scaling.txt"
 : > "$sweep"

@@ -267,43 +267,28 @@ std::vector<std::byte> make_init_request(const CodeRef& entry, std::span<const s
 }
 
 namespace {
-// MemoryOutputs of this thread's, reused from one request to the next (a
-// request is encoded for every batch sent): two, as a request's header is
-// encoded while its structure is held. A third user at once (never, today)
-// gets a fresh one. Memory over 1 MiB is freed after use.
-class ScratchOutput {
+// A MemoryOutput kept by its thread from one request to the next (a request
+// is encoded for every batch sent), cleared for each use; memory over 1 MiB
+// is freed after it.
+class Reused {
  public:
-  ScratchOutput() : slot_(depth() < 2 ? depth()++ : -1) {
-    if (slot_ >= 0) kept()[slot_].clear();
+  explicit Reused(MemoryOutput& out) : out_(out) { out_.clear(); }
+  ~Reused() {
+    if (out_.capacity() > (std::size_t{1} << 20)) out_.reset();
   }
-  ~ScratchOutput() {
-    if (slot_ < 0) return;
-    if (kept()[slot_].capacity() > (std::size_t{1} << 20)) kept()[slot_].reset();
-    --depth();
-  }
-  ScratchOutput(const ScratchOutput&) = delete;
-  ScratchOutput& operator=(const ScratchOutput&) = delete;
-  MemoryOutput& get() noexcept { return slot_ >= 0 ? kept()[slot_] : own_; }
+  Reused(const Reused&) = delete;
+  Reused& operator=(const Reused&) = delete;
 
  private:
-  static MemoryOutput* kept() noexcept {
-    static thread_local MemoryOutput out[2];
-    return out;
-  }
-  static int& depth() noexcept {
-    static thread_local int n = 0;
-    return n;
-  }
-  int slot_;
-  MemoryOutput own_;
+  MemoryOutput& out_;
 };
 }  // namespace
 
 std::vector<std::byte> make_request(const CodeRef& entry, std::vector<BufferDesc> buffers,
                                     std::span<const std::byte> structure, std::size_t headroom) {
-  ScratchOutput scratch;
-  MemoryOutput& header = scratch.get();
-  // Reused: its strings keep their memory from one request to the next.
+  // This thread's, reused: they keep their memory from one request to the next.
+  static thread_local MemoryOutput header;
+  const Reused using_header(header);
   static thread_local RequestHeader fields;
   fields.entry = entry;
   fields.buffers = std::move(buffers);
@@ -754,11 +739,11 @@ Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headr
 }
 
 Request encode_request_parts(Batch& batch, CallMemmap* memmap, std::size_t headroom, SentBuffers* sent) {
-  // Reused: its strings keep their memory. (Encoding a batch never encodes
-  // another request on the same thread.)
+  // This thread's, reused: they keep their memory. (Encoding a batch never
+  // encodes another request on the same thread.)
   static thread_local CodeRef entry;
-  ScratchOutput scratch;
-  MemoryOutput& structure = scratch.get();
+  static thread_local MemoryOutput structure;
+  const Reused using_structure(structure);
   RequestSink sink(memmap ? memmap->context() : nullptr, sent ? sent->impl() : nullptr);
   if (std::exception_ptr e = batch.encode(entry, structure, &sink)) std::rethrow_exception(e);
   Request r;
@@ -802,11 +787,13 @@ std::vector<std::byte> Request::flatten() const {
 
 std::shared_ptr<std::byte> ReceiveBlock::get(std::size_t n) {
   constexpr std::size_t kReuseBytes = std::size_t{1} << 20;
-  if (n >= kReuseBytes && kept_ && kept_.use_count() == 1 && size_ >= n) return kept_;
+  constexpr std::size_t kSmallest = std::size_t{64} << 10;
+  if (kept_ && kept_.use_count() == 1 && size_ >= n) return kept_;
   // A large block gets 1 MiB to spare: the next request of the same arrays
-  // differs by a few bytes of tasks.
-  SharedBuffer b = allocate_buffer(n >= kReuseBytes ? n + kReuseBytes : n, false);
-  if (n >= kReuseBytes) {
+  // differs by a few bytes of tasks. The new block is kept unless a larger
+  // one is (held by a task now, and reused once it lets go).
+  SharedBuffer b = allocate_buffer(n >= kReuseBytes ? n + kReuseBytes : std::max(n, kSmallest), false);
+  if (!kept_ || b.size >= size_) {
     kept_ = b.data;
     size_ = b.size;
   }

@@ -130,8 +130,9 @@ struct Request {
 class JOBLIB_EXPORT ReceiveBlock {
  public:
   /// At least `n` bytes, 64-byte aligned: the kept block when nothing else
-  /// holds it and it is large enough, else a new one (kept from 1 MiB on,
-  /// with 1 MiB to spare). Throws std::bad_alloc.
+  /// holds it and it is large enough, else a new one (of 64 KiB at least,
+  /// and from 1 MiB on with 1 MiB to spare), kept instead unless it is the
+  /// smaller. Throws std::bad_alloc.
   std::shared_ptr<std::byte> get(std::size_t n);
   /// Lets go of the kept block (a worker idle for a while).
   void release() noexcept { kept_.reset(); }

@@ -140,6 +140,18 @@ std::vector<std::byte> receive_message(const MPI_Status& st) {
   return buf;
 }
 
+// The size of the message whose receive posted into `inbox` completed with
+// `st`: what landed there, or, for one over kInbox, the size that came
+// first (its bytes follow: receive_body()).
+std::size_t inbox_message_size(const MPI_Status& st, const std::byte* inbox) {
+  int count = 0;
+  MPI_Get_count(&st, MPI_BYTE, &count);
+  if (!(st.MPI_TAG & kBig)) return static_cast<std::size_t>(count);
+  std::uint64_t n = 0;
+  if (count == sizeof n) std::memcpy(&n, inbox, sizeof n);
+  return static_cast<std::size_t>(n);
+}
+
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::atoi(v) : fallback;
@@ -336,7 +348,8 @@ void watch_cancels() {
           g_arrived_status = st;
         }
       }
-      for (int flag = 1; g_arrived && flag;) {
+      while (g_arrived) {  // cancels behind it wait outside the inbox
+        int flag = 0;
         MPI_Iprobe(0, kCancel, g_comm, &flag, &st);
         if (!flag) break;
         std::uint64_t seq = 0;
@@ -463,39 +476,17 @@ struct RankMessage {
 // Takes the message that arrived in the inbox (status `st`): copied, or
 // (over kInbox) received now, after its size; then posts the inbox again.
 RankMessage take_from_inbox(const MPI_Status& st, std::size_t lead, sdk::ReceiveBlock& block) {
-  int count = 0;
-  MPI_Get_count(&st, MPI_BYTE, &count);
-  std::uint64_t n = static_cast<std::uint64_t>(count);
-  if (st.MPI_TAG & kBig) {
-    n = 0;
-    if (count == sizeof n) std::memcpy(&n, g_inbox.data(), sizeof n);
-  }
+  const std::size_t n = inbox_message_size(st, g_inbox.data());
   const std::size_t pad = (64 - lead % 64) % 64;
-  // A message from the inbox is copied into a block of its size kept for
-  // them, unless a task still holds a window into it (an array it keeps).
-  static std::shared_ptr<std::byte> small;
-  std::shared_ptr<std::byte> held;
-  if (!(st.MPI_TAG & kBig)) {
-    if (!small || small.use_count() != 1) {
-      void* raw = std::aligned_alloc(64, kInbox + 64);
-      if (!raw) throw std::bad_alloc();
-      small = std::shared_ptr<std::byte>(static_cast<std::byte*>(raw), [](std::byte* b) { std::free(b); });
-    }
-    held = small;
-  } else {
-    held = block.get(pad + static_cast<std::size_t>(n));
-  }
+  std::shared_ptr<std::byte> held = block.get(pad + n);
   std::byte* p = held.get() + pad;
-  if (st.MPI_TAG & kBig) {
-    for (std::uint64_t off = 0; off < n; off += kChunk)
-      MPI_Recv(p + off, static_cast<int>(std::min<std::uint64_t>(kChunk, n - off)), MPI_BYTE, 0, st.MPI_TAG, g_comm,
-               MPI_STATUS_IGNORE);
-  } else if (n != 0) {
-    std::memcpy(p, g_inbox.data(), static_cast<std::size_t>(n));
-  }
+  if (st.MPI_TAG & kBig)
+    receive_body(st, p, n);
+  else if (n != 0)
+    std::memcpy(p, g_inbox.data(), n);
   g_arrived = false;
   post_inbox();
-  return {std::move(held), {p, static_cast<std::size_t>(n)}};
+  return {std::move(held), {p, n}};
 }
 
 // `spawned`: started by rank 0 with MPI_Comm_spawn (then this worker is
@@ -638,12 +629,11 @@ std::atomic<int> g_spawned{0};  // workers this program spawned (0: none)
 
 struct Job {
   joblib::Batch* batch = nullptr;
-  const void* call = nullptr;
   sdk::CallMemmap* memmap = nullptr;
   std::vector<std::byte> initializer;
   std::uint64_t max_tasks = 0;      // max_tasks_per_child (0: none)
   std::uint64_t memory_limit = 0;   // worker_memory_limit in bytes (0: none)
-  std::uint64_t serial = 0;         // the call's serial number
+  std::uint64_t serial = 0;         // the call's serial number (its identity here)
   bool may_queue = false;           // may wait on a rank behind a batch of its call (no timeout, no children)
   bool timed = false;               // its call has a timeout (whose error names the rank)
 };
@@ -720,7 +710,6 @@ Sending isend_message(int dest, int tag, std::vector<std::byte> bytes) {
 // A request of ours that a rank holds (runs, or has queued behind the one it runs).
 struct Out {
   joblib::Batch* batch = nullptr;  // null until sent, and once aborted (its reply is dropped)
-  const void* call = nullptr;
   std::uint64_t serial = 0;        // its call's serial number
   std::uint64_t seq = 0;           // its sequence number (0: not sent yet)
   bool cancel = false;             // its call stopped: tell the rank
@@ -786,7 +775,7 @@ class Engine {
   void submit(Job job) {
     {
       std::unique_lock lock(m_);
-      if (aborted_.count(job.call)) {
+      if (aborted_.count(job.serial)) {
         lock.unlock();
         job.batch->fail(cancelled());
         return;
@@ -796,13 +785,15 @@ class Engine {
     cv_.notify_all();
   }
 
-  void abort(const void* call) noexcept {
+  // Call `serial` stopped: its batches fail now (0: no call, nothing to do).
+  void abort(std::uint64_t serial) noexcept {
+    if (serial == 0) return;
     std::vector<joblib::Batch*> dropped;
     {
       std::lock_guard lock(m_);
-      aborted_.insert(call);
+      aborted_.insert(serial);
       for (auto it = queue_.begin(); it != queue_.end();) {
-        if (it->call == call) {
+        if (it->serial == serial) {
           dropped.push_back(it->batch);
           it = queue_.erase(it);
         } else {
@@ -813,7 +804,7 @@ class Engine {
       // reply it sends when its task ends is dropped.
       for (Rank& r : ranks_)
         for (Out& o : r.out)
-          if (o.batch && o.call == call) {
+          if (o.batch && o.serial == serial) {
             dropped.push_back(std::exchange(o.batch, nullptr));
             o.cancel = true;
             o.cancelled_at = std::chrono::steady_clock::now();
@@ -825,11 +816,12 @@ class Engine {
   }
 
   // The call ended: ranks drop the large buffers they kept for it.
-  void forget(const void* call, std::uint64_t serial) noexcept {
+  void forget(std::uint64_t serial) noexcept {
+    if (serial == 0) return;
     {
       std::lock_guard lock(m_);
-      aborted_.erase(call);
-      if (!ready_ || serial == 0) return;
+      aborted_.erase(serial);
+      if (!ready_) return;
       try {
         ended_.push_back(serial);
         notes_ = true;
@@ -1033,7 +1025,7 @@ class Engine {
           const Job& next = queue_.front();
           for (Rank& r : ranks_)
             if (!r.dead && r.out.size() < kMaxHeld && r.quick_call == next.serial &&
-                std::all_of(r.out.begin(), r.out.end(), [&](const Out& o) { return o.batch && o.call == next.call; }) &&
+                std::all_of(r.out.begin(), r.out.end(), [&](const Out& o) { return o.batch && o.serial == next.serial; }) &&
                 (next.initializer.empty() || r.initializer_done == next.initializer)) {
               rank = &r;
               break;
@@ -1056,7 +1048,6 @@ class Engine {
           queue_.pop_front();
           rank->out.emplace_back();  // its batch is not abort()'s until sent
           slot = &rank->out.back();
-          slot->call = job.call;
           slot->serial = job.serial;
         }
       }
@@ -1129,7 +1120,7 @@ class Engine {
         slot->seq = seq;
         slot->sent_at = std::chrono::steady_clock::now();
         slot->sending = std::move(sending);
-        stopped = aborted_.count(job.call) > 0;
+        stopped = aborted_.count(job.serial) > 0;
         if (stopped) {
           slot->cancel = true;
           slot->cancelled_at = slot->sent_at;
@@ -1151,16 +1142,11 @@ class Engine {
   // Rank `i`'s message, whose posted receive completed with `st`: in its
   // inbox, or (over kInbox) received now, after its size, into big_.
   std::span<const std::byte> take_message(std::size_t i, const MPI_Status& st) {
-    int count = 0;
-    MPI_Get_count(&st, MPI_BYTE, &count);
-    if (!(st.MPI_TAG & kBig)) return {inbox_[i].data(), static_cast<std::size_t>(count)};
-    std::uint64_t n = 0;
-    if (count == sizeof n) std::memcpy(&n, inbox_[i].data(), sizeof n);
+    const std::size_t n = inbox_message_size(st, inbox_[i].data());
+    if (!(st.MPI_TAG & kBig)) return {inbox_[i].data(), n};
     if (big_.capacity() > (std::size_t{1} << 20)) big_ = {};  // the last large reply's memory is not kept
-    big_.resize(static_cast<std::size_t>(n));
-    for (std::size_t off = 0; off < n; off += kChunk)
-      MPI_Recv(big_.data() + off, static_cast<int>(std::min<std::uint64_t>(kChunk, n - off)), MPI_BYTE,
-               st.MPI_SOURCE, st.MPI_TAG, g_comm, MPI_STATUS_IGNORE);
+    big_.resize(n);
+    receive_body(st, big_.data(), n);
     return big_;
   }
 
@@ -1344,7 +1330,7 @@ class Engine {
   mutable std::mutex m_;
   std::condition_variable cv_;
   std::deque<Job> queue_;
-  std::set<const void*> aborted_;
+  std::set<std::uint64_t> aborted_;  // calls stopped (serial numbers), until they end
   std::vector<Rank> ranks_;
   std::thread comm_;
   bool started_ = false, ready_ = false, stopping_ = false;
@@ -1436,15 +1422,15 @@ class MpiBackend final : public joblib::ParallelBackendBase {
   }
   void submit(joblib::Batch& batch) noexcept override {
     try {
-      Engine::get().submit({&batch, this, memmap_.get(), initializer_, max_tasks_, memory_limit_, serial_, may_queue_, timed_});
+      Engine::get().submit({&batch, memmap_.get(), initializer_, max_tasks_, memory_limit_, serial_, may_queue_, timed_});
     } catch (...) {
       batch.fail(std::current_exception());
     }
   }
-  void abort() noexcept override { Engine::get().abort(this); }
+  void abort() noexcept override { Engine::get().abort(serial_); }
   void stop_call() noexcept override {
     if (memmap_) memmap_->cleanup();
-    Engine::get().forget(this, std::exchange(serial_, 0));
+    Engine::get().forget(serial_.exchange(0));
   }
   ~MpiBackend() override { stop_call(); }
 
@@ -1452,7 +1438,7 @@ class MpiBackend final : public joblib::ParallelBackendBase {
   std::unique_ptr<sdk::CallMemmap> memmap_;
   std::vector<std::byte> initializer_;
   std::uint64_t max_tasks_ = 0, memory_limit_ = 0;
-  std::uint64_t serial_ = 0;  // this call's number (0: no call)
+  std::atomic<std::uint64_t> serial_{0};  // this call's number (0: no call); abort() may read it from any thread
   bool may_queue_ = false;
   bool timed_ = false;
 };
