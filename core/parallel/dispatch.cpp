@@ -110,6 +110,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
     generator_ = cfg_.return_as != ReturnAs::list;
     outcomes_ = source_->gives_outcomes();
     small_results_ = source_->small_results();
+    clocked_ = cfg_.timeout.has_value() || !cfg_.batch_size;
     // An input cut into index ranges (Parallel::map over an iota or a
     // vector) starts its auto batches at 1/64 of each worker's share: no
     // ramp from 1 for a million tiny tasks, and at most 1/64 of a worker's
@@ -136,7 +137,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   using Lock = std::unique_lock<std::mutex>;
 
   std::size_t next_batch_size_locked();
-  void dispatch_locked(BatchList& out);
+  void dispatch_locked(BatchList& out, std::int64_t now = -1);
   std::unique_ptr<BatchBase> pull_batch_locked(std::size_t bs, bool& failed);
   void submit(const BatchList& batches) noexcept;
   bool start_claiming(BatchList& out);
@@ -194,6 +195,11 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   long pre_dispatch_amount_ = 0;
   std::size_t next_seq_ = 0, next_first_ = 0, next_take_ = 0;
   std::map<std::size_t, std::unique_ptr<BatchBase>> running_;  // dispatched, not finished
+  // A node of running_ kept from a finished batch for the next one (a
+  // batch_size = 1 call would allocate one per task).
+  std::map<std::size_t, std::unique_ptr<BatchBase>>::node_type spare_node_;
+  // Batch times are read: a timeout watches them, or auto batching sizes by them.
+  bool clocked_ = false;
   DoneStore done_;                                             // finished, not taken
   std::deque<std::size_t> done_order_;                         // completion order (unordered)
   std::exception_ptr error_;
@@ -364,7 +370,7 @@ std::unique_ptr<BatchBase> CallImpl::pull_batch_locked(std::size_t bs, bool& fai
   return b;
 }
 
-void CallImpl::dispatch_locked(BatchList& out) {
+void CallImpl::dispatch_locked(BatchList& out, std::int64_t now) {
   while (!stop_.load(std::memory_order_relaxed) && !exhausted_ && (window_ == 0 || in_window_locked() < window_)) {
     std::size_t bs = next_batch_size_locked();
     if (window_counts_tasks() && window_ != 0) {
@@ -381,7 +387,10 @@ void CallImpl::dispatch_locked(BatchList& out) {
     bool failed = false;
     std::unique_ptr<BatchBase> b = pull_batch_locked(bs, failed);
     if (!b) break;
-    b->dispatched_ns_ = now_ns();
+    if (clocked_) {
+      if (now < 0) now = now_ns();
+      b->dispatched_ns_ = now;
+    }
     b->clock_each_task_ = cfg_.timeout.has_value();
     b->call_ = this;
     // A batch on threads cannot be stopped after a timeout: keep copies of
@@ -390,7 +399,13 @@ void CallImpl::dispatch_locked(BatchList& out) {
       b->spare_ = b->copy_tasks();
     running_tasks_ += b->size_;
     out.push_back(b.get());
-    running_.emplace(b->seq_, std::move(b));
+    if (spare_node_) {
+      spare_node_.key() = b->seq_;
+      spare_node_.mapped() = std::move(b);
+      running_.insert(std::move(spare_node_));
+    } else {
+      running_.emplace(b->seq_, std::move(b));
+    }
   }
 }
 
@@ -619,7 +634,7 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
     } else {
       auto node = running_.extract(b.seq_);
       running_tasks_ -= b.size_;
-      last_completion_ns_ = now_ns();
+      if (clocked_) last_completion_ns_ = now_ns();
       const double duration = double(last_completion_ns_ - b.dispatched_ns_) * 1e-9;
       if (b.error_ && b.from_backend_ && stop_.load()) {
         // A batch the backend dropped or killed because the call was already
@@ -648,8 +663,9 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
         done_.put(b.seq_, std::move(node.mapped()));
         if (cfg_.return_as == ReturnAs::generator_unordered) done_order_.push_back(b.seq_);
       }
+      if (node && !spare_node_) spare_node_ = std::move(node);  // its batch moved out above
       report_progress_locked();
-      dispatch_locked(out);
+      dispatch_locked(out, clocked_ ? last_completion_ns_ : -1);
       if (finished_locked()) report_finished_locked();
       // Wake the caller only when it has something to do: a result to hand out
       // (generators), the end of the call, an error, or a stop that waits for
@@ -1039,7 +1055,11 @@ std::exception_ptr BatchBase::encode(CodeRef& entry, OutputStream& out, BufferSi
   return {};
 }
 
-void BatchBase::started() noexcept { started_ns_.store(now_ns(), std::memory_order_relaxed); }
+void BatchBase::started() noexcept {
+  // Only a timeout's watchdog reads when a batch started (a call without
+  // one does not read the clock here for every batch).
+  started_ns_.store(clock_each_task_ ? now_ns() : 1, std::memory_order_relaxed);
+}
 void BatchBase::set_location(std::string where) noexcept {
   std::lock_guard lock(location_m_);
   location_.swap(where);

@@ -14,6 +14,8 @@
 #define OMPI_SKIP_MPICXX 1  // the C API only (no libmpi_cxx)
 #include <mpi.h>
 
+#include <boost/container/small_vector.hpp>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -38,6 +40,7 @@
 #include <memory>
 #include <iterator>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -733,7 +736,8 @@ struct Rank {
   std::string location;  // "MPI rank 2, host node7", for TimeoutError
   pid_t pid = 0;
   bool same_host = false;
-  std::deque<Out> out;  // its requests, oldest (the one it runs) first; it replies in this order
+  // Its requests, oldest (the one it runs) first; it replies in this order.
+  boost::container::small_vector<Out, kMaxHeld> out;
   std::uint64_t quick_call = 0;  // the serial number of the call whose last batch here took under kQuickBatch
   std::chrono::steady_clock::time_point last_reply{};
   bool dead = false;
@@ -781,6 +785,7 @@ class Engine {
         return;
       }
       queue_.push_back(std::move(job));
+      queued_.store(queue_.size(), std::memory_order_relaxed);
     }
     cv_.notify_all();
   }
@@ -800,6 +805,7 @@ class Engine {
           ++it;
         }
       }
+      queued_.store(queue_.size(), std::memory_order_relaxed);
       // A rank cannot be stopped from here: its batch fails now, and the
       // reply it sends when its task ends is dropped.
       for (Rank& r : ranks_)
@@ -952,8 +958,11 @@ class Engine {
     unsigned busy_rounds = 0;
     std::vector<int> done_index(recv_.size());
     std::vector<MPI_Status> done_status(recv_.size());
+    // When the last reply came (the time this round's sends are taken to
+    // leave: a reply's batch is sent on within microseconds).
+    std::optional<std::chrono::steady_clock::time_point> replied_at;
     for (;;) {
-      bool progressed = dispatch();
+      bool progressed = dispatch(std::exchange(replied_at, std::nullopt));
       if (notes_.exchange(false)) {
         send_cancels();
         send_forgets();
@@ -965,7 +974,7 @@ class Engine {
         const auto i = static_cast<std::size_t>(done_index[static_cast<std::size_t>(k)]);
         const MPI_Status& st = done_status[static_cast<std::size_t>(k)];
         const std::span<const std::byte> msg = take_message(i, st);
-        reply_from(i, msg, (st.MPI_TAG & ~kBig) == kReply);
+        replied_at = reply_from(i, msg, (st.MPI_TAG & ~kBig) == kReply);
         post_receive(i, st.MPI_SOURCE);
       }
       // Busy: straight on to the next message (the checks below are for
@@ -1004,54 +1013,84 @@ class Engine {
   // its call, see kMaxHeld); true if one was sent. A batch stays
   // this thread's own until it is sent: only then may abort() take it (it
   // could otherwise fail, and so free, the batch while it is encoded).
-  bool dispatch() {
+  // `now`: the time of this round of the loop, if read already.
+  bool dispatch(std::optional<std::chrono::steady_clock::time_point> now) {
+    if (queued_.load(std::memory_order_relaxed) == 0) return false;  // (no lock for an empty queue)
     bool sent = false;
+    // The request last sent, handed to abort() under the next lock taken here.
+    Out* last = nullptr;
+    joblib::Batch* last_batch = nullptr;
+    std::uint64_t last_seq = 0;
+    Sending last_sending;
     for (;;) {
       Job job;
       Rank* rank = nullptr;
       Out* slot = nullptr;
+      joblib::Batch* stopped = nullptr;
       std::vector<Job> failed;  // (a std::deque would allocate here, every round)
       std::string held;
       {
         std::lock_guard lock(m_);
-        if (queue_.empty()) return sent;
-        for (Rank& r : ranks_)
-          if (!r.busy() && !r.dead) {
-            rank = &r;
-            break;
+        if (last) {
+          // Sent: the batch is abort()'s to take from now on, unless its call
+          // stopped meanwhile (then the rank is told, and the batch fails below).
+          last->seq = last_seq;
+          last->sent_at = now ? *now : std::chrono::steady_clock::now();
+          now = last->sent_at;
+          last->sending = std::move(last_sending);
+          if (aborted_.count(last->serial)) {
+            last->cancel = true;
+            last->cancelled_at = last->sent_at;
+            notes_ = true;
+            stopped = last_batch;
+          } else {
+            last->batch = last_batch;
           }
-        if (!rank && queue_.front().may_queue) {
-          // Queued behind a quick batch of the same call.
-          const Job& next = queue_.front();
+          last = nullptr;
+        }
+        if (!queue_.empty()) {
           for (Rank& r : ranks_)
-            if (!r.dead && r.out.size() < kMaxHeld && r.quick_call == next.serial &&
-                std::all_of(r.out.begin(), r.out.end(), [&](const Out& o) { return o.batch && o.serial == next.serial; }) &&
-                (next.initializer.empty() || r.initializer_done == next.initializer)) {
+            if (!r.busy() && !r.dead) {
               rank = &r;
               break;
             }
-        }
-        if (!rank) {
-          // Every rank is dead, or held for over kHeldGrace by a task whose
-          // call stopped (it ignores joblib::stop_requested(), or timed
-          // out): nothing queued can run. (A task that sees the stop ends at
-          // once and frees its rank well within the grace.)
-          const auto now = std::chrono::steady_clock::now();
-          if (std::all_of(ranks_.begin(), ranks_.end(), [&](const Rank& r) { return r.dead || r.held(now); })) {
-            for (const Rank& r : ranks_)
-              held += (held.empty() ? "" : ", ") + r.where() + (r.dead ? " is dead" : " still runs an abandoned task");
-            failed.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
-            queue_.clear();
+          if (!rank && queue_.front().may_queue) {
+            // Queued behind a quick batch of the same call.
+            const Job& next = queue_.front();
+            for (Rank& r : ranks_)
+              if (!r.dead && r.out.size() < kMaxHeld && r.quick_call == next.serial &&
+                  std::all_of(r.out.begin(), r.out.end(),
+                              [&](const Out& o) { return o.batch && o.serial == next.serial; }) &&
+                  (next.initializer.empty() || r.initializer_done == next.initializer)) {
+                rank = &r;
+                break;
+              }
           }
-        } else {
-          job = std::move(queue_.front());
-          queue_.pop_front();
-          rank->out.emplace_back();  // its batch is not abort()'s until sent
-          slot = &rank->out.back();
-          slot->serial = job.serial;
+          if (!rank) {
+            // Every rank is dead, or held for over kHeldGrace by a task whose
+            // call stopped (it ignores joblib::stop_requested(), or timed
+            // out): nothing queued can run. (A task that sees the stop ends at
+            // once and frees its rank well within the grace.)
+            const auto t = std::chrono::steady_clock::now();
+            if (std::all_of(ranks_.begin(), ranks_.end(), [&](const Rank& r) { return r.dead || r.held(t); })) {
+              for (const Rank& r : ranks_)
+                held += (held.empty() ? "" : ", ") + r.where() + (r.dead ? " is dead" : " still runs an abandoned task");
+              failed.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
+              queue_.clear();
+            }
+          } else {
+            job = std::move(queue_.front());
+            queue_.pop_front();
+            rank->out.emplace_back();  // its batch is not abort()'s until sent
+            slot = &rank->out.back();
+            slot->serial = job.serial;
+          }
+          queued_.store(queue_.size(), std::memory_order_relaxed);
         }
       }
-      for (Job& j : failed)  // outside the lock: a failing batch may call back into submit()
+      // Outside the lock: a failing batch may call back into submit().
+      if (stopped) stopped->fail(cancelled());
+      for (Job& j : failed)
         j.batch->fail(std::make_exception_ptr(joblib::BackendError(
             "no MPI worker rank can take this batch: " + (held.empty() ? std::string("there are none") : held))));
       if (!rank) return sent;
@@ -1112,24 +1151,10 @@ class Engine {
         job.batch->fail(std::current_exception());
         continue;
       }
-      // Sent: the batch is abort()'s to take from now on, unless its call
-      // stopped meanwhile (then the rank is told, and the batch fails here).
-      bool stopped = false;
-      {
-        std::lock_guard lock(m_);
-        slot->seq = seq;
-        slot->sent_at = std::chrono::steady_clock::now();
-        slot->sending = std::move(sending);
-        stopped = aborted_.count(job.serial) > 0;
-        if (stopped) {
-          slot->cancel = true;
-          slot->cancelled_at = slot->sent_at;
-          notes_ = true;
-        } else {
-          slot->batch = job.batch;
-        }
-      }
-      if (stopped) job.batch->fail(cancelled());
+      last = slot;
+      last_batch = job.batch;
+      last_seq = seq;
+      last_sending = std::move(sending);
     }
   }
 
@@ -1190,23 +1215,24 @@ class Engine {
   }
 
   // A rank replies to its requests in the order they were sent.
-  void reply_from(std::size_t i, std::span<const std::byte> msg, bool is_reply) {
+  // Returns when it came.
+  std::chrono::steady_clock::time_point reply_from(std::size_t i, std::span<const std::byte> msg, bool is_reply) {
     joblib::Batch* batch = nullptr;
     Sending sending;
+    const auto now = std::chrono::steady_clock::now();
     {
       std::lock_guard lock(m_);
       Rank& r = ranks_[i];
-      if (r.out.empty()) return;  // nothing of ours is out there: dropped
+      if (r.out.empty()) return now;  // nothing of ours is out there: dropped
       Out& o = r.out.front();
       batch = std::exchange(o.batch, nullptr);
       sending = std::move(o.sending);
       // How long the batch took there: from when it was sent, or from the
       // rank's last reply if it waited behind that one.
-      const auto now = std::chrono::steady_clock::now();
       const bool quick = batch && now - std::max(o.sent_at, r.last_reply) < kQuickBatch;
       r.quick_call = quick ? o.serial : 0;
       r.last_reply = now;
-      r.out.pop_front();
+      r.out.erase(r.out.begin());
     }
     sending.wait();  // received, since it replied
     if (batch) {
@@ -1215,6 +1241,7 @@ class Engine {
       else
         batch->fail(std::make_exception_ptr(joblib::SerializationError("an MPI worker sent an unexpected message")));
     }
+    return now;
   }
 
   // Takes the ranks' liveness connections; returns the ranks whose
@@ -1330,6 +1357,7 @@ class Engine {
   mutable std::mutex m_;
   std::condition_variable cv_;
   std::deque<Job> queue_;
+  std::atomic<std::size_t> queued_{0};  // queue_.size(), read without the lock
   std::set<std::uint64_t> aborted_;  // calls stopped (serial numbers), until they end
   std::vector<Rank> ranks_;
   std::thread comm_;
