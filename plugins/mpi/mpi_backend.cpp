@@ -317,8 +317,21 @@ MPI_Request g_inbox_request = MPI_REQUEST_NULL;
 bool g_arrived = false;     // the inbox holds a message for the serving thread
 MPI_Status g_arrived_status;
 
+// Cancels the persistent receive `r` if a message may still land in it, and frees it.
+void stop_receive(MPI_Request& r) {
+  if (r == MPI_REQUEST_NULL) return;
+  int done = 0;
+  MPI_Request_get_status(r, &done, MPI_STATUS_IGNORE);  // (true too when not started)
+  if (!done) MPI_Cancel(&r);
+  MPI_Request_free(&r);
+}
+
+// (A persistent receive: started again for each message, set up once.)
 void post_inbox() {
-  MPI_Irecv(g_inbox.data(), static_cast<int>(g_inbox.size()), MPI_BYTE, 0, MPI_ANY_TAG, g_comm, &g_inbox_request);
+  if (g_inbox_request == MPI_REQUEST_NULL)
+    MPI_Recv_init(g_inbox.data(), static_cast<int>(g_inbox.size()), MPI_BYTE, 0, MPI_ANY_TAG, g_comm,
+                  &g_inbox_request);
+  MPI_Start(&g_inbox_request);
 }
 
 // True when the inbox holds a message (its status in `st`).
@@ -538,8 +551,7 @@ RankMessage take_from_inbox(const MPI_Status& st, std::size_t lead, sdk::Receive
       kept.clear();
       std::fflush(nullptr);
       std::lock_guard lock(g_mpi);
-      MPI_Cancel(&g_inbox_request);
-      MPI_Request_free(&g_inbox_request);
+      stop_receive(g_inbox_request);
       MPI_Finalize();
       ::_exit(status);
     }
@@ -742,10 +754,12 @@ struct Rank {
   std::chrono::steady_clock::time_point last_reply{};
   bool dead = false;
   bool busy() const { return !out.empty(); }
+  // It runs a task whose call stopped (its batch was failed already).
+  bool abandoned() const { return busy() && !out.front().batch; }
   // Held for over kHeldGrace by a task whose call stopped (it ignores
   // joblib::stop_requested(), or timed out).
   bool held(std::chrono::steady_clock::time_point now) const {
-    return busy() && !out.front().batch && now - out.front().cancelled_at > kHeldGrace;
+    return abandoned() && now - out.front().cancelled_at > kHeldGrace;
   }
   std::vector<std::byte> initializer_done;  // the initializer this rank has run
   sdk::SentBuffers sent;                    // large buffers it keeps for call `sent_call` (comm thread only)
@@ -899,9 +913,13 @@ class Engine {
         rk.location = "MPI rank " + std::to_string(r) + ", host " + rk.host;
         ranks.push_back(std::move(rk));
       }
-      inbox_.assign(ranks.size(), {});
+      inbox_.assign(ranks.size(), std::vector<std::byte>(kInbox));
       recv_.assign(ranks.size(), MPI_REQUEST_NULL);
-      for (std::size_t i = 0; i < ranks.size(); ++i) post_receive(i, ranks[i].dest);
+      for (std::size_t i = 0; i < ranks.size(); ++i) {
+        MPI_Recv_init(inbox_[i].data(), static_cast<int>(kInbox), MPI_BYTE, ranks[i].dest, MPI_ANY_TAG, g_comm,
+                      &recv_[i]);
+        post_receive(i);
+      }
       {
         std::lock_guard lock(m_);
         ranks_ = std::move(ranks);
@@ -963,7 +981,7 @@ class Engine {
     std::optional<std::chrono::steady_clock::time_point> replied_at;
     for (;;) {
       bool progressed = dispatch(std::exchange(replied_at, std::nullopt));
-      if (notes_.exchange(false)) {
+      if (notes_.load(std::memory_order_relaxed) && notes_.exchange(false)) {
         send_cancels();
         send_forgets();
       }
@@ -975,7 +993,7 @@ class Engine {
         const MPI_Status& st = done_status[static_cast<std::size_t>(k)];
         const std::span<const std::byte> msg = take_message(i, st);
         replied_at = reply_from(i, msg, (st.MPI_TAG & ~kBig) == kReply);
-        post_receive(i, st.MPI_SOURCE);
+        post_receive(i);
       }
       // Busy: straight on to the next message (the checks below are for
       // when it goes quiet, and every 64 rounds).
@@ -1016,6 +1034,11 @@ class Engine {
   // `now`: the time of this round of the loop, if read already.
   bool dispatch(std::optional<std::chrono::steady_clock::time_point> now) {
     if (queued_.load(std::memory_order_relaxed) == 0) return false;  // (no lock for an empty queue)
+    // Jobs wait for a rank: none is freed until a reply comes or a rank dies
+    // (looked at again every 64 rounds all the same: a rank held by an
+    // abandoned task, or a call stopped, changes what may be sent).
+    if (blocked_on_ == freed_ && (++blocked_rounds_ & 63) != 0) return false;
+    blocked_on_ = ~std::uint64_t{0};
     bool sent = false;
     // The request last sent, handed to abort() under the next lock taken here.
     Out* last = nullptr;
@@ -1071,8 +1094,14 @@ class Engine {
             // call stopped (it ignores joblib::stop_requested(), or timed
             // out): nothing queued can run. (A task that sees the stop ends at
             // once and frees its rank well within the grace.)
-            const auto t = std::chrono::steady_clock::now();
-            if (std::all_of(ranks_.begin(), ranks_.end(), [&](const Rank& r) { return r.dead || r.held(t); })) {
+            blocked_on_ = freed_;
+            const auto held_long = [t = std::chrono::steady_clock::time_point{}](const Rank& r) mutable {
+              if (r.dead) return true;
+              if (!r.abandoned()) return false;
+              if (t == std::chrono::steady_clock::time_point{}) t = std::chrono::steady_clock::now();
+              return r.held(t);
+            };
+            if (std::all_of(ranks_.begin(), ranks_.end(), held_long)) {
               for (const Rank& r : ranks_)
                 held += (held.empty() ? "" : ", ") + r.where() + (r.dead ? " is dead" : " still runs an abandoned task");
               failed.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
@@ -1115,7 +1144,7 @@ class Engine {
           MPI_Status st;
           MPI_Wait(&recv_[i], &st);
           std::exception_ptr failed_init = sdk::initializer_outcome(take_message(i, st));
-          post_receive(i, rank->dest);
+          post_receive(i);
           if (failed_init) std::rethrow_exception(failed_init);
           rank->initializer_done = job.initializer;
         }
@@ -1158,11 +1187,9 @@ class Engine {
     }
   }
 
-  // Posts the receive of rank `i`'s next message (into its inbox).
-  void post_receive(std::size_t i, int dest) {
-    if (inbox_[i].size() != kInbox) inbox_[i].resize(kInbox);
-    MPI_Irecv(inbox_[i].data(), static_cast<int>(kInbox), MPI_BYTE, dest, MPI_ANY_TAG, g_comm, &recv_[i]);
-  }
+  // Posts the receive of rank `i`'s next message (into its inbox): starts
+  // its persistent receive again.
+  void post_receive(std::size_t i) { MPI_Start(&recv_[i]); }
 
   // Rank `i`'s message, whose posted receive completed with `st`: in its
   // inbox, or (over kInbox) received now, after its size, into big_.
@@ -1176,11 +1203,7 @@ class Engine {
   }
 
   // Stops listening to rank `i` (it died, or the job ends).
-  void drop_receive(std::size_t i) {
-    if (recv_[i] == MPI_REQUEST_NULL) return;
-    MPI_Cancel(&recv_[i]);
-    MPI_Request_free(&recv_[i]);
-  }
+  void drop_receive(std::size_t i) { stop_receive(recv_[i]); }
 
   // Tells ranks that kept large buffers for a call that ended to drop them.
   void send_forgets() {
@@ -1233,6 +1256,7 @@ class Engine {
       r.quick_call = quick ? o.serial : 0;
       r.last_reply = now;
       r.out.erase(r.out.begin());
+      ++freed_;
     }
     sending.wait();  // received, since it replied
     if (batch) {
@@ -1309,6 +1333,7 @@ class Engine {
         const bool pid_gone = r.same_host && r.pid > 0 && ::kill(r.pid, 0) != 0 && errno == ESRCH;
         if (pid_gone || gone.count(r.rank)) {
           r.dead = true;
+          ++freed_;
           drop_receive(i);
           for (Out& o : r.out) {
             if (o.batch) lost.emplace_back(std::exchange(o.batch, nullptr), r.where());
@@ -1372,6 +1397,10 @@ class Engine {
   std::exception_ptr error_;
   std::chrono::steady_clock::time_point stopped_at_{};  // when shutdown() came
   std::uint64_t next_seq_ = 0;  // comm thread only
+  // Replies taken and ranks found dead (comm thread only): while it stays
+  // at blocked_on_, the jobs queued still find no rank.
+  std::uint64_t freed_ = 0, blocked_on_ = ~std::uint64_t{0};
+  unsigned blocked_rounds_ = 0;
   std::vector<std::uint64_t> ended_;  // calls that ended (their ranks' kept buffers go)
   std::vector<Sending> unsent_;                // sends to ranks that died (comm thread only)
   std::vector<MPI_Request> recv_;              // each rank's posted receive (comm thread only)
