@@ -107,7 +107,12 @@ class SequenceStore {
   /// Stores the item of number `seq` (not stored or taken before).
   void put(std::size_t seq, std::unique_ptr<T> item) {
     const std::size_t i = seq - base_;
-    if (i >= slots_.size()) slots_.resize(i + 1);
+    if (i == slots_.size()) {  // the next in order: the common case
+      slots_.emplace_back().item = std::move(item);
+      ++count_;
+      return;
+    }
+    if (i > slots_.size()) slots_.resize(i + 1);
     slots_[i].item = std::move(item);
     ++count_;
   }

@@ -2,6 +2,7 @@
 #include "fork_safety.hpp"
 
 #include <joblib/detail/portable.hpp>
+#include <joblib/detail/process.hpp>
 #include <joblib/errors.hpp>
 
 #include <boost/stacktrace.hpp>
@@ -158,6 +159,28 @@ const CodeRef& code_ref(const void* address) {
   slot.module = lm;
   slot.base = lm->l_addr;
   return slot.ref;
+}
+
+void save_code_at(EncodeArchive& ar, const void* address) {
+  const CodeRef& ref = code_ref(address);
+  // The bytes of the reference this thread wrote last, encoded again only
+  // when the reference differs (compared whole: another module may have
+  // been loaded at the same address since).
+  struct Written {
+    CodeRef ref;
+    MemoryOutput bytes;
+    bool valid = false;
+  };
+  static thread_local Written last;
+  if (!last.valid || !(last.ref == ref)) {
+    last.valid = false;
+    last.bytes.clear();
+    EncodeArchive fresh(last.bytes);
+    fresh(ref);
+    last.ref = ref;
+    last.valid = true;
+  }
+  ar.saveBinary(last.bytes.bytes().data(), last.bytes.size());
 }
 
 void* resolve_code(const CodeRef& ref) {

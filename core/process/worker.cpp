@@ -290,17 +290,47 @@ std::vector<std::byte> make_request(const CodeRef& entry, std::vector<BufferDesc
   static thread_local MemoryOutput header;
   const Reused using_header(header);
   static thread_local RequestHeader fields;
-  fields.entry = entry;
-  fields.buffers = std::move(buffers);
-  fields.structure_size = structure.size();
-  encode(fields, header);
-  fields.buffers.clear();
-  std::vector<std::byte> out(headroom + sizeof(std::uint64_t) + header.size() + structure.size());
+  // The header of a request without buffers, as this thread last encoded it
+  // for `entry` (a process backend sends the same entry point for every
+  // batch of a call): only its last field, structure_size, differs.
+  struct Plain {
+    CodeRef entry;
+    MemoryOutput bytes;  // ends with structure_size, as it is encoded
+    bool valid = false;
+  };
+  static thread_local Plain plain;
+  std::span<const std::byte> head;
+  const bool is_plain = buffers.empty();
+  if (is_plain && plain.valid && plain.entry == entry) {
+    head = plain.bytes.bytes();
+  } else {
+    fields.entry = entry;
+    fields.buffers = std::move(buffers);
+    fields.structure_size = structure.size();
+    encode(fields, header);
+    fields.buffers.clear();
+    head = header.bytes();
+    if (is_plain) {
+      // Kept only if structure_size is indeed its last 8 bytes.
+      const std::uint64_t size = structure.size();
+      plain.valid = head.size() >= sizeof size && std::memcmp(head.data() + head.size() - sizeof size, &size, sizeof size) == 0;
+      if (plain.valid) {
+        plain.bytes.clear();
+        plain.bytes.write(head.data(), head.size());
+        plain.entry = entry;
+      }
+    }
+  }
+  std::vector<std::byte> out(headroom + sizeof(std::uint64_t) + head.size() + structure.size());
   std::byte* p = out.data() + headroom;
-  const std::uint64_t n = header.size();
+  const std::uint64_t n = head.size();
   std::memcpy(p, &n, sizeof n);
-  std::memcpy(p + sizeof n, header.bytes().data(), header.size());
-  if (!structure.empty()) std::memcpy(p + sizeof n + header.size(), structure.data(), structure.size());
+  std::memcpy(p + sizeof n, head.data(), head.size());
+  if (is_plain) {
+    const std::uint64_t size = structure.size();
+    std::memcpy(p + sizeof n + head.size() - sizeof size, &size, sizeof size);
+  }
+  if (!structure.empty()) std::memcpy(p + sizeof n + head.size(), structure.data(), structure.size());
   return out;
 }
 
@@ -579,12 +609,35 @@ void handle_request(std::span<const std::byte> all, MemoryOutput& out, const Rep
     // Reused: its strings keep their memory from one request to the next.
     // (A thread serves one request at a time: a task never serves another.)
     static thread_local RequestHeader header;
-    decode_into(header, all.subspan(sizeof hn, static_cast<std::size_t>(hn)));
+    // The bytes of the last header without buffers this thread decoded, but
+    // for their last 8 (structure_size), and the entry point they named: the
+    // batches of a call mostly repeat them, and are then neither decoded
+    // nor looked up again.
+    static thread_local std::vector<std::byte> last_head;
+    static thread_local WorkerEntry last_entry = nullptr;
+    const std::span<const std::byte> head = all.subspan(sizeof hn, static_cast<std::size_t>(hn));
+    constexpr std::size_t kSize = sizeof header.structure_size;
+    WorkerEntry entry = nullptr;
+    if (last_entry && head.size() == last_head.size() + kSize &&
+        std::memcmp(head.data(), last_head.data(), last_head.size()) == 0) {
+      std::memcpy(&header.structure_size, head.data() + last_head.size(), kSize);
+      entry = last_entry;
+    } else {
+      last_entry = nullptr;
+      decode_into(header, head);
+      entry = reinterpret_cast<WorkerEntry>(resolve_code(header.entry));
+      // Kept for a header without buffers (resolve_kept rewrites those),
+      // and only if structure_size is indeed what its last 8 bytes hold.
+      if (header.buffers.empty() && head.size() >= kSize &&
+          std::memcmp(head.data() + head.size() - kSize, &header.structure_size, kSize) == 0) {
+        last_head.assign(head.begin(), head.end() - kSize);
+        last_entry = entry;
+      }
+    }
     const std::size_t body = sizeof hn + static_cast<std::size_t>(hn);
     if (header.structure_size > all.size() - body) throw SerializationError("a request's tasks are longer than its frame");
     std::span<const std::byte> structure = all.subspan(body, static_cast<std::size_t>(header.structure_size));
     const std::size_t area = std::min(in_frame_area(body + structure.size()), all.size());
-    const auto entry = reinterpret_cast<WorkerEntry>(resolve_code(header.entry));
     resolve_kept(header.buffers, all.subspan(area), kept);
     RequestSource source(header.buffers, all.subspan(area), frame);
     (void)take_throw_trace();  // forget throws of earlier requests

@@ -120,6 +120,12 @@ struct PortableTask<Delayed<F, Args...>, R>
   }
 };
 
+/// Writes the portable reference of the code at `address`, the bytes
+/// ar(code_ref(address)) writes, from this thread's copy of the last ones
+/// it wrote (a process backend writes the same function for every batch).
+/// Throws SerializationError when the address lies in no loaded module.
+JOBLIB_EXPORT void save_code_at(EncodeArchive& ar, const void* address);
+
 // A function pointer travels as a portable reference ([0][CodeRef]), or as
 // [1] when it is the one the archive wrote last: the tasks of a batch
 // mostly call one function, which is then looked up once per batch.
@@ -130,7 +136,7 @@ void save_callable(EncodeArchive& ar, const F& f) {
     const std::uint8_t same = p != nullptr && p == ar.last_code() ? 1 : 0;
     ar(same);
     if (!same) {
-      ar(code_ref(p));
+      save_code_at(ar, p);
       ar.set_last_code(p);
     }
   } else if constexpr (!std::is_empty_v<F>) {
