@@ -195,10 +195,13 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
 
   void encode_tasks(CodeRef& entry, OutputStream& out, BufferSink* sink) override {
     if constexpr (PortableTask<TaskT, R>::value) {
+      const void* code = nullptr;
       if constexpr (Outcomes)
-        entry = code_ref(reinterpret_cast<const void*>(&outcome_entry<TaskT, R>));
+        code = reinterpret_cast<const void*>(&outcome_entry<TaskT, R>);
       else
-        entry = code_ref(reinterpret_cast<const void*>(&batch_entry<TaskT, R>));
+        code = reinterpret_cast<const void*>(&batch_entry<TaskT, R>);
+      const CodeRef& ref = code_ref(code);
+      if (!(entry == ref)) entry = ref;  // (mostly the same as for the last batch: no copy)
       EncodeArchive ar(out, sink);
       const std::size_t n = task_count();
       ar.save_u64(n);
