@@ -9,6 +9,7 @@
 #include <joblib/joblib.hpp>
 
 #include <benchmark/benchmark.h>
+#include <csignal>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +36,31 @@ void BM_Loky_PoolStart2Workers(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Loky_PoolStart2Workers)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- a worker that dies ----------------------------------------------------------
+// A call of 8 tasks (batch_size = 1) whose task 3 kills its worker, until its
+// TerminatedWorkerError, beside the same call where no worker dies.
+int kill_at(int i, int victim) {
+  if (i == victim) ::kill(::getpid(), SIGKILL);
+  return i;
+}
+void run_death(benchmark::State& state, const char* backend, int victim) {
+  for (auto _ : state) {
+    try {
+      (void)joblib::Parallel({.n_jobs = 2, .backend = backend, .batch_size = 1})(
+          std::views::iota(0, 8) | std::views::transform([victim](int i) { return joblib::delayed(kill_at)(i, victim); }));
+    } catch (const joblib::TerminatedWorkerError&) {
+    }
+  }
+}
+void BM_WorkerDies_Loky(benchmark::State& s) { run_death(s, "loky", 3); }
+void BM_WorkerDies_Multiprocessing(benchmark::State& s) { run_death(s, "multiprocessing", 3); }
+void BM_NoWorkerDies_Loky(benchmark::State& s) { run_death(s, "loky", -1); }
+void BM_NoWorkerDies_Multiprocessing(benchmark::State& s) { run_death(s, "multiprocessing", -1); }
+BENCHMARK(BM_WorkerDies_Loky)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_NoWorkerDies_Loky)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_WorkerDies_Multiprocessing)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_NoWorkerDies_Multiprocessing)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // ---- per-task cost --------------------------------------------------------------
 void run_trivial(benchmark::State& state, const char* backend, std::optional<int> batch, int n) {

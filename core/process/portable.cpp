@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string_view>
 
 namespace joblib::detail {
 namespace {
@@ -234,11 +235,99 @@ void* resolve_code_slow(const CodeRef& ref) {
 }  // namespace
 
 
+namespace {
+
+// Calls visit(value, size, name) for each FUNC symbol of one module file
+// (value: its link-time address), from its .symtab (static functions
+// included) or else its .dynsym, until visit returns true; true if it did.
+// A file that is no 64-bit ELF, or cannot be read, has none.
+template <class Visit>
+bool for_each_function_symbol(const std::string& path, Visit&& visit) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
+    ::close(fd);
+    return false;
+  }
+  const auto size = static_cast<std::size_t>(st.st_size);
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) return false;
+  const auto* base = static_cast<const unsigned char*>(map);
+  const auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
+  auto in_file = [size](std::uint64_t off, std::uint64_t len) { return off <= size && len <= size - off; };
+  bool stopped = false;
+  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 && eh->e_ident[EI_CLASS] == ELFCLASS64 &&
+      eh->e_shentsize == sizeof(ElfW(Shdr)) && in_file(eh->e_shoff, std::uint64_t{eh->e_shnum} * sizeof(ElfW(Shdr)))) {
+    const auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
+    for (unsigned wanted : {unsigned{SHT_SYMTAB}, unsigned{SHT_DYNSYM}}) {
+      bool any = false;
+      for (unsigned i = 0; i < eh->e_shnum && !stopped; ++i) {
+        if (sh[i].sh_type != wanted || sh[i].sh_entsize != sizeof(ElfW(Sym)) || !in_file(sh[i].sh_offset, sh[i].sh_size))
+          continue;
+        // Its names, in the string table it links to (checked: a name never
+        // reads past the table).
+        const char* names = nullptr;
+        std::uint64_t names_size = 0;
+        if (sh[i].sh_link < eh->e_shnum && in_file(sh[sh[i].sh_link].sh_offset, sh[sh[i].sh_link].sh_size)) {
+          names = reinterpret_cast<const char*>(base + sh[sh[i].sh_link].sh_offset);
+          names_size = sh[sh[i].sh_link].sh_size;
+        }
+        const auto* sym = reinterpret_cast<const ElfW(Sym)*>(base + sh[i].sh_offset);
+        const std::size_t n = sh[i].sh_size / sizeof(ElfW(Sym));
+        for (std::size_t k = 0; k < n; ++k) {
+          if (ELF64_ST_TYPE(sym[k].st_info) != STT_FUNC || sym[k].st_value == 0 || sym[k].st_size == 0) continue;
+          any = true;
+          std::string_view name;
+          if (names && sym[k].st_name < names_size) {
+            const char* p = names + sym[k].st_name;
+            name = std::string_view(p, ::strnlen(p, static_cast<std::size_t>(names_size - sym[k].st_name)));
+          }
+          if (visit(sym[k].st_value, sym[k].st_size, name)) {
+            stopped = true;
+            break;
+          }
+        }
+      }
+      if (any || stopped) break;
+    }
+  }
+  ::munmap(map, size);
+  return stopped;
+}
+
+// The demangled name of the function of the symbol table that starts at
+// `address`, or "" when none does.
+std::string symbol_table_name(const void* address) {
+  Dl_info info{};
+  link_map* lm = nullptr;
+  if (address == nullptr || !dladdr1(address, &info, reinterpret_cast<void**>(&lm), RTLD_DL_LINKMAP) || !lm)
+    return {};
+  const std::string path = (lm->l_name && *lm->l_name) ? real_path(lm->l_name) : self_exe();
+  const auto offset = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address) - lm->l_addr);
+  std::string mangled;
+  for_each_function_symbol(path, [&](std::uint64_t value, std::uint64_t, std::string_view name) {
+    if (value != offset || name.empty()) return false;
+    mangled = name;
+    return true;
+  });
+  return mangled.empty() ? std::string() : demangle(mangled.c_str());
+}
+
+}  // namespace
+
 std::string function_name(const void* address) {
-  std::lock_guard walk(loader_walk_mutex());  // libbacktrace walks the loaded modules
+  std::lock_guard walk(loader_walk_mutex());  // dladdr and libbacktrace walk the loaded modules
   Dl_info info{};
   if (dladdr(address, &info) && info.dli_sname && info.dli_saddr == address) return demangle(info.dli_sname);
-  // Static functions have no dynamic symbol: ask the symbol table (libbacktrace).
+  // Static functions have no dynamic symbol: the module's symbol table has
+  // them. (Read from the file at each call: libbacktrace, asked first before,
+  // read and decompressed a module's debug information for every new
+  // thread, which took a pool 100 ms and more to name the task of a dead
+  // worker.)
+  if (std::string name = symbol_table_name(address); !name.empty()) return name;
+  // No symbol table (a stripped module): its debug information, if any.
   std::string name = boost::stacktrace::frame(reinterpret_cast<boost::stacktrace::frame::native_frame_ptr_t>(
                                                   const_cast<void*>(address)))
                          .name();
@@ -247,43 +336,15 @@ std::string function_name(const void* address) {
 
 namespace {
 
-// Sizes of the FUNC symbols of one module file, by link-time address, from
-// its .symtab (static functions included) or else its .dynsym.
+// Sizes of the FUNC symbols of one module file, by link-time address.
 using SymbolSizes = std::map<std::uint64_t, std::uint64_t>;
 
 SymbolSizes read_symbol_sizes(const std::string& path) {
   SymbolSizes out;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return out;
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
-    ::close(fd);
-    return out;
-  }
-  const auto size = static_cast<std::size_t>(st.st_size);
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map == MAP_FAILED) return out;
-  const auto* base = static_cast<const unsigned char*>(map);
-  const auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
-  auto in_file = [size](std::uint64_t off, std::uint64_t len) { return off <= size && len <= size - off; };
-  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 && eh->e_ident[EI_CLASS] == ELFCLASS64 &&
-      eh->e_shentsize == sizeof(ElfW(Shdr)) && in_file(eh->e_shoff, std::uint64_t{eh->e_shnum} * sizeof(ElfW(Shdr)))) {
-    const auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
-    for (unsigned wanted : {unsigned{SHT_SYMTAB}, unsigned{SHT_DYNSYM}}) {
-      for (unsigned i = 0; i < eh->e_shnum; ++i) {
-        if (sh[i].sh_type != wanted || sh[i].sh_entsize != sizeof(ElfW(Sym)) || !in_file(sh[i].sh_offset, sh[i].sh_size))
-          continue;
-        const auto* sym = reinterpret_cast<const ElfW(Sym)*>(base + sh[i].sh_offset);
-        const std::size_t n = sh[i].sh_size / sizeof(ElfW(Sym));
-        for (std::size_t k = 0; k < n; ++k)
-          if (ELF64_ST_TYPE(sym[k].st_info) == STT_FUNC && sym[k].st_value != 0 && sym[k].st_size != 0)
-            out.emplace(sym[k].st_value, sym[k].st_size);
-      }
-      if (!out.empty()) break;
-    }
-  }
-  ::munmap(map, size);
+  for_each_function_symbol(path, [&](std::uint64_t value, std::uint64_t size, std::string_view) {
+    out.emplace(value, size);
+    return false;
+  });
   return out;
 }
 
