@@ -306,11 +306,14 @@ std::string symbol_table_name(const void* address) {
     return {};
   const std::string path = (lm->l_name && *lm->l_name) ? real_path(lm->l_name) : self_exe();
   const auto offset = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address) - lm->l_addr);
+  // Several symbols may start there (aliases, a clone's local name such as
+  // f.constprop.0): a name without a '.' suffix is preferred.
   std::string mangled;
   for_each_function_symbol(path, [&](std::uint64_t value, std::uint64_t, std::string_view name) {
     if (value != offset || name.empty()) return false;
-    mangled = name;
-    return true;
+    const bool plain = name.find('.') == std::string_view::npos;
+    if (mangled.empty() || plain) mangled = name;
+    return plain;
   });
   return mangled.empty() ? std::string() : demangle(mangled.c_str());
 }

@@ -800,6 +800,7 @@ class Engine {
       }
       queue_.push_back(std::move(job));
       queued_.store(queue_.size(), std::memory_order_relaxed);
+      pushed_.store(pushed_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
     cv_.notify_all();
   }
@@ -1034,10 +1035,12 @@ class Engine {
   // `now`: the time of this round of the loop, if read already.
   bool dispatch(std::optional<std::chrono::steady_clock::time_point> now) {
     if (queued_.load(std::memory_order_relaxed) == 0) return false;  // (no lock for an empty queue)
-    // Jobs wait for a rank: none is freed until a reply comes or a rank dies
-    // (looked at again every 64 rounds all the same: a rank held by an
-    // abandoned task, or a call stopped, changes what may be sent).
-    if (blocked_on_ == freed_ && (++blocked_rounds_ & 63) != 0) return false;
+    // Jobs wait for a rank: none is freed until a reply comes or a rank dies,
+    // and nothing changes for them until then or another job comes (looked
+    // at again every 64 rounds all the same: a rank held by an abandoned
+    // task, or a call stopped, changes what may be sent).
+    const std::uint64_t pushed = pushed_.load(std::memory_order_relaxed);
+    if (blocked_on_ == freed_ && blocked_pushed_ == pushed && (++blocked_rounds_ & 63) != 0) return false;
     blocked_on_ = ~std::uint64_t{0};
     bool sent = false;
     // The request last sent, handed to abort() under the next lock taken here.
@@ -1058,8 +1061,10 @@ class Engine {
           // Sent: the batch is abort()'s to take from now on, unless its call
           // stopped meanwhile (then the rank is told, and the batch fails below).
           last->seq = last_seq;
+          // The reply's time stands for the first send after it; later ones
+          // (after another encoding, or an initializer) read the clock.
           last->sent_at = now ? *now : std::chrono::steady_clock::now();
-          now = last->sent_at;
+          now.reset();
           last->sending = std::move(last_sending);
           if (aborted_.count(last->serial)) {
             last->cancel = true;
@@ -1095,6 +1100,7 @@ class Engine {
             // out): nothing queued can run. (A task that sees the stop ends at
             // once and frees its rank well within the grace.)
             blocked_on_ = freed_;
+            blocked_pushed_ = pushed;
             const auto held_long = [t = std::chrono::steady_clock::time_point{}](const Rank& r) mutable {
               if (r.dead) return true;
               if (!r.abandoned()) return false;
@@ -1139,6 +1145,7 @@ class Engine {
           std::memcpy(init.data(), &seq, sizeof seq);
           std::memcpy(init.data() + sizeof seq, job.initializer.data(), job.initializer.size());
           send_message(rank->dest, kInit, init);
+          now.reset();  // the initializer runs before this batch is sent
           // The rank is idle: its next message is this reply.
           const auto i = static_cast<std::size_t>(rank - ranks_.data());
           MPI_Status st;
@@ -1399,7 +1406,8 @@ class Engine {
   std::uint64_t next_seq_ = 0;  // comm thread only
   // Replies taken and ranks found dead (comm thread only): while it stays
   // at blocked_on_, the jobs queued still find no rank.
-  std::uint64_t freed_ = 0, blocked_on_ = ~std::uint64_t{0};
+  std::uint64_t freed_ = 0, blocked_on_ = ~std::uint64_t{0}, blocked_pushed_ = 0;
+  std::atomic<std::uint64_t> pushed_{0};  // jobs submitted (written under m_, read without it)
   unsigned blocked_rounds_ = 0;
   std::vector<std::uint64_t> ended_;  // calls that ended (their ranks' kept buffers go)
   std::vector<Sending> unsent_;                // sends to ranks that died (comm thread only)
