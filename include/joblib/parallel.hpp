@@ -217,14 +217,29 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
         decode_outcomes(bytes, source);
       } else if constexpr (std::is_void_v<R>) {
         this->completed_ = static_cast<std::size_t>(decode<std::uint64_t>(bytes, source));
+      } else if constexpr (!std::is_same_v<R, bool>) {
+        if (direct()) {
+          // Into the call's output, through this thread's scratch vector: a
+          // batch keeps no vector of its own (a batch_size = 1 call would
+          // allocate, and keep, one per task).
+          static thread_local std::vector<R> scratch;
+          struct Clear {
+            std::vector<R>& s;
+            ~Clear() {
+              s.clear();
+              if (s.capacity() * sizeof(R) > (std::size_t{1} << 16)) std::vector<R>().swap(s);
+            }
+          } clear{scratch};
+          decode_into(scratch, bytes, source);
+          this->completed_ = scratch.size();
+          for (std::size_t k = 0; k < scratch.size() && k < task_count(); ++k) direct()[k] = std::move(scratch[k]);
+        } else {
+          decode_into(this->results_, bytes, source);
+          this->completed_ = this->results_.size();
+        }
       } else {
         decode_into(this->results_, bytes, source);
         this->completed_ = this->results_.size();
-        if (direct()) {  // into the call's output
-          for (std::size_t k = 0; k < this->results_.size() && k < task_count(); ++k)
-            direct()[k] = std::move(this->results_[k]);
-          this->results_.clear();
-        }
       }
       if (this->completed_ != task_count()) throw_result_count(this->completed_, task_count());
       this->release_tasks();
