@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string_view>
 
 namespace joblib::detail {
@@ -297,20 +298,31 @@ bool for_each_function_symbol(const std::string& path, Visit&& visit) {
   return stopped;
 }
 
-// The demangled name of the function of the symbol table that starts at
-// `address`, or "" when none does.
-std::string symbol_table_name(const void* address) {
+// The file of the module `address` lies in, and the address's offset from
+// the module's load base (its link-time address); nullopt when it lies in none.
+struct ModuleSpot {
+  std::string path;
+  std::uint64_t offset = 0;
+};
+std::optional<ModuleSpot> module_spot(const void* address) {
   Dl_info info{};
   link_map* lm = nullptr;
   if (address == nullptr || !dladdr1(address, &info, reinterpret_cast<void**>(&lm), RTLD_DL_LINKMAP) || !lm)
-    return {};
-  const std::string path = (lm->l_name && *lm->l_name) ? real_path(lm->l_name) : self_exe();
-  const auto offset = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address) - lm->l_addr);
+    return std::nullopt;
+  return ModuleSpot{(lm->l_name && *lm->l_name) ? real_path(lm->l_name) : self_exe(),
+                    static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address) - lm->l_addr)};
+}
+
+// The demangled name of the function of the symbol table that starts at
+// `address`, or "" when none does.
+std::string symbol_table_name(const void* address) {
+  const std::optional<ModuleSpot> spot = module_spot(address);
+  if (!spot) return {};
   // Several symbols may start there (aliases, a clone's local name such as
   // f.constprop.0): a name without a '.' suffix is preferred.
   std::string mangled;
-  for_each_function_symbol(path, [&](std::uint64_t value, std::uint64_t, std::string_view name) {
-    if (value != offset || name.empty()) return false;
+  for_each_function_symbol(spot->path, [&](std::uint64_t value, std::uint64_t, std::string_view name) {
+    if (value != spot->offset || name.empty()) return false;
     const bool plain = name.find('.') == std::string_view::npos;
     if (mangled.empty() || plain) mangled = name;
     return plain;
@@ -354,18 +366,14 @@ SymbolSizes read_symbol_sizes(const std::string& path) {
 }  // namespace
 
 std::span<const std::byte> function_code(const void* address) {
-  Dl_info info{};
-  link_map* lm = nullptr;
-  if (address == nullptr || !dladdr1(address, &info, reinterpret_cast<void**>(&lm), RTLD_DL_LINKMAP) || !lm)
-    return {};
-  const std::string path = (lm->l_name && *lm->l_name) ? real_path(lm->l_name) : self_exe();
+  const std::optional<ModuleSpot> spot = module_spot(address);
+  if (!spot) return {};
   static std::mutex mutex;
   static auto* modules = new std::map<std::string, SymbolSizes>();  // never destroyed: used until exit
   std::lock_guard lock(mutex);
-  auto it = modules->find(path);
-  if (it == modules->end()) it = modules->emplace(path, read_symbol_sizes(path)).first;
-  const auto offset = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(address) - lm->l_addr);
-  auto sym = it->second.find(offset);
+  auto it = modules->find(spot->path);
+  if (it == modules->end()) it = modules->emplace(spot->path, read_symbol_sizes(spot->path)).first;
+  auto sym = it->second.find(spot->offset);
   if (sym == it->second.end() || sym->second > (std::uint64_t{1} << 26)) return {};
   return {static_cast<const std::byte*>(address), static_cast<std::size_t>(sym->second)};
 }

@@ -217,27 +217,7 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
         decode_outcomes(bytes, source);
       } else if constexpr (std::is_void_v<R>) {
         this->completed_ = static_cast<std::size_t>(decode<std::uint64_t>(bytes, source));
-      } else if constexpr (!std::is_same_v<R, bool>) {
-        if (direct()) {
-          // Into the call's output, through this thread's scratch vector: a
-          // batch keeps no vector of its own (a batch_size = 1 call would
-          // allocate, and keep, one per task).
-          static thread_local std::vector<R> scratch;
-          struct Clear {
-            std::vector<R>& s;
-            ~Clear() {
-              s.clear();
-              if (s.capacity() * sizeof(R) > (std::size_t{1} << 16)) std::vector<R>().swap(s);
-            }
-          } clear{scratch};
-          decode_into(scratch, bytes, source);
-          this->completed_ = scratch.size();
-          for (std::size_t k = 0; k < scratch.size() && k < task_count(); ++k) direct()[k] = std::move(scratch[k]);
-        } else {
-          decode_into(this->results_, bytes, source);
-          this->completed_ = this->results_.size();
-        }
-      } else {
+      } else if (!decode_into_output(bytes, source)) {
         decode_into(this->results_, bytes, source);
         this->completed_ = this->results_.size();
       }
@@ -291,6 +271,30 @@ class BatchOf final : public ResultBatch<batch_value_t<R, Outcomes>>, public Sto
   }
 
  private:
+  // A batch with its place in the call's output (direct()) decodes its
+  // results there, through this thread's scratch vector: it keeps no vector
+  // of its own (a batch_size = 1 call would allocate, and keep, one per
+  // task). False, with nothing decoded, for a batch without that place.
+  bool decode_into_output(std::span<const std::byte> bytes, BufferSource* source) {
+    if constexpr (std::is_same_v<R, bool>) {  // never written directly (std::vector<bool> has no R&)
+      return false;
+    } else {
+      if (!direct()) return false;
+      static thread_local std::vector<R> scratch;
+      struct Clear {
+        std::vector<R>& s;
+        ~Clear() {
+          s.clear();
+          if (s.capacity() * sizeof(R) > (std::size_t{1} << 16)) std::vector<R>().swap(s);
+        }
+      } clear{scratch};
+      decode_into(scratch, bytes, source);
+      this->completed_ = scratch.size();
+      for (std::size_t k = 0; k < scratch.size() && k < task_count(); ++k) direct()[k] = std::move(scratch[k]);
+      return true;
+    }
+  }
+
   // What outcome_entry wrote: the count, then per task [1][result] or [0][error envelope].
   void decode_outcomes(std::span<const std::byte> bytes, BufferSource* source) {
     if constexpr (PortableTask<TaskT, R>::value) {

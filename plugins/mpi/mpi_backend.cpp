@@ -1032,7 +1032,7 @@ class Engine {
   // its call, see kMaxHeld); true if one was sent. A batch stays
   // this thread's own until it is sent: only then may abort() take it (it
   // could otherwise fail, and so free, the batch while it is encoded).
-  // `now`: the time of this round of the loop, if read already.
+  // `now`: when the reply came that this round answers, if one did.
   bool dispatch(std::optional<std::chrono::steady_clock::time_point> now) {
     if (queued_.load(std::memory_order_relaxed) == 0) return false;  // (no lock for an empty queue)
     // Jobs wait for a rank: none is freed until a reply comes or a rank dies,
@@ -1044,10 +1044,12 @@ class Engine {
     blocked_on_ = ~std::uint64_t{0};
     bool sent = false;
     // The request last sent, handed to abort() under the next lock taken here.
-    Out* last = nullptr;
-    joblib::Batch* last_batch = nullptr;
-    std::uint64_t last_seq = 0;
-    Sending last_sending;
+    struct Sent {
+      Out* slot = nullptr;
+      joblib::Batch* batch = nullptr;
+      std::uint64_t seq = 0;
+      Sending sending;
+    } last;
     for (;;) {
       Job job;
       Rank* rank = nullptr;
@@ -1057,24 +1059,23 @@ class Engine {
       std::string held;
       {
         std::lock_guard lock(m_);
-        if (last) {
+        if (Out* o = std::exchange(last.slot, nullptr)) {
           // Sent: the batch is abort()'s to take from now on, unless its call
           // stopped meanwhile (then the rank is told, and the batch fails below).
-          last->seq = last_seq;
+          o->seq = last.seq;
           // The reply's time stands for the first send after it; later ones
           // (after another encoding, or an initializer) read the clock.
-          last->sent_at = now ? *now : std::chrono::steady_clock::now();
+          o->sent_at = now ? *now : std::chrono::steady_clock::now();
           now.reset();
-          last->sending = std::move(last_sending);
-          if (aborted_.count(last->serial)) {
-            last->cancel = true;
-            last->cancelled_at = last->sent_at;
+          o->sending = std::move(last.sending);
+          if (aborted_.count(o->serial)) {
+            o->cancel = true;
+            o->cancelled_at = o->sent_at;
             notes_ = true;
-            stopped = last_batch;
+            stopped = last.batch;
           } else {
-            last->batch = last_batch;
+            o->batch = last.batch;
           }
-          last = nullptr;
         }
         if (!queue_.empty()) {
           for (Rank& r : ranks_)
@@ -1101,13 +1102,10 @@ class Engine {
             // once and frees its rank well within the grace.)
             blocked_on_ = freed_;
             blocked_pushed_ = pushed;
-            const auto held_long = [t = std::chrono::steady_clock::time_point{}](const Rank& r) mutable {
-              if (r.dead) return true;
-              if (!r.abandoned()) return false;
-              if (t == std::chrono::steady_clock::time_point{}) t = std::chrono::steady_clock::now();
-              return r.held(t);
-            };
-            if (std::all_of(ranks_.begin(), ranks_.end(), held_long)) {
+            const auto all_ranks = [&](auto&& pred) { return std::all_of(ranks_.begin(), ranks_.end(), pred); };
+            // (The clock is read only when no rank runs a task of a live call.)
+            if (all_ranks([](const Rank& r) { return r.dead || r.abandoned(); }) &&
+                all_ranks([t = std::chrono::steady_clock::now()](const Rank& r) { return r.dead || r.held(t); })) {
               for (const Rank& r : ranks_)
                 held += (held.empty() ? "" : ", ") + r.where() + (r.dead ? " is dead" : " still runs an abandoned task");
               failed.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
@@ -1187,10 +1185,7 @@ class Engine {
         job.batch->fail(std::current_exception());
         continue;
       }
-      last = slot;
-      last_batch = job.batch;
-      last_seq = seq;
-      last_sending = std::move(sending);
+      last = {slot, job.batch, seq, std::move(sending)};
     }
   }
 
