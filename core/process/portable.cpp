@@ -29,7 +29,7 @@
 namespace joblib::detail {
 namespace {
 
-std::string self_exe() {
+const std::string& self_exe() {
   static const std::string path = [] {
     char buf[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
@@ -185,20 +185,27 @@ void save_code_at(EncodeArchive& ar, const void* address) {
   ar.saveBinary(last.bytes.bytes().data(), last.bytes.size());
 }
 
+const std::string& module_on_the_wire(const std::string& module) noexcept {
+  static const std::string program;
+  return module == self_exe() ? program : module;
+}
+
 void* resolve_code(const CodeRef& ref) {
   // The last few modules this thread resolved (a worker resolves the same
   // one or two for every request): their base, without the lock or the map.
   struct Cached {
     std::string module, build_id;
     ElfW(Addr) base = 0;
+    bool valid = false;
   };
   static thread_local std::array<Cached, 4> cache;
   static thread_local std::size_t next = 0;
   for (const Cached& c : cache)
-    if (!c.module.empty() && c.module == ref.module && c.build_id == ref.build_id)
+    if (c.valid && c.module == ref.module && c.build_id == ref.build_id)
       return reinterpret_cast<void*>(c.base + ref.offset);
   void* address = resolve_code_slow(ref);
   Cached& slot = cache[next++ % cache.size()];
+  slot.valid = true;
   slot.module = ref.module;
   slot.build_id = ref.build_id;
   slot.base = reinterpret_cast<ElfW(Addr)>(address) - ref.offset;
@@ -208,10 +215,13 @@ void* resolve_code(const CodeRef& ref) {
 namespace {
 void* resolve_code_slow(const CodeRef& ref) {
   std::lock_guard lock(g_mutex);
+  // (Module "" is the program this process runs, which may lie elsewhere
+  // than the sender's: its build-id tells whether it is the same build.)
+  const std::string where = ref.module.empty() ? "this program (" + self_exe() + ")" : "module '" + ref.module + "'";
   auto it = by_path().find(ref.module);
   if (it == by_path().end()) {
     void* handle = nullptr;
-    if (ref.module == self_exe()) {
+    if (ref.module.empty() || ref.module == self_exe()) {
       handle = dlopen(nullptr, RTLD_NOW);
     } else {
       handle = dlopen(ref.module.c_str(), RTLD_NOW | RTLD_NOLOAD);
@@ -219,17 +229,17 @@ void* resolve_code_slow(const CodeRef& ref) {
     }
     if (!handle) {
       const char* why = dlerror();
-      throw SerializationError(fmt::format("cannot resolve code from module '{}': {}", ref.module, why ? why : "?"));
+      throw SerializationError(fmt::format("cannot resolve code from {}: {}", where, why ? why : "?"));
     }
     link_map* lm = nullptr;
     if (dlinfo(handle, RTLD_DI_LINKMAP, &lm) != 0 || !lm)
-      throw SerializationError(fmt::format("cannot resolve code from module '{}': no link map", ref.module));
+      throw SerializationError(fmt::format("cannot resolve code from {}: no link map", where));
     it = by_path().emplace(ref.module, std::make_pair(lm->l_addr, build_id_at(lm->l_addr))).first;
   }
   if (it->second.second != ref.build_id)
     throw SerializationError(fmt::format(
-        "cannot resolve code from module '{}': its build-id is {} here but {} in the sender (another build)",
-        ref.module, it->second.second.empty() ? "(none)" : it->second.second,
+        "cannot resolve code from {}: its build-id is {} here but {} in the sender (another build)",
+        where, it->second.second.empty() ? "(none)" : it->second.second,
         ref.build_id.empty() ? "(none)" : ref.build_id));
   return reinterpret_cast<void*>(it->second.first + ref.offset);
 }

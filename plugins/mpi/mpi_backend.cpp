@@ -61,6 +61,9 @@ using namespace std::chrono_literals;
 enum Tag : int { kRun = 1, kReply = 2, kInit = 3, kExit = 4, kHello = 5, kCancel = 6, kForget = 7, kBig = 0x100 };
 constexpr std::size_t kInbox = std::size_t{64} << 10;
 constexpr std::size_t kChunk = std::size_t{1} << 30;
+// The largest message Open MPI's ob1 layer sends inline (copied out at once
+// by the transport, without a request: mca_pml_ob1_send_inline).
+constexpr std::size_t kInlineMax = 256;
 
 // Where the backend's messages go: MPI_COMM_WORLD in an mpirun job (rank 0
 // and ranks 1..N-1); in a program started without mpirun, the
@@ -1129,8 +1132,10 @@ class Engine {
       if (!rank) return sent;
       // Sent on, without waiting, to a rank that is busy: it may be sending
       // us a reply at the same time, and neither send can wait for the other.
-      // (Only 8-byte messages go to a busy rank with a blocking send: a
-      // cancel, a forget, the size of a large request. They always go eagerly.)
+      // Only messages of at most kInlineMax bytes go to a busy rank with a
+      // blocking send (a small request, a cancel, a forget, the size of a
+      // large request): they always go eagerly, and Open MPI sends them
+      // inline, with no request to complete later.
       const bool queued = rank->out.size() > 1;
       // Outside the lock: encoding may write memmap files. A rank on another
       // host cannot map this host's files: its buffers travel in the message.
@@ -1172,7 +1177,7 @@ class Engine {
         std::memcpy(request.bytes.data() + sizeof seq, &limits, sizeof limits);
         if (job.timed) job.batch->set_location(rank->location);
         job.batch->started();
-        if (queued)
+        if (queued && !(request.buffers.empty() && request.bytes.size() <= kInlineMax))
           sending = isend_message(rank->dest, kRun, request.buffers.empty() ? std::move(request.bytes) : request.flatten());
         else
           send_request(rank->dest, kRun, request);

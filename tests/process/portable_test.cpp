@@ -2,6 +2,7 @@
 // core/process/portable.cpp): a function travels as (module, offset,
 // build-id) and resolves to the same address here; its name and its code
 // (Memory's fingerprint) come from the module's symbol table.
+#include <joblib/codec.hpp>
 #include <joblib/detail/portable.hpp>
 #include <joblib/errors.hpp>
 
@@ -41,6 +42,30 @@ TEST(PortableTest, AnotherBuildIsRefusedNamingBothBuildIds) {
     FAIL();
   } catch (const joblib::SerializationError& e) {
     EXPECT_THAT(e.what(), HasSubstr("but 0000 in the sender (another build)"));
+  }
+}
+
+// The program's own functions travel without its path ("": the program the
+// receiver runs, wherever its file lies there): a request stays small
+// enough to be sent inline, and the build-id still tells another build.
+TEST(PortableTest, TheProgramsOwnFunctionsTravelWithoutItsPath) {
+  const auto ref = code_ref(reinterpret_cast<const void*>(&twice));
+  joblib::detail::MemoryOutput out;
+  joblib::detail::encode(ref, out);
+  const std::string bytes(reinterpret_cast<const char*>(out.bytes().data()), out.size());
+  EXPECT_EQ(bytes.find(ref.module), std::string::npos);
+  EXPECT_NE(bytes.find(ref.build_id), std::string::npos);
+  auto back = joblib::detail::decode<joblib::detail::CodeRef>(out.bytes());
+  EXPECT_EQ(back.module, "");
+  EXPECT_EQ(back.offset, ref.offset);
+  EXPECT_EQ(reinterpret_cast<int (*)(int)>(resolve_code(back)), &twice);
+  back.build_id = "0000";
+  try {
+    resolve_code(back);
+    FAIL();
+  } catch (const joblib::SerializationError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("cannot resolve code from this program (" + ref.module + "): its build-id is " +
+                                    ref.build_id + " here but 0000 in the sender (another build)"));
   }
 }
 

@@ -12,13 +12,24 @@
 
 namespace joblib::detail {
 
+struct CodeRef;
+
+/// The module as a reference travels: "" for the program this process runs
+/// (a worker runs the same program, checked by its build-id, wherever its
+/// file lies on the worker's host), else its path.
+JOBLIB_EXPORT const std::string& module_on_the_wire(const std::string& module) noexcept;
+
 struct CodeRef {
-  std::string module;       // absolute path of the executable or shared object
+  std::string module;       // absolute path of the executable or shared object ("": the program this process runs)
   std::uint64_t offset = 0; // address minus the module's load base
   std::string build_id;     // hex GNU build-id of the module ("" if it has none)
 
   template <class Archive>
-  void serialize(Archive& ar) {
+  void save(Archive& ar) const {
+    ar(module_on_the_wire(module), offset, build_id);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
     ar(module, offset, build_id);
   }
   friend bool operator==(const CodeRef&, const CodeRef&) = default;
@@ -30,9 +41,10 @@ struct CodeRef {
 /// up for every batch a process backend sends: it is not copied).
 JOBLIB_EXPORT const CodeRef& code_ref(const void* address);
 
-/// The address `ref` names in this process (loading the module if needed).
-/// Throws SerializationError when the module cannot be found or loaded, or
-/// its build-id differs (another build of the program).
+/// The address `ref` names in this process (loading the module if needed;
+/// module "" is the program this process runs). Throws SerializationError
+/// when the module cannot be found or loaded, or its build-id differs
+/// (another build of the program).
 JOBLIB_EXPORT void* resolve_code(const CodeRef& ref);
 
 /// Demangled name of the function at `address` (static functions included,
