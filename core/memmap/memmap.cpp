@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -85,13 +86,27 @@ std::set<std::string>& live_folders() {
 void remove_live_folders_at_exit() { remove_memmap_folders(); }
 }  // namespace
 
-void remove_memmap_folders() noexcept {
-  std::lock_guard lock(g_folders_mutex);
+namespace {
+void remove_live_folders_locked() noexcept {
   for (const std::string& f : live_folders()) {
     std::error_code ec;
     fs::remove_all(f, ec);
   }
   live_folders().clear();
+}
+}  // namespace
+
+void remove_memmap_folders() noexcept {
+  std::lock_guard lock(g_folders_mutex);
+  remove_live_folders_locked();
+}
+
+void remove_memmap_folders_and_raise(int sig) noexcept {
+  g_folders_mutex.lock();  // kept: no folder is made from now on
+  remove_live_folders_locked();
+  ::signal(sig, SIG_DFL);
+  ::kill(::getpid(), sig);
+  for (;;) ::pause();  // (the signal ends the program)
 }
 
 namespace {
@@ -294,7 +309,10 @@ std::string MemmapContext::write_file_locked(std::span<const std::byte> bytes) {
   if (!folder_) {
     const fs::path root = resolve_temp_root(temp_folder_);
     // Made under a name the sweep ignores, locked, then renamed into place:
-    // a folder with the sweep's prefix always has its owner's lock held.
+    // a folder with the sweep's prefix always has its owner's lock held. All
+    // of it, up to the folder being live, at once for remove_memmap_folders()
+    // (Ctrl-C): it removes the folder, or runs before the folder exists.
+    std::unique_lock live(g_folders_mutex);
     fs::path building, candidate;
     for (int attempt = 0;; ++attempt) {
       const std::string tag = fmt::format("{}_{}", getpid(), random_hex(16));
@@ -316,13 +334,22 @@ std::string MemmapContext::write_file_locked(std::span<const std::byte> bytes) {
     }
     lock_fd_ = lock_fd;
     folder_ = candidate;
+    live_folders().insert(folder_->string());
+    live.unlock();
     static std::once_flag at_exit;
     std::call_once(at_exit, [] { std::atexit(remove_live_folders_at_exit); });
-    std::lock_guard flock(g_folders_mutex);
-    live_folders().insert(folder_->string());
   }
   std::string path = (*folder_ / fmt::format("{}-{}.bin", getpid(), counter_++)).string();
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  int fd = -1;
+  {
+    // A file is made only in a folder still live: once remove_memmap_folders()
+    // (Ctrl-C) removed it, none can appear in it again and keep it on disk.
+    std::lock_guard live(g_folders_mutex);
+    if (!live_folders().count(folder_->string()))
+      throw SerializationError(fmt::format("cannot write memmapped argument '{}': its folder was removed (Ctrl-C)",
+                                           path));
+    fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  }
   if (fd < 0)
     throw SerializationError(fmt::format("cannot write memmapped argument '{}': {}", path, std::strerror(errno)));
   const char* p = reinterpret_cast<const char*>(bytes.data());
@@ -346,11 +373,12 @@ std::string MemmapContext::write_file_locked(std::span<const std::byte> bytes) {
 void MemmapContext::cleanup() noexcept {
   std::lock_guard lock(m_);
   if (!folder_) return;
-  std::error_code ec;
-  fs::remove_all(*folder_, ec);
   {
+    // Removed here unless remove_memmap_folders() (Ctrl-C) did: two removals
+    // at once could each stop at a file the other removed, leaving the folder.
     std::lock_guard flock(g_folders_mutex);
-    live_folders().erase(folder_->string());
+    std::error_code ec;
+    if (live_folders().erase(folder_->string())) fs::remove_all(*folder_, ec);
   }
   if (lock_fd_ >= 0) ::close(lock_fd_);
   lock_fd_ = -1;

@@ -111,6 +111,10 @@ void reset_memmap_state_in_fork_child() noexcept;
 
 /// Removes every memmapping folder this process still has (Ctrl-C, exit).
 JOBLIB_EXPORT void remove_memmap_folders() noexcept;
+/// Ctrl-C ending the program: removes every memmapping folder, then ends
+/// the program by `sig` (its default action) with no folder made meanwhile
+/// (a thread that would make one waits until the end).
+[[noreturn]] void remove_memmap_folders_and_raise(int sig) noexcept;
 
 /// Registry of file mappings made by joblib (load with mmap_mode, workers'
 /// memmapped arguments), so that a mapped buffer travels as a file reference.

@@ -77,12 +77,8 @@ void watch_sigint() {
       std::lock_guard lock(g_pools_mutex);
       for (WorkerPool* p : pools()) p->kill_all(ends_program);
     }
+    if (ends_program) detail::remove_memmap_folders_and_raise(SIGINT);  // end as SIGINT would
     detail::remove_memmap_folders();
-    if (ends_program) {
-      ::signal(SIGINT, SIG_DFL);
-      ::kill(::getpid(), SIGINT);  // end as SIGINT would
-      return;
-    }
     if (g_previous_sigint.sa_flags & SA_SIGINFO) {
       if (g_previous_sigint.sa_sigaction) g_previous_sigint.sa_sigaction(SIGINT, nullptr, nullptr);
     } else if (g_previous_sigint.sa_handler != SIG_IGN && g_previous_sigint.sa_handler != SIG_DFL) {

@@ -201,6 +201,16 @@ std::vector<fs::path> memmap_folders(const fs::path& root) {
   return out;
 }
 
+// What lies under `root` (for a failure's message).
+std::string listing(const fs::path& root) {
+  std::string out;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(root, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec))
+    out += " " + fs::relative(it->path(), root).string();
+  return out;
+}
+
 class ProcessBackends : public ::testing::TestWithParam<std::string> {
  protected:
   joblib::ParallelOptions opts() const { return {.n_jobs = 2, .backend = GetParam()}; }
@@ -723,7 +733,7 @@ TEST(InterruptTest, CtrlCStopsWorkersRemovesTheFolderAndEndsAsSigint) {
   ASSERT_TRUE(WIFSIGNALED(*status)) << *status;
   EXPECT_EQ(WTERMSIG(*status), SIGINT);
   for (pid_t w : workers) EXPECT_TRUE(wait_gone(w)) << w;
-  EXPECT_TRUE(memmap_folders(root).empty());
+  EXPECT_TRUE(memmap_folders(root).empty()) << listing(root);
   std::fclose(c.out);
   fs::remove_all(root);
 }
@@ -742,7 +752,7 @@ TEST(InterruptTest, CtrlCWithTheProgramsOwnHandlerFailsTheCall) {
   ASSERT_TRUE(WIFEXITED(*status)) << *status;
   EXPECT_EQ(WEXITSTATUS(*status), 0);
   for (pid_t w : workers) EXPECT_TRUE(wait_gone(w)) << w;
-  EXPECT_TRUE(memmap_folders(root).empty());
+  EXPECT_TRUE(memmap_folders(root).empty()) << listing(root);
   std::fclose(c.out);
   fs::remove_all(root);
 }
