@@ -101,6 +101,8 @@ class JOBLIB_EXPORT TimeoutClock {
 /// Finished items not yet taken, indexed by sequence number from 0: constant
 /// time for the in-order case (list mode and ordered generators), where a
 /// std::map of 100,000 small batches cost more than the batches themselves.
+/// put_folding() lets an item take in the ones next to it in the sequence,
+/// so that a long run of finished items is kept as one.
 template <class T>
 class SequenceStore {
  public:
@@ -116,12 +118,50 @@ class SequenceStore {
     slots_[i].item = std::move(item);
     ++count_;
   }
-  /// Item `seq` if it is stored and not taken yet, else null.
-  std::unique_ptr<T> take(std::size_t seq) {
+  /// Stores the item of number `seq` as put() does, folded with its
+  /// neighbours where `fold(T& first, T& next)` takes `next`, the item right
+  /// after `first`'s numbers, into `first` (true), or leaves both as they are
+  /// (false): the item stored after its numbers is taken in, and the item it
+  /// comes right after takes it in. take() hands out an item with every
+  /// number folded into it.
+  template <class Fold>
+  void put_folding(std::size_t seq, std::unique_ptr<T> item, Fold&& fold) {
+    std::size_t span = 1;
+    if (Slot* next = slot(seq + 1); next && next->item && fold(*item, *next->item)) {
+      span += next->span;
+      next->item.reset();
+      next->taken = true;
+      --count_;
+    }
+    if (const Slot* before = seq > 0 ? slot(seq - 1) : nullptr) {
+      // The item whose numbers end right before seq: stored at seq - 1, or
+      // named by that slot when it was folded into an earlier one.
+      const std::size_t first = before->item ? seq - 1 : before->first;
+      if (first != kNone && first >= base_) {
+        Slot& into = slots_[first - base_];
+        if (into.item && !into.taken && fold(*into.item, *item)) {
+          into.span += span;
+          grow_to(seq + span - 1);
+          slots_[seq - base_].taken = true;
+          slots_[seq + span - 1 - base_].first = first;
+          return;
+        }
+      }
+    }
+    grow_to(seq + span - 1);
+    if (span > 1) slots_[seq + span - 1 - base_].first = seq;
+    put(seq, std::move(item));
+    slots_[seq - base_].span = span;
+  }
+  /// Item `seq` if it is stored and not taken yet, else null. `span`, when
+  /// given, is set to the count of numbers the item stands for, from seq (1,
+  /// or more once put_folding() folded others into it).
+  std::unique_ptr<T> take(std::size_t seq, std::size_t* span = nullptr) {
     if (seq < base_ || seq - base_ >= slots_.size()) return nullptr;
     Slot& s = slots_[seq - base_];
     if (!s.item) return nullptr;
     std::unique_ptr<T> out = std::move(s.item);
+    if (span) *span = s.span;
     s.taken = true;
     --count_;
     while (!slots_.empty() && slots_.front().taken) {
@@ -139,10 +179,19 @@ class SequenceStore {
   }
 
  private:
+  static constexpr std::size_t kNone = ~std::size_t{0};
   struct Slot {
     std::unique_ptr<T> item;
-    bool taken = false;
+    bool taken = false;      // handed out, or folded into an earlier item
+    std::size_t span = 1;    // numbers the item stands for (put_folding)
+    std::size_t first = kNone;  // the last slot of a folded run: the run's item
   };
+  Slot* slot(std::size_t seq) noexcept {
+    return seq >= base_ && seq - base_ < slots_.size() ? &slots_[seq - base_] : nullptr;
+  }
+  void grow_to(std::size_t seq) {
+    if (seq - base_ >= slots_.size()) slots_.resize(seq - base_ + 1);
+  }
   std::deque<Slot> slots_;
   std::size_t base_ = 0;
   std::size_t count_ = 0;

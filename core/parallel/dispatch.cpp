@@ -144,6 +144,7 @@ class CallImpl final : public Call, public std::enable_shared_from_this<CallImpl
   void claimer_done_locked(BatchBase& b, std::unique_ptr<BatchBase>& dropped);
   void finish_claims_locked(std::unique_ptr<BatchBase> b);
   void record_error_locked(std::size_t seq, std::exception_ptr e);
+  void store_done_locked(std::unique_ptr<BatchBase> b);
   // Generator modes whose results may be large count tasks whose results
   // the consumer has not finished with (running, done, and the batch it is
   // iterating): that bounds memory. Generators of small plain results count
@@ -254,8 +255,7 @@ void CallImpl::start() {
       while (!exhausted_) {
         auto b = run_inline_locked(lk);
         if (!b) break;
-        const std::size_t seq = b->seq_;
-        done_.put(seq, std::move(b));
+        store_done_locked(std::move(b));
       }
       check_cancelled_locked(lk);
     }
@@ -660,7 +660,7 @@ void CallImpl::batch_done(BatchBase& b) noexcept {
         dropped = std::move(node.mapped());
       } else {
         done_tasks_ += b.size_;
-        done_.put(b.seq_, std::move(node.mapped()));
+        store_done_locked(std::move(node.mapped()));
         if (cfg_.return_as == ReturnAs::generator_unordered) done_order_.push_back(b.seq_);
       }
       if (node && !spare_node_) spare_node_ = std::move(node);  // its batch moved out above
@@ -731,7 +731,7 @@ bool CallImpl::give_up_on_locked(BatchBase& b, const std::string& message, Batch
   running_tasks_ -= spare->size_;
   completed_tasks_ += spare->size_;
   done_tasks_ += spare->size_;
-  done_.put(seq, std::move(spare));
+  store_done_locked(std::move(spare));
   if (cfg_.return_as == ReturnAs::generator_unordered) done_order_.push_back(seq);
   report_progress_locked();
   dispatch_locked(out);
@@ -912,6 +912,26 @@ void CallImpl::finish_backend() noexcept {
   cfg_.backend->stop_call();
 }
 
+void CallImpl::store_done_locked(std::unique_ptr<BatchBase> b) {
+  const std::size_t seq = b->seq_;
+  if (generator_) {
+    done_.put(seq, std::move(b));
+    return;
+  }
+  // List mode: a finished batch right after another in the input is folded
+  // into it, so that a call of a million batches does not keep a million
+  // batch objects until it ends (the results, if any, are moved in).
+  done_.put_folding(seq, std::move(b), [](BatchBase& first, BatchBase& next) {
+    const auto whole = [](const BatchBase& x) { return !x.error_ && x.completed_ == x.size_; };
+    if (!whole(first) || !whole(next) || first.first_index_ + first.size_ != next.first_index_ ||
+        !first.absorb(next))
+      return false;
+    first.size_ += next.size_;
+    first.completed_ += next.completed_;
+    return true;
+  });
+}
+
 std::unique_ptr<BatchBase> CallImpl::take_locked() {
   if (generator_ && cfg_.return_as == ReturnAs::generator_unordered) {
     if (done_order_.empty()) return nullptr;
@@ -922,9 +942,10 @@ std::unique_ptr<BatchBase> CallImpl::take_locked() {
     held_tasks_ = b->size_;
     return b;
   }
-  auto b = done_.take(next_take_);
+  std::size_t span = 1;
+  auto b = done_.take(next_take_, &span);
   if (!b) return nullptr;
-  ++next_take_;
+  next_take_ += span;
   done_tasks_ -= b->size_;
   held_tasks_ = b->size_;
   return b;

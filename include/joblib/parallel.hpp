@@ -65,9 +65,34 @@ class ResultBatch : public BatchBase {
   std::size_t result_count() const noexcept { return direct_ ? this->completed_ : results_.size(); }
   /// Result i of the batch.
   R& result(std::size_t i) noexcept { return direct_ ? direct_[i] : results_[i]; }
+
+  /// Batches that wrote into the call's output are windows of it: the next
+  /// one extends this one's. Others move their results in.
+  bool absorb(BatchBase& next) noexcept override {
+    auto* n = dynamic_cast<ResultBatch*>(&next);
+    if (!n) return false;
+    if (direct_ || n->direct_) return direct_ && n->direct_ && direct_ + this->completed_ == n->direct_;
+    if constexpr (!std::is_nothrow_move_constructible_v<R>) {
+      return false;
+    } else {
+      const std::size_t old = results_.size();
+      try {
+        if constexpr (requires { results_.reserve(old); }) results_.reserve(old + n->results_.size());
+        for (R& r : n->results_) results_.push_back(std::move(r));
+      } catch (...) {  // out of memory (a deque of bool grows by blocks): as it was
+        while (results_.size() > old) results_.pop_back();
+        return false;
+      }
+      return true;
+    }
+  }
 };
 template <>
-class ResultBatch<void> : public BatchBase {};
+class ResultBatch<void> : public BatchBase {
+ public:
+  /// No results: the next batch's tasks only extend this one's.
+  bool absorb(BatchBase& next) noexcept override { return dynamic_cast<ResultBatch*>(&next) != nullptr; }
+};
 
 /// What a batch keeps per task: the result, or its Outcome (Parallel::outcomes).
 template <class R, bool Outcomes>

@@ -5,8 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -112,6 +115,99 @@ TEST(SequenceStoreTest, TakesInOrderWhateverOrderItemsArrive) {
   EXPECT_EQ(*s.take(1), 10);
   EXPECT_EQ(*s.take(2), 20);
   EXPECT_TRUE(s.empty());
+}
+
+namespace {
+// A run of numbers, as a folded batch of a list call is a run of tasks.
+struct Numbers {
+  std::vector<int> numbers;
+  bool foldable = true;
+};
+bool append(Numbers& first, Numbers& next) {
+  if (!first.foldable || !next.foldable) return false;
+  first.numbers.insert(first.numbers.end(), next.numbers.begin(), next.numbers.end());
+  return true;
+}
+std::unique_ptr<Numbers> run_of(int n, bool foldable = true) { return std::make_unique<Numbers>(Numbers{{n}, foldable}); }
+
+// Takes every item in order, as a list call's results are walked; returns
+// the numbers, and checks that each item stands for as many numbers as it
+// holds.
+std::vector<int> walk(SequenceStore<Numbers>& s, std::size_t count) {
+  std::vector<int> out;
+  for (std::size_t seq = 0; seq < count;) {
+    std::size_t span = 0;
+    auto r = s.take(seq, &span);
+    if (!r) {
+      ADD_FAILURE() << "nothing at " << seq;
+      break;
+    }
+    EXPECT_EQ(span, r->numbers.size());
+    out.insert(out.end(), r->numbers.begin(), r->numbers.end());
+    seq += span;
+  }
+  return out;
+}
+}  // namespace
+
+TEST(SequenceStoreTest, ItemsInOrderFoldIntoOne) {
+  SequenceStore<Numbers> s;
+  for (int i = 0; i < 10; ++i) s.put_folding(static_cast<std::size_t>(i), run_of(i), append);
+  EXPECT_EQ(s.size(), 1u);
+  EXPECT_EQ(walk(s, 10), (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_TRUE(s.empty());
+}
+
+TEST(SequenceStoreTest, ItemsOutOfOrderFoldWithBothNeighbours) {
+  SequenceStore<Numbers> s;
+  for (int i : {3, 1, 5, 0, 2, 4}) s.put_folding(static_cast<std::size_t>(i), run_of(i), append);
+  EXPECT_EQ(s.size(), 1u);
+  EXPECT_EQ(walk(s, 6), (std::vector<int>{0, 1, 2, 3, 4, 5}));
+}
+
+TEST(SequenceStoreTest, AnItemThatDoesNotFoldStaysApartAndTheRestStillFold) {
+  SequenceStore<Numbers> s;
+  for (int i : {0, 1, 4, 3, 2, 5, 6}) s.put_folding(static_cast<std::size_t>(i), run_of(i, i != 3), append);
+  EXPECT_EQ(s.size(), 3u);  // 0-2, 3 (which folds with neither), 4-6
+  std::size_t span = 0;
+  auto first = s.take(0, &span);
+  EXPECT_EQ(span, 3u);
+  EXPECT_EQ(first->numbers, (std::vector<int>{0, 1, 2}));
+  auto three = s.take(3, &span);
+  EXPECT_EQ(span, 1u);
+  EXPECT_EQ(three->numbers, (std::vector<int>{3}));
+  auto rest = s.take(4, &span);
+  EXPECT_EQ(span, 3u);
+  EXPECT_EQ(rest->numbers, (std::vector<int>{4, 5, 6}));
+  EXPECT_TRUE(s.empty());
+}
+
+TEST(SequenceStoreTest, AnyArrivalOrderKeepsOneItemPerRunAndTakesEveryNumberInOrder) {
+  std::mt19937 random(12345);
+  for (int round = 0; round < 50; ++round) {
+    const int n = 200;
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), random);
+    SequenceStore<Numbers> s;
+    std::vector<bool> stored(n, false);
+    for (int i : order) {
+      s.put_folding(static_cast<std::size_t>(i), run_of(i, i % 37 != 5), append);
+      stored[static_cast<std::size_t>(i)] = true;
+      // One item per run of stored numbers (a run also breaks before a number
+      // that does not fold, and after one).
+      std::size_t runs = 0;
+      for (int k = 0; k < n; ++k)
+        if (stored[static_cast<std::size_t>(k)] &&
+            (k == 0 || !stored[static_cast<std::size_t>(k - 1)] || k % 37 == 5 || (k - 1) % 37 == 5))
+          ++runs;
+      ASSERT_EQ(s.size(), runs) << "round " << round << ", after " << i;
+    }
+    std::vector<int> all(n);
+    std::iota(all.begin(), all.end(), 0);
+    EXPECT_EQ(walk(s, n), all) << "round " << round;
+    EXPECT_TRUE(s.empty());
+  }
 }
 
 TEST(SequenceStoreTest, ClearDropsWhatIsStored) {

@@ -59,6 +59,14 @@ class JOBLIB_EXPORT BatchBase : public Batch {
   /// A claiming batch (Source::claimers) that stands for the whole input
   /// once every task has run: points its results at the call's output.
   virtual void claims_done() noexcept {}
+  /// List mode: takes in the results of `next`, a finished batch of the same
+  /// call whose tasks come right after this one's, so that one batch object
+  /// stands for both (the dispatcher then adds up their counts). False, with
+  /// nothing changed, when it cannot (another kind of batch, or no memory).
+  virtual bool absorb(BatchBase& next) noexcept {
+    (void)next;
+    return false;
+  }
 
   // ---- the dispatcher's bookkeeping ----
   std::size_t size_ = 0;           // tasks in the batch
