@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -102,7 +103,8 @@ class JOBLIB_EXPORT TimeoutClock {
 /// time for the in-order case (list mode and ordered generators), where a
 /// std::map of 100,000 small batches cost more than the batches themselves.
 /// put_folding() lets an item take in the ones next to it in the sequence,
-/// so that a long run of finished items is kept as one.
+/// so that a long run of finished items is kept as one (list mode: a call of
+/// a million batches keeps a few items, not a million).
 template <class T>
 class SequenceStore {
  public:
@@ -118,50 +120,47 @@ class SequenceStore {
     slots_[i].item = std::move(item);
     ++count_;
   }
-  /// Stores the item of number `seq` as put() does, folded with its
-  /// neighbours where `fold(T& first, T& next)` takes `next`, the item right
-  /// after `first`'s numbers, into `first` (true), or leaves both as they are
-  /// (false): the item stored after its numbers is taken in, and the item it
-  /// comes right after takes it in. take() hands out an item with every
-  /// number folded into it.
+  /// Stores the item of number `seq` (not stored or taken before), folded
+  /// with the items put_folding() stored next to it where
+  /// `fold(T& first, T& next)` takes `next`, the item whose numbers come
+  /// right after `first`'s, into `first` (true), or leaves both as they are
+  /// (false): the item stored right after it is taken in, and the item it
+  /// comes right after takes it in. take() hands out an item with the count
+  /// of numbers folded into it.
   template <class Fold>
   void put_folding(std::size_t seq, std::unique_ptr<T> item, Fold&& fold) {
     std::size_t span = 1;
-    if (Slot* next = slot(seq + 1); next && next->item && fold(*item, *next->item)) {
-      span += next->span;
-      next->item.reset();
-      next->taken = true;
+    if (auto next = runs_.find(seq + 1); next != runs_.end() && fold(*item, *next->second.item)) {
+      span += next->second.span;
+      runs_.erase(next);
       --count_;
     }
-    if (const Slot* before = seq > 0 ? slot(seq - 1) : nullptr) {
-      // The item whose numbers end right before seq: stored at seq - 1, or
-      // named by that slot when it was folded into an earlier one.
-      const std::size_t first = before->item ? seq - 1 : before->first;
-      if (first != kNone && first >= base_) {
-        Slot& into = slots_[first - base_];
-        if (into.item && !into.taken && fold(*into.item, *item)) {
-          into.span += span;
-          grow_to(seq + span - 1);
-          slots_[seq - base_].taken = true;
-          slots_[seq + span - 1 - base_].first = first;
-          return;
-        }
+    if (auto before = runs_.lower_bound(seq); before != runs_.begin()) {
+      --before;
+      if (before->first + before->second.span == seq && fold(*before->second.item, *item)) {
+        before->second.span += span;
+        return;
       }
     }
-    grow_to(seq + span - 1);
-    if (span > 1) slots_[seq + span - 1 - base_].first = seq;
-    put(seq, std::move(item));
-    slots_[seq - base_].span = span;
+    runs_.emplace(seq, Run{std::move(item), span});
+    ++count_;
   }
   /// Item `seq` if it is stored and not taken yet, else null. `span`, when
   /// given, is set to the count of numbers the item stands for, from seq (1,
   /// or more once put_folding() folded others into it).
   std::unique_ptr<T> take(std::size_t seq, std::size_t* span = nullptr) {
+    if (auto it = runs_.find(seq); it != runs_.end()) {
+      std::unique_ptr<T> out = std::move(it->second.item);
+      if (span) *span = it->second.span;
+      runs_.erase(it);
+      --count_;
+      return out;
+    }
     if (seq < base_ || seq - base_ >= slots_.size()) return nullptr;
     Slot& s = slots_[seq - base_];
     if (!s.item) return nullptr;
     std::unique_ptr<T> out = std::move(s.item);
-    if (span) *span = s.span;
+    if (span) *span = 1;
     s.taken = true;
     --count_;
     while (!slots_.empty() && slots_.front().taken) {
@@ -175,24 +174,21 @@ class SequenceStore {
   /// Drops every stored item.
   void clear() noexcept {
     for (Slot& s : slots_) s.item.reset();
+    runs_.clear();
     count_ = 0;
   }
 
  private:
-  static constexpr std::size_t kNone = ~std::size_t{0};
   struct Slot {
     std::unique_ptr<T> item;
-    bool taken = false;      // handed out, or folded into an earlier item
-    std::size_t span = 1;    // numbers the item stands for (put_folding)
-    std::size_t first = kNone;  // the last slot of a folded run: the run's item
+    bool taken = false;
   };
-  Slot* slot(std::size_t seq) noexcept {
-    return seq >= base_ && seq - base_ < slots_.size() ? &slots_[seq - base_] : nullptr;
-  }
-  void grow_to(std::size_t seq) {
-    if (seq - base_ >= slots_.size()) slots_.resize(seq - base_ + 1);
-  }
+  struct Run {
+    std::unique_ptr<T> item;
+    std::size_t span = 1;  // numbers it stands for, from its key
+  };
   std::deque<Slot> slots_;
+  std::map<std::size_t, Run> runs_;  // put_folding(): by first number
   std::size_t base_ = 0;
   std::size_t count_ = 0;
 };

@@ -77,7 +77,10 @@ class ResultBatch : public BatchBase {
     } else {
       const std::size_t old = results_.size();
       try {
-        if constexpr (requires { results_.reserve(old); }) results_.reserve(old + n->results_.size());
+        if constexpr (requires { results_.reserve(old); }) {
+          const std::size_t need = old + n->results_.size();
+          if (need > results_.capacity()) results_.reserve(std::max(need, 2 * results_.capacity()));  // (geometric)
+        }
         for (R& r : n->results_) results_.push_back(std::move(r));
       } catch (...) {  // out of memory (a deque of bool grows by blocks): as it was
         while (results_.size() > old) results_.pop_back();

@@ -72,6 +72,9 @@ int out_of_range_at_0(int x) {
   return x;
 }
 std::string label(int x) { return "item-" + std::to_string(x); }
+std::string slow_label(int x) { return label(slow_identity(x)); }
+bool slow_odd(int x) { return slow_identity(x) % 2 == 1; }
+void slow_nothing(int x) { (void)slow_identity(x); }
 
 // A task that leaves marks in `dir` (tasks may run in other processes):
 // "start_<x>_<pid>" when it starts, "end_<x>" when it ends. Every task but
@@ -148,6 +151,51 @@ TEST_P(Conformance, EmptyInput) {
 TEST_P(Conformance, StringResults) {
   std::vector<std::string> r = Parallel(opts()).map(label, std::views::iota(0, 3));
   EXPECT_EQ(r, (std::vector<std::string>{"item-0", "item-1", "item-2"}));
+}
+
+// A list call of one-task batches that finish out of order (every third task
+// is long): the dispatcher keeps runs of finished batches as one, and every
+// result still comes in input order, whether the batches wrote it into the
+// call's output (a sized input), kept it (a filtered input, pulled lazily),
+// or it is a bool, a string, an outcome, or the index of a void task.
+TEST_P(Conformance, OneTaskBatchesFinishingOutOfOrderKeepInputOrder) {
+  joblib::ParallelOptions o = opts();
+  o.batch_size = 1;
+  constexpr int n = 90;
+  const auto evens = [] { return std::views::iota(0, 2 * n) | std::views::filter([](int i) { return i % 2 == 0; }); };
+  std::vector<int> direct = Parallel(o).map(slow_identity, std::views::iota(0, n));
+  std::vector<int> lazy =
+      Parallel(o)(evens() | std::views::transform([](int i) { return delayed(slow_identity)(i / 2); }));
+  std::vector<std::string> labels =
+      Parallel(o)(evens() | std::views::transform([](int i) { return delayed(slow_label)(i / 2); }));
+  std::vector<bool> odd = Parallel(o).map(slow_odd, std::views::iota(0, n));
+  auto outcomes =
+      Parallel(o).outcomes(std::views::iota(0, n) | std::views::transform([](int i) { return delayed(fail_at_3)(i); }));
+  std::vector<std::size_t> void_indexes;
+  for (std::size_t i : Parallel(o).map(slow_nothing, std::views::iota(0, n))) void_indexes.push_back(i);
+  ASSERT_EQ(direct.size(), std::size_t(n));
+  ASSERT_EQ(lazy.size(), std::size_t(n));
+  ASSERT_EQ(labels.size(), std::size_t(n));
+  ASSERT_EQ(odd.size(), std::size_t(n));
+  ASSERT_EQ(void_indexes.size(), std::size_t(n));
+  std::size_t k = 0;
+  for (auto& outcome : outcomes) {
+    if (k == 3) {
+      EXPECT_FALSE(outcome.has_value());
+    } else {
+      EXPECT_EQ(outcome.value(), static_cast<int>(k));
+    }
+    ++k;
+  }
+  EXPECT_EQ(k, std::size_t(n));
+  for (int i = 0; i < n; ++i) {
+    const auto u = static_cast<std::size_t>(i);
+    EXPECT_EQ(direct[u], i);
+    EXPECT_EQ(lazy[u], i);
+    EXPECT_EQ(labels[u], label(i));
+    EXPECT_EQ(odd[u], i % 2 == 1);
+    EXPECT_EQ(void_indexes[u], u);
+  }
 }
 
 TEST_P(Conformance, ExceptionTypeAndMessageReachTheCaller) {
