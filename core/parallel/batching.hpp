@@ -129,6 +129,19 @@ class SequenceStore {
   /// of numbers folded into it.
   template <class Fold>
   void put_folding(std::size_t seq, std::unique_ptr<T> item, Fold&& fold) {
+    if (!runs_.empty()) {
+      // The common case: right after the last run (nothing is stored after it).
+      auto last = std::prev(runs_.end());
+      if (last->first + last->second.span == seq) {
+        if (fold(*last->second.item, *item)) {
+          ++last->second.span;
+          return;
+        }
+        runs_.emplace_hint(runs_.end(), seq, Run{std::move(item), 1});
+        ++count_;
+        return;
+      }
+    }
     std::size_t span = 1;
     if (auto next = runs_.find(seq + 1); next != runs_.end() && fold(*item, *next->second.item)) {
       span += next->second.span;

@@ -22,6 +22,7 @@
 #include <ranges>
 #include <string>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -69,8 +70,8 @@ class ResultBatch : public BatchBase {
   /// Batches that wrote into the call's output are windows of it: the next
   /// one extends this one's. Others move their results in.
   bool absorb(BatchBase& next) noexcept override {
-    auto* n = dynamic_cast<ResultBatch*>(&next);
-    if (!n) return false;
+    if (typeid(next) != typeid(*this)) return false;  // (the same batch type: the same call's)
+    auto* n = static_cast<ResultBatch*>(&next);
     if (direct_ || n->direct_) return direct_ && n->direct_ && direct_ + this->completed_ == n->direct_;
     if constexpr (!std::is_nothrow_move_constructible_v<R>) {
       return false;
@@ -94,7 +95,7 @@ template <>
 class ResultBatch<void> : public BatchBase {
  public:
   /// No results: the next batch's tasks only extend this one's.
-  bool absorb(BatchBase& next) noexcept override { return dynamic_cast<ResultBatch*>(&next) != nullptr; }
+  bool absorb(BatchBase& next) noexcept override { return typeid(next) == typeid(*this); }
 };
 
 /// What a batch keeps per task: the result, or its Outcome (Parallel::outcomes).
