@@ -92,12 +92,15 @@ OmpHooks OmpHooks::find() {
 TaskScope::TaskScope(const NestedBackend& nested, int nesting_level, const std::atomic<bool>* stop,
                      int inner_threads, const OmpHooks& omp)
     : saved_stop_(t_stop) {
-  Frame f;
-  if (!t_frames.empty()) f = t_frames.back();
+  // The frame is made in place (a task's scope is made for every batch).
+  if (t_frames.empty())
+    t_frames.emplace_back();
+  else
+    t_frames.push_back(t_frames.back());
+  Frame& f = t_frames.back();
   f.backend = nested.name;
   f.n_jobs = nested.n_jobs.value_or(1);
   f.nesting_level = nesting_level;
-  t_frames.push_back(std::move(f));
   t_stop = stop;
   if (inner_threads > 0 && omp.set_num_threads) {
     omp_ = &omp;

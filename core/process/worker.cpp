@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio_ext.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -645,7 +646,8 @@ void handle_request(std::span<const std::byte> all, MemoryOutput& out, const Rep
     WorkerCall call(structure, &source, out, nullptr);
     {
       // Tasks in a worker see joblib's nested backend: threads, one level down.
-      TaskScope scope(NestedBackend{"threading", std::nullopt}, 1, stop);
+      static const NestedBackend threads{"threading", std::nullopt};
+      TaskScope scope(threads, 1, stop);
       entry(call);
     }
     if (call.failed()) {
@@ -658,8 +660,10 @@ void handle_request(std::span<const std::byte> all, MemoryOutput& out, const Rep
   } catch (...) {
     reply_error(reply, 0, std::current_exception(), take_throw_trace());
   }
-  std::fflush(stdout);
-  std::fflush(stderr);
+  // What the tasks printed reaches the parent's terminal now (a stream with
+  // nothing pending is left alone: fflush would still take its lock).
+  if (__fpending(stdout) != 0) std::fflush(stdout);
+  if (__fpending(stderr) != 0) std::fflush(stderr);
 }
 
 }  // namespace
