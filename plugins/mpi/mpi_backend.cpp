@@ -999,10 +999,13 @@ class Engine {
         replied_at = reply_from(i, msg, (st.MPI_TAG & ~kBig) == kReply);
         post_receive(i);
       }
-      // Busy: straight on to the next message (the checks below are for
-      // when it goes quiet, and every 64 rounds).
-      if (progressed && (++busy_rounds & 63) != 0 && !stopping_flag_.load(std::memory_order_relaxed)) {
+      // Straight on to the next message, busy or quiet for a moment: the
+      // checks below run every 64 rounds, and when stopping.
+      const bool stopping = stopping_flag_.load(std::memory_order_relaxed);
+      if (progressed) {
         idle_rounds = 0;
+        if ((++busy_rounds & 63) != 0 && !stopping) continue;
+      } else if (++idle_rounds < 2000 && (idle_rounds & 63) != 0 && !stopping) {
         continue;
       }
       const auto now = std::chrono::steady_clock::now();
@@ -1014,12 +1017,7 @@ class Engine {
       const bool any_busy = std::any_of(ranks_.begin(), ranks_.end(), [](const Rank& r) { return r.busy(); });
       if (stopping_ && !any_busy) break;
       if (stopping_ && now - stopped_at_ > 2s) break;  // a rank still runs an abandoned task
-      if (progressed) {
-        idle_rounds = 0;
-        continue;
-      }
-      ++idle_rounds;
-      if (idle_rounds < 2000) continue;
+      if (progressed || idle_rounds < 2000) continue;
       const bool work_waiting = !queue_.empty() && std::any_of(ranks_.begin(), ranks_.end(), [](const Rank& r) {
         return !r.busy() && !r.dead;
       });
