@@ -98,7 +98,12 @@ TaskScope::TaskScope(const NestedBackend& nested, int nesting_level, const std::
   else
     t_frames.push_back(t_frames.back());
   Frame& f = t_frames.back();
-  f.backend = nested.name;
+  try {
+    f.backend = nested.name;
+  } catch (...) {  // out of memory: no frame is left behind
+    t_frames.pop_back();
+    throw;
+  }
   f.n_jobs = nested.n_jobs.value_or(1);
   f.nesting_level = nesting_level;
   t_stop = stop;

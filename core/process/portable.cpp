@@ -185,9 +185,10 @@ void save_code_at(EncodeArchive& ar, const void* address) {
   ar.saveBinary(last.bytes.bytes().data(), last.bytes.size());
 }
 
-const std::string& module_on_the_wire(const std::string& module) noexcept {
+const std::string& module_on_the_wire(const std::string& module, const std::string& build_id) noexcept {
+  // Without a build-id, only the path tells the receiver's program from another.
   static const std::string program;
-  return module == self_exe() ? program : module;
+  return !build_id.empty() && module == self_exe() ? program : module;
 }
 
 void* resolve_code(const CodeRef& ref) {
@@ -218,6 +219,9 @@ void* resolve_code_slow(const CodeRef& ref) {
   // (Module "" is the program this process runs, which may lie elsewhere
   // than the sender's: its build-id tells whether it is the same build.)
   const std::string where = ref.module.empty() ? "this program (" + self_exe() + ")" : "module '" + ref.module + "'";
+  if (ref.module.empty() && ref.build_id.empty())
+    throw SerializationError(fmt::format(
+        "cannot resolve code from {}: the sender named no module and no build-id (a malformed reference)", where));
   auto it = by_path().find(ref.module);
   if (it == by_path().end()) {
     void* handle = nullptr;

@@ -62,7 +62,10 @@ enum Tag : int { kRun = 1, kReply = 2, kInit = 3, kExit = 4, kHello = 5, kCancel
 constexpr std::size_t kInbox = std::size_t{64} << 10;
 constexpr std::size_t kChunk = std::size_t{1} << 30;
 // The largest message Open MPI's ob1 layer sends inline (copied out at once
-// by the transport, without a request: mca_pml_ob1_send_inline).
+// by the transport, without a request: mca_pml_ob1_send_inline). Another
+// layer (UCX) sends such a message eagerly too, if not inline: a blocking
+// send of it completes without the receiver, at worst once the receiver next
+// enters MPI (a busy rank does when it replies).
 constexpr std::size_t kInlineMax = 256;
 
 // Where the backend's messages go: MPI_COMM_WORLD in an mpirun job (rank 0

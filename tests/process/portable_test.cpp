@@ -69,6 +69,25 @@ TEST(PortableTest, TheProgramsOwnFunctionsTravelWithoutItsPath) {
   }
 }
 
+// A program without a build-id would have nothing left to tell another
+// program by: its references keep its path, and one naming neither is refused.
+TEST(PortableTest, WithoutABuildIdTheProgramsPathTravels) {
+  auto ref = code_ref(reinterpret_cast<const void*>(&twice));
+  ref.build_id.clear();
+  joblib::detail::MemoryOutput out;
+  joblib::detail::encode(ref, out);
+  const std::string bytes(reinterpret_cast<const char*>(out.bytes().data()), out.size());
+  EXPECT_NE(bytes.find(ref.module), std::string::npos);
+  joblib::detail::CodeRef nothing;
+  nothing.offset = ref.offset;
+  try {
+    resolve_code(nothing);
+    FAIL();
+  } catch (const joblib::SerializationError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("the sender named no module and no build-id (a malformed reference)"));
+  }
+}
+
 TEST(PortableTest, AnAddressInNoModuleIsRefused) {
   EXPECT_THROW(code_ref(reinterpret_cast<const void*>(std::uintptr_t{16})), joblib::SerializationError);
 }

@@ -15,9 +15,9 @@ namespace joblib::detail {
 struct CodeRef;
 
 /// The module as a reference travels: "" for the program this process runs
-/// (a worker runs the same program, checked by its build-id, wherever its
-/// file lies on the worker's host), else its path.
-JOBLIB_EXPORT const std::string& module_on_the_wire(const std::string& module) noexcept;
+/// when it has a build-id (a worker runs the same program, checked by its
+/// build-id, wherever its file lies on the worker's host), else its path.
+JOBLIB_EXPORT const std::string& module_on_the_wire(const std::string& module, const std::string& build_id) noexcept;
 
 struct CodeRef {
   std::string module;       // absolute path of the executable or shared object ("": the program this process runs)
@@ -26,7 +26,7 @@ struct CodeRef {
 
   template <class Archive>
   void save(Archive& ar) const {
-    ar(module_on_the_wire(module), offset, build_id);
+    ar(module_on_the_wire(module, build_id), offset, build_id);
   }
   template <class Archive>
   void load(Archive& ar) {
