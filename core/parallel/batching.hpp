@@ -129,33 +129,21 @@ class SequenceStore {
   /// of numbers folded into it.
   template <class Fold>
   void put_folding(std::size_t seq, std::unique_ptr<T> item, Fold&& fold) {
-    if (!runs_.empty()) {
-      // The common case: right after the last run (nothing is stored after it).
-      auto last = std::prev(runs_.end());
-      if (last->first + last->second.span == seq) {
-        if (fold(*last->second.item, *item)) {
-          ++last->second.span;
-          return;
-        }
-        runs_.emplace_hint(runs_.end(), seq, Run{std::move(item), 1});
-        ++count_;
-        return;
-      }
-    }
     std::size_t span = 1;
-    if (auto next = runs_.find(seq + 1); next != runs_.end() && fold(*item, *next->second.item)) {
-      span += next->second.span;
-      runs_.erase(next);
+    auto after = runs_.lower_bound(seq);  // the first run after it (in order: none)
+    if (after != runs_.end() && after->first == seq + 1 && fold(*item, *after->second.item)) {
+      span += after->second.span;
+      after = runs_.erase(after);
       --count_;
     }
-    if (auto before = runs_.lower_bound(seq); before != runs_.begin()) {
-      --before;
+    if (after != runs_.begin()) {
+      auto before = std::prev(after);
       if (before->first + before->second.span == seq && fold(*before->second.item, *item)) {
         before->second.span += span;
         return;
       }
     }
-    runs_.emplace(seq, Run{std::move(item), span});
+    runs_.emplace_hint(after, seq, Run{std::move(item), span});
     ++count_;
   }
   /// Item `seq` if it is stored and not taken yet, else null. `span`, when

@@ -12,8 +12,6 @@
 
 namespace joblib::detail {
 
-struct CodeRef;
-
 /// The module as a reference travels: "" for the program this process runs
 /// when it has a build-id (a worker runs the same program, checked by its
 /// build-id, wherever its file lies on the worker's host), else its path.
